@@ -1,0 +1,44 @@
+# gemmaserve: `make serve` and `make test` are the whole quickstart.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch is installed first and pinned: an unpinned requirement can pull a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+MODEL  ?=
+PORT   ?= 8000
+HOST   ?= 127.0.0.1
+DEMO   := .demo-model
+
+.PHONY: install dev serve test demo-model clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+dev: $(VENV)/.dev-installed
+
+$(DEMO)/config.json: $(VENV)/.installed
+	$(BIN)/gemmaserve make-demo-model $(DEMO) --size small
+
+demo-model: $(DEMO)/config.json
+
+# With no MODEL the embedded demo model (random weights, real layout) is written and served.
+serve: $(VENV)/.installed $(if $(MODEL),,$(DEMO)/config.json)
+	$(BIN)/gemmaserve serve --model $(or $(MODEL),$(DEMO)) --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO)

@@ -1,0 +1,1 @@
+"""Gemma 4 nn.Modules, their config and the checkpoint loader."""

@@ -1,0 +1,51 @@
+"""The flat forward batch the model runner hands to the model: tokens of many requests at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class KindMetadata:
+    """Paged-KV addressing for one attention kind (sliding or full); one block pool per kind.
+
+    Block tables are indexed by *logical* block number (position // block_size) from the start of
+    the sequence. Sliding-window layers free blocks that fell out of the window; their entries are
+    -1 and the attention op must never read them (they are outside the window by construction).
+    """
+
+    block_tables: torch.Tensor  # [num_seqs, max_blocks] int32, -1 = unassigned / released
+    slot_mapping: torch.Tensor  # [T] int64: flat slot (block_id * block_size + offset) for each new token's K/V
+
+
+@dataclass
+class ForwardBatch:
+    """Requests are laid end to end: request i owns rows query_start_loc[i]:query_start_loc[i+1]
+    of the token dimension T. A request's rows are its *new* tokens (a prefill chunk, or one decode
+    token); its earlier tokens are already in the KV cache. Positions are absolute."""
+
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    query_start_loc: torch.Tensor  # [num_seqs + 1] int32, cumulative new-token counts
+    seq_lens: torch.Tensor  # [num_seqs] int32: tokens in cache after this step (context + new)
+    kinds: dict[str, KindMetadata]  # keyed by model.config.SLIDING / FULL
+    logits_indices: torch.Tensor  # [num_sample] int64 rows of T whose logits are needed
+    block_size: int
+    # Host-side copies for the CPU attention path, so it need not sync on device tensors.
+    query_lens_cpu: list[int]
+    seq_lens_cpu: list[int]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens_cpu)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+# KV cache storage handed to the model: one (k_cache, v_cache) pair per decoder layer, each of shape
+# [num_blocks_of_kind, block_size, num_kv_heads_of_kind, head_dim_of_kind] in the cache dtype.
+KVCaches = list[tuple[torch.Tensor, torch.Tensor]]

@@ -1,0 +1,1 @@
+"""Stateless tensor functions (paged attention, MoE experts, norms, RoPE) with plain-torch paths."""
