@@ -1,0 +1,67 @@
+"""Request fields shared by /chat/completions and /completions: sampling, routing, extensions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# OpenRouter ignores top-level fields it does not know (spec §2.1), so every request model does too.
+WIRE_CONFIG = ConfigDict(extra="ignore", populate_by_name=True)
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+
+
+class SamplingFields(BaseModel):
+    """Sampling and length fields with OpenRouter's documented ranges (spec §2.1)."""
+
+    model_config = WIRE_CONFIG
+
+    model: str | None = None
+    models: list[str] | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None  # no effect: usage is always streamed
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Probability | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    min_p: Probability | None = None
+    top_a: Probability | None = None  # accepted; no Gemma sampler implements it
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    n: int | None = None  # ignored: OpenRouter always returns exactly one choice
+    user: str | None = None
+    session_id: Annotated[str, Field(max_length=256)] | None = None
+    provider: dict[str, Any] | None = None
+    # Extensions (vLLM-style) for benchmarks and tests.
+    ignore_eos: bool = False
+    min_tokens: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        return v
+
+    @model_validator(mode="after")
+    def _lengths_agree(self) -> "SamplingFields":
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            if self.max_tokens != self.max_completion_tokens:
+                raise ValueError("max_tokens and max_completion_tokens disagree; send one of them")
+        return self
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)

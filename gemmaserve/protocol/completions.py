@@ -1,0 +1,35 @@
+"""Wire types of the legacy POST /completions (raw prompt in, text_completion out; spec §10)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+
+from gemmaserve.protocol.common import WIRE_CONFIG, SamplingFields
+
+
+class CompletionRequest(SamplingFields):
+    """Body of POST /completions. One prompt per request: a string or a token-id array."""
+
+    model_config = WIRE_CONFIG
+
+    prompt: str | list[int] | list[str] | list[list[int]]
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    echo: bool = False
+    suffix: str | None = None
+    best_of: Annotated[int, Field(ge=1, le=20)] | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _single_prompt(cls, v):
+        # A batch of prompts would need several choices; OpenRouter returns exactly one.
+        if isinstance(v, list) and v and isinstance(v[0], (str, list)):
+            if len(v) != 1:
+                raise ValueError("only one prompt per request is supported")
+            v = v[0]
+        if isinstance(v, list) and not v:
+            raise ValueError("prompt must not be empty")
+        if isinstance(v, list) and any(t < 0 for t in v):
+            raise ValueError("token ids must be non-negative")
+        return v
