@@ -1,0 +1,131 @@
+"""Engine settings as frozen dataclasses: cache, scheduler and engine config, with all validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+
+_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+}
+
+# A CPU box runs the demo/bench models; a context this long is already minutes of prefill there.
+CPU_DEFAULT_MAX_MODEL_LEN = 8192
+GPU_DEFAULT_MAX_MODEL_LEN = 32768
+CPU_DEFAULT_KV_BYTES = 1 << 30
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map a user-facing dtype name ("bfloat16", "fp16", ...) to a torch dtype."""
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return _DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(set(_DTYPES))}") from None
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Paged KV cache: block size, storage dtype, and either explicit block counts per attention
+    kind or a byte budget from which they are derived (see kv_cache.derive_num_blocks)."""
+
+    block_size: int = 16
+    kv_dtype: str | None = None  # None = the model's dtype
+    num_blocks: Mapping[str, int] | None = None  # per attention kind; overrides memory_bytes
+    memory_bytes: int | None = None  # None = a device default
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if self.kv_dtype is not None:
+            parse_dtype(self.kv_dtype)
+        if self.num_blocks is not None:
+            if not self.num_blocks or any(n <= 0 for n in self.num_blocks.values()):
+                raise ValueError("num_blocks needs a positive count for every attention kind")
+            object.__setattr__(self, "num_blocks", dict(self.num_blocks))
+        if self.memory_bytes is not None and self.memory_bytes <= 0:
+            raise ValueError("memory_bytes must be positive")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Continuous batching limits for one engine step."""
+
+    max_num_seqs: int = 32  # requests in one step
+    max_num_batched_tokens: int = 2048  # token budget of one step (decode + prefill chunks)
+    max_waiting: int = 256  # QueueFullError beyond this many queued requests
+    long_prefill_chunk: int | None = None  # cap on one request's prefill tokens per step; None = budget
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs <= 0:
+            raise ValueError("max_num_seqs must be positive")
+        if self.max_num_batched_tokens <= 0:
+            raise ValueError("max_num_batched_tokens must be positive")
+        if self.max_waiting < 0:
+            raise ValueError("max_waiting must be >= 0")
+        if self.long_prefill_chunk is not None and self.long_prefill_chunk <= 0:
+            raise ValueError("long_prefill_chunk must be positive")
+
+    @property
+    def prefill_chunk(self) -> int:
+        return min(self.long_prefill_chunk or self.max_num_batched_tokens, self.max_num_batched_tokens)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything needed to build an engine from a checkpoint."""
+
+    model: str = ""  # checkpoint directory or hub id
+    dtype: str = "bfloat16"
+    device: str = "cpu"
+    max_model_len: int | None = None  # None = min(max_position_embeddings, a device default)
+    seed: int = 0  # weights for dummy_weights; requests seed themselves via SamplingParams.seed
+    quantization: str | None = None
+    dummy_weights: bool = False
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        parse_dtype(self.dtype)
+        if self.max_model_len is not None and self.max_model_len <= 0:
+            raise ValueError("max_model_len must be positive")
+        if self.quantization not in (None, "int8"):
+            raise ValueError(f"unknown quantization {self.quantization!r}; supported: int8")
+        torch.device(self.device)  # raises on a malformed device string
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return parse_dtype(self.dtype)
+
+    @property
+    def kv_torch_dtype(self) -> torch.dtype:
+        return parse_dtype(self.cache.kv_dtype or self.dtype)
+
+    def resolve_max_model_len(self, max_position_embeddings: int) -> int:
+        """The context limit actually served: the user's value, capped by the model's."""
+        if self.max_model_len is not None:
+            if self.max_model_len > max_position_embeddings:
+                raise ValueError(
+                    f"max_model_len {self.max_model_len} exceeds the model's {max_position_embeddings}"
+                )
+            return self.max_model_len
+        cap = CPU_DEFAULT_MAX_MODEL_LEN if torch.device(self.device).type == "cpu" else GPU_DEFAULT_MAX_MODEL_LEN
+        return min(max_position_embeddings, cap)
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+__all__ = ["CacheConfig", "SchedulerConfig", "EngineConfig", "parse_dtype", "cdiv"]
