@@ -1,0 +1,160 @@
+"""Continuous-batching scheduler: decode first, then chunked prefill, under a per-step token budget."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from gemmaserve.config import SchedulerConfig
+from gemmaserve.engine.kv_cache import KVCacheManager
+from gemmaserve.engine.request import Request, RequestStatus
+from gemmaserve.types import FinishReason
+
+
+@dataclass
+class ScheduledRequest:
+    request: Request
+    num_new_tokens: int  # tokens computed this step, starting at request.num_computed_tokens
+    start: int = -1  # request.num_computed_tokens when scheduled (first new position)
+    samples: bool = False  # this step reaches the end of the request's tokens: its logits are sampled
+
+    def __post_init__(self) -> None:
+        self.start = self.request.num_computed_tokens
+        self.samples = self.start + self.num_new_tokens == self.request.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    """Owns the waiting queue and the running list; every block comes from the KVCacheManager.
+
+    One step: running requests that decode (one token each) go first, then running requests in the
+    middle of a chunked prefill, then waiting requests are admitted while budget, max_num_seqs and
+    blocks allow. When a running request cannot get blocks, the newest running request is preempted
+    (blocks freed, put back at the front of the waiting queue, recomputed later from its prompt
+    plus the tokens it already generated). No admissions happen in a step that preempted.
+    """
+
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager):
+        self.config = config
+        self.kv = kv
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self.num_preemptions = 0
+
+    # -- queue management -------------------------------------------------------------------
+    def add_request(self, req: Request) -> None:
+        if req.request_id in self.requests:
+            raise ValueError(f"duplicate request id {req.request_id!r}")
+        req.status = RequestStatus.WAITING
+        self.requests[req.request_id] = req
+        self.waiting.append(req)
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.requests)
+
+    def finish_request(
+        self, req: Request, reason: FinishReason, stop_reason: int | str | None = None, error: str | None = None
+    ) -> None:
+        """Finish on any path (stop, length, abort, error): leave the queues and free every block."""
+        if req.is_finished:
+            return
+        if req.status is RequestStatus.RUNNING:
+            self.running.remove(req)
+        else:
+            self.waiting.remove(req)
+        self.kv.free(req)
+        req.finish(reason, stop_reason, error)
+        self.requests.pop(req.request_id, None)
+
+    def abort_request(self, request_id: str) -> Request | None:
+        req = self.requests.get(request_id)
+        if req is None:
+            return None
+        self.finish_request(req, FinishReason.ABORT)
+        return req
+
+    # -- one step -----------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        budget = self.config.max_num_batched_tokens
+        chunk = self.config.prefill_chunk
+        chosen: dict[str, ScheduledRequest] = {}
+        out = SchedulerOutput()
+
+        decoding = [r for r in self.running if r.num_remaining == 1]
+        prefilling = [r for r in self.running if r.num_remaining > 1]
+        for req in decoding + prefilling:
+            if budget == 0:
+                break
+            if req.status is not RequestStatus.RUNNING:
+                continue  # preempted earlier in this step
+            n = min(req.num_remaining, budget, chunk)
+            while not self.kv.allocate_slots(req, n):
+                victim = self.running[-1]
+                self._preempt(victim)
+                out.preempted.append(victim)
+                undone = chosen.pop(victim.request_id, None)
+                if undone is not None:
+                    budget += undone.num_new_tokens
+                if victim is req:
+                    break
+            else:
+                chosen[req.request_id] = ScheduledRequest(req, n)
+                budget -= n
+
+        if not out.preempted:
+            self._admit_waiting(chosen, budget, chunk)
+        # Model input order follows the running list so a request keeps its place between steps.
+        order = {r.request_id: i for i, r in enumerate(self.running)}
+        out.scheduled = sorted(chosen.values(), key=lambda s: order[s.request.request_id])
+        return out
+
+    def _admit_waiting(self, chosen: dict[str, ScheduledRequest], budget: int, chunk: int) -> None:
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            req = self.waiting[0]
+            cached = self.kv.acquire_prefix(req)
+            n = min(req.num_remaining, budget, chunk)
+            if not self.kv.allocate_slots(req, n):
+                self.kv.free(req)  # hands back the prefix blocks it just took
+                req.num_computed_tokens = 0
+                break
+            self.waiting.popleft()
+            if not req.admitted:
+                req.admitted = True
+                req.num_cached_tokens = cached
+                self.kv.stats.queried_tokens += req.num_prompt_tokens
+                self.kv.stats.hit_tokens += cached
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            chosen[req.request_id] = ScheduledRequest(req, n)
+            budget -= n
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self.kv.free(req)
+        req.num_computed_tokens = 0
+        req.num_published_blocks = 0
+        req.status = RequestStatus.WAITING
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)
+
+    def on_step_done(self, out: SchedulerOutput) -> None:
+        """The model wrote K/V for every scheduled token: advance progress and publish full blocks."""
+        for s in out.scheduled:
+            s.request.num_computed_tokens += s.num_new_tokens
+            self.kv.publish_full_blocks(s.request)
