@@ -1,0 +1,1 @@
+"""Benchmark scripts (serving, offline throughput, roofline); tooling only, never imported by gemmaserve."""
