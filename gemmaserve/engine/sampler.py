@@ -204,7 +204,7 @@ class Sampler:
         raw_logprobs = torch.log_softmax(logits[lp_rows], dim=-1) if lp_rows else None  # [L, V]
 
         if any(s.needs_processing for s in states):
-            logits = self._process(logits.clone(), states, output_token_ids)
+            logits = self.process(logits.clone(), states, output_token_ids)
 
         chosen = torch.empty(n, dtype=torch.long, device=logits.device)  # [N]
         greedy_rows = [i for i, s in enumerate(states) if s.greedy]
@@ -223,8 +223,9 @@ class Sampler:
         return out
 
     # -- logits processors ----------------------------------------------------------------------
-    def _process(self, logits: torch.Tensor, states: list[SamplingState], outputs: list[list[int]]) -> torch.Tensor:
-        """Edit logits [N, V] in place: constraints, min_tokens, logit_bias, penalties."""
+    def process(self, logits: torch.Tensor, states: list[SamplingState], outputs: list[list[int]]) -> torch.Tensor:
+        """Edit logits [N, V] in place and return them: constraints, min_tokens, logit_bias,
+        penalties (everything before temperature). Public so tests and tools can inspect it."""
         dev = logits.device
         dead: list[int] = []
         for i, s in enumerate(states):
