@@ -1,8 +1,6 @@
-"""Test doubles for engine tests: a paged-KV-checking fake model and a greedy fake sampler."""
+"""Test double for engine tests: a fake model that checks paged-KV addressing on every step."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 
@@ -87,29 +85,4 @@ class PagedEchoModel:
             tok, pos = k[block, p % bs, 0].tolist()
             assert int(pos) == p + 1, f"{kind} slot for position {p} holds position {int(pos) - 1}"
             out.append(int(tok) - 1)
-        return out
-
-
-@dataclass
-class FakeSampled:
-    token_id: int
-    logprob: float | None = None
-    top: list = field(default_factory=list)
-
-
-class FakeSamplingState:
-    def __init__(self, params, prompt_token_ids, vocab_size, eos_token_ids):
-        self.params = params
-
-
-class GreedySampler:
-    """Applies params.constraints, then argmax: enough for scheduling/paging tests."""
-
-    def sample(self, logits, states, output_token_ids):
-        out = []
-        for row, state, ids in zip(logits, states, output_token_ids):
-            row = row.clone()
-            for c in state.params.constraints:
-                c.mask_logits(ids, row)
-            out.append(FakeSampled(int(row.argmax())))
         return out

@@ -1,0 +1,254 @@
+"""The synchronous engine: add/abort requests and run step() = schedule -> forward -> sample -> outputs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gemmaserve.config import CPU_DEFAULT_KV_BYTES, EngineConfig
+from gemmaserve.engine.client import EngineStats
+from gemmaserve.engine.kv_cache import KVCacheManager, derive_num_blocks
+from gemmaserve.engine.model_runner import ModelRunner
+from gemmaserve.engine.request import Request
+from gemmaserve.engine.scheduler import Scheduler
+from gemmaserve.model.config import Gemma4TextConfig
+from gemmaserve.types import (
+    FinishReason,
+    InvalidRequestError,
+    PromptTooLongError,
+    RequestOutput,
+    SamplingParams,
+    TokenLogprob,
+    TopLogprob,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Owns scheduler, KV cache and model runner. Not thread-safe: one thread drives it
+    (AsyncEngine's loop thread, or LLM.generate's loop)."""
+
+    def __init__(
+        self,
+        model: Any,
+        model_config: Gemma4TextConfig,
+        config: EngineConfig,
+        tokenizer: Any = None,
+        *,
+        sampler: Any = None,
+        sampling_state_cls: Any = None,
+        detokenizer_cls: Any = None,
+    ):
+        self.config = config
+        self.model_config = model_config
+        self.tokenizer = tokenizer
+        self.vocab_size = model_config.vocab_size
+        self.device = torch.device(config.device)
+        if sampler is None or sampling_state_cls is None:
+            from gemmaserve.engine.sampler import Sampler, SamplingState
+
+            sampler = sampler or Sampler(self.vocab_size, self.device)
+            sampling_state_cls = sampling_state_cls or SamplingState
+        if detokenizer_cls is None and tokenizer is not None:
+            from gemmaserve.engine.detokenizer import IncrementalDetokenizer
+
+            detokenizer_cls = IncrementalDetokenizer
+        self._state_cls = sampling_state_cls
+        self._detok_cls = detokenizer_cls
+        # The generation config's list ([1, 106, 50] for Gemma 4), not config.json's shorter one.
+        eos = getattr(tokenizer, "eos_token_ids", None) or model_config.eos_token_ids
+        self.eos_token_ids = tuple(int(i) for i in eos)
+
+        cache, sched = config.cache, config.scheduler
+        specs = model_config.attention_kinds()
+        self.max_model_len = config.resolve_max_model_len(model_config.max_position_embeddings)
+        kv_dtype = config.kv_torch_dtype
+        if cache.num_blocks is not None:
+            missing = {s.kind for s in specs} - set(cache.num_blocks)
+            if missing:
+                raise ValueError(f"cache num_blocks lacks attention kinds {sorted(missing)}")
+            num_blocks = {s.kind: cache.num_blocks[s.kind] for s in specs}
+        else:
+            num_blocks = derive_num_blocks(
+                specs,
+                cache.block_size,
+                kv_dtype.itemsize,
+                cache.memory_bytes or self._default_kv_bytes(),
+                self.max_model_len,
+                sched.max_num_seqs,
+                sched.max_num_batched_tokens,
+            )
+        self.kv = KVCacheManager(specs, num_blocks, cache.block_size, cache.enable_prefix_caching)
+        fit = self.kv.max_tokens_per_seq(sched.prefill_chunk)
+        if fit < self.max_model_len:
+            if config.max_model_len is not None:
+                raise ValueError(f"the KV cache holds {fit} tokens per sequence, below max_model_len {self.max_model_len}")
+            log.warning("max_model_len lowered from %d to %d to fit the KV cache", self.max_model_len, fit)
+            self.max_model_len = fit
+        self.num_blocks = num_blocks
+        self.scheduler = Scheduler(sched, self.kv)
+        self.runner = ModelRunner(model, model_config, num_blocks, cache.block_size, kv_dtype, self.device, sampler)
+        self._arrivals = 0
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "Engine":
+        """Load the checkpoint (or its dummy-weight twin) and its tokenizer."""
+        from gemmaserve.model.hub import resolve_model_path
+        from gemmaserve.model.loader import load_model
+        from gemmaserve.tokenizer import Tokenizer
+
+        path = Path(resolve_model_path(config.model))
+        model, model_config = load_model(
+            path,
+            dtype=config.torch_dtype,
+            device=config.device,
+            dummy_weights=config.dummy_weights,
+            quantization=config.quantization,
+        )
+        tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
+        return cls(model, model_config, config, tokenizer)
+
+    def _default_kv_bytes(self) -> int:
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free * 0.85)  # headroom for activations
+        return CPU_DEFAULT_KV_BYTES
+
+    # -- requests ---------------------------------------------------------------------------
+    def make_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> Request:
+        """Validate and build a request without touching engine state (safe from any thread)."""
+        ids = [int(t) for t in prompt_token_ids]
+        if not ids:
+            raise InvalidRequestError("the prompt is empty")
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise InvalidRequestError(f"prompt token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        if params.max_tokens is not None and params.max_tokens < 1:
+            raise InvalidRequestError("max_tokens must be at least 1")
+        if len(ids) + (params.max_tokens or 1) > self.max_model_len:
+            raise PromptTooLongError(len(ids), self.max_model_len, params.max_tokens)
+        state = self._state_cls(params, ids, self.vocab_size, self.eos_token_ids)
+        detok = self._detok_cls(self.tokenizer, params) if self._detok_cls is not None else None
+        eos = set() if params.ignore_eos else set(self.eos_token_ids)
+        req = Request(request_id, ids, params, eos, state, detok)
+        if params.ignore_eos:
+            req.stop_ids = set()
+        return req
+
+    def add(self, req: Request) -> None:
+        req.arrival = self._arrivals
+        self._arrivals += 1
+        self.scheduler.add_request(req)
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        self.add(self.make_request(request_id, prompt_token_ids, params))
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Abort now, freeing every block; returns the final ABORT output (None if unknown)."""
+        req = self.scheduler.abort_request(request_id)
+        return None if req is None else self._output(req, [], "", None)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_usage=self.kv.usage,
+            num_preemptions=self.scheduler.num_preemptions,
+            prefix_cache_hit_rate=self.kv.stats.hit_rate,
+        )
+
+    # -- the step ---------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one step; returns an output for every request that produced a token or finished."""
+        sched_out = self.scheduler.schedule()
+        if sched_out.is_empty:
+            return []
+        sampling = [s.request for s in sched_out.scheduled if s.samples]
+        try:
+            logits = self.runner.execute(sched_out.scheduled)
+        except Exception as exc:  # noqa: BLE001 - a failed forward fails its requests, not the loop
+            log.exception("forward pass failed")
+            outs = []
+            for s in sched_out.scheduled:
+                self.scheduler.finish_request(s.request, FinishReason.ERROR, error=f"forward failed: {exc}")
+                outs.append(self._output(s.request, [], "", None))
+            return outs
+        self.scheduler.on_step_done(sched_out)
+        if not sampling:
+            return []
+        results = self.runner.sample(
+            logits, [r.sampling_state for r in sampling], [r.output_token_ids for r in sampling]
+        )
+        outputs = []
+        for req, res in zip(sampling, results):
+            try:
+                if isinstance(res, Exception):
+                    raise res
+                outputs.append(self._process_token(req, res))
+            except Exception as exc:  # noqa: BLE001 - isolated to this request
+                log.warning("request %s failed: %s", req.request_id, exc)
+                self.scheduler.finish_request(req, FinishReason.ERROR, error=f"{type(exc).__name__}: {exc}")
+                outputs.append(self._output(req, [], "", None))
+        return outputs
+
+    def _process_token(self, req: Request, sampled: Any) -> RequestOutput:
+        tid = int(sampled.token_id)
+        params = req.params
+        req.append_token(tid)
+        new_lp = None
+        if req.logprobs is not None:
+            new_lp = [self._logprob(req, tid, sampled)]
+            req.logprobs.extend(new_lp)
+        detok = req.detokenizer
+        new_text = ""
+        if tid in req.stop_ids and req.num_output_tokens >= params.min_tokens:
+            # The stop token stays in token_ids but never reaches the text.
+            new_text = detok.flush() if detok is not None else ""
+            self.scheduler.finish_request(req, FinishReason.STOP, stop_reason=tid)
+        else:
+            stop_string = None
+            if detok is not None:
+                delta = detok.add([tid])
+                new_text, stop_string = delta.new_text, delta.stop_string
+            if stop_string is not None:
+                self.scheduler.finish_request(req, FinishReason.STOP, stop_reason=stop_string)
+            elif (
+                params.max_tokens is not None and req.num_output_tokens >= params.max_tokens
+            ) or req.num_tokens >= self.max_model_len:
+                if detok is not None:
+                    new_text += detok.flush()
+                self.scheduler.finish_request(req, FinishReason.LENGTH)
+        req.text += new_text
+        return self._output(req, [tid], new_text, new_lp)
+
+    def _logprob(self, req: Request, tid: int, sampled: Any) -> TokenLogprob:
+        text = req.detokenizer.token_text if req.detokenizer is not None else (lambda _i: "")
+        top = [TopLogprob(int(i), text(int(i)), float(lp)) for i, lp in (sampled.top or [])]
+        lp = float(sampled.logprob) if sampled.logprob is not None else float("nan")
+        return TokenLogprob(tid, text(tid), lp, top)
+
+    def _output(
+        self, req: Request, new_ids: list[int], new_text: str, new_lp: list[TokenLogprob] | None
+    ) -> RequestOutput:
+        return RequestOutput(
+            request_id=req.request_id,
+            prompt_token_ids=req.prompt_token_ids,
+            new_token_ids=new_ids,
+            new_text=new_text,
+            token_ids=list(req.output_token_ids),
+            text=req.text,
+            logprobs=list(req.logprobs) if req.logprobs is not None else None,
+            new_logprobs=(new_lp or []) if req.logprobs is not None else None,
+            finished=req.is_finished,
+            finish_reason=req.finish_reason,
+            stop_reason=req.stop_reason,
+            num_cached_tokens=req.num_cached_tokens,
+            error=req.error,
+        )
