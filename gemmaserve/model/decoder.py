@@ -1,0 +1,153 @@
+"""Gemma 4 text decoder (MoE 26B-A4B and dense layouts) over paged KV caches: ids -> soft-capped logits."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gemmaserve.model.attention import Gemma4Attention
+from gemmaserve.model.batch import ForwardBatch, KVCaches
+from gemmaserve.model.config import FULL, SLIDING, Gemma4TextConfig
+from gemmaserve.model.layers import GeGLUMLP, RMSNorm, empty_param
+from gemmaserve.model.moe import Gemma4Experts, Gemma4Router
+from gemmaserve.ops.attention import AttentionPlan, build_plan
+from gemmaserve.ops.rope import default_inv_freq, proportional_inv_freq, rope_cos_sin
+
+
+class Gemma4DecoderLayer(nn.Module):
+    """Attention block, dense GeGLU MLP, optional MoE beside it, seven norms, layer_scalar."""
+
+    def __init__(self, config: Gemma4TextConfig, layer: int, dtype: torch.dtype, device) -> None:
+        super().__init__()
+        h, eps = config.hidden_size, config.rms_norm_eps
+        self.kind = config.layer_types[layer]
+        self.self_attn = Gemma4Attention(config, layer, dtype, device)
+        self.mlp = GeGLUMLP(h, config.intermediate_size, dtype, device)
+        self.input_layernorm = RMSNorm(h, eps, dtype, device)
+        self.post_attention_layernorm = RMSNorm(h, eps, dtype, device)
+        self.pre_feedforward_layernorm = RMSNorm(h, eps, dtype, device)
+        self.post_feedforward_layernorm = RMSNorm(h, eps, dtype, device)
+        self.enable_moe = config.enable_moe_block
+        if self.enable_moe:
+            self.router = Gemma4Router(config, dtype, device)
+            self.experts = Gemma4Experts(config, dtype, device)
+            self.post_feedforward_layernorm_1 = RMSNorm(h, eps, dtype, device)
+            self.pre_feedforward_layernorm_2 = RMSNorm(h, eps, dtype, device)
+            self.post_feedforward_layernorm_2 = RMSNorm(h, eps, dtype, device)
+        # A persistent buffer in the checkpoint (shape [1]), like transformers.
+        self.register_buffer("layer_scalar", torch.empty(1, dtype=dtype, device=device))
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        plan: AttentionPlan,
+        slot_mapping: torch.Tensor,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        keep_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """h [T, H] -> [T, H], or [len(keep_rows), H] when keep_rows is given: every row's K/V is
+        still written, but the feed-forward runs only on the kept rows (last layer: sampled rows)."""
+        a = self.self_attn(self.input_layernorm(h), cos_sin, plan, slot_mapping, kv_cache)
+        r = h + self.post_attention_layernorm(a)  # [T, H]
+        if keep_rows is not None:
+            r = r[keep_rows]
+        d = self.mlp(self.pre_feedforward_layernorm(r))
+        if self.enable_moe:
+            d = self.post_feedforward_layernorm_1(d)
+            w, idx = self.router(r)  # the router sees the post-attention residual
+            m = self.experts(self.pre_feedforward_layernorm_2(r), idx, w)
+            d = d + self.post_feedforward_layernorm_2(m)
+        return (r + self.post_feedforward_layernorm(d)) * self.layer_scalar
+
+
+class Gemma4ForCausalLM(nn.Module):
+    """The text decoder. state_dict keys are the checkpoint's text tensor names without the
+    `model.language_model.` prefix; RoPE tables and the embedding scale are non-persistent buffers.
+    The LM head is tied to embed_tokens."""
+
+    def __init__(self, config: Gemma4TextConfig, dtype: torch.dtype = torch.bfloat16, device="cpu") -> None:
+        super().__init__()
+        self.config = config
+        self.dtype = dtype
+        h = config.hidden_size
+        self.embed_tokens = nn.Module()
+        self.embed_tokens.weight = empty_param(config.vocab_size, h, dtype=dtype, device=device)
+        self.layers = nn.ModuleList(
+            Gemma4DecoderLayer(config, i, dtype, device) for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(h, config.rms_norm_eps, dtype, device)
+        # Kept in fp32 and cast to the weight dtype at use: sqrt(2816) = 53.07 becomes 53.0 in bf16.
+        self.register_buffer("embed_scale", torch.tensor(h**0.5, device=device), persistent=False)
+        inv = {
+            SLIDING: default_inv_freq(config.head_dim, config.rope_local_theta),
+            FULL: proportional_inv_freq(
+                config.global_head_dim, config.rope_global_theta, config.global_partial_rotary_factor
+            ),
+        }
+        for kind, freq in inv.items():
+            self.register_buffer(f"{kind}_inv_freq", freq.to(device), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @torch.no_grad()
+    def init_random_(self, seed: int = 0, std: float = 0.02) -> "Gemma4ForCausalLM":
+        """Plausible random weights for --dummy-weights: matrices N(0, std), norm weights and router
+        scales ~1, per_expert_scale ~1, layer_scalar 1. Deterministic for a seed and device."""
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        for name, p in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if p.dim() == 1 and (leaf in ("weight", "scale", "per_expert_scale")):
+                p.normal_(1.0, 0.05, generator=gen)
+            else:
+                p.normal_(0.0, std, generator=gen)
+        for layer in self.layers:
+            layer.layer_scalar.fill_(1.0)
+        return self
+
+    def allocate_kv_caches(
+        self, num_blocks: dict[str, int], block_size: int, dtype: torch.dtype | None = None, device=None
+    ) -> KVCaches:
+        return allocate_kv_caches(self.config, num_blocks, block_size, dtype or self.dtype, device or self.device)
+
+    def forward(self, batch: ForwardBatch, kv_caches: KVCaches) -> torch.Tensor:
+        """Writes the batch's K/V at each kind's slot_mapping; returns fp32 soft-capped logits
+        [num_sample, vocab] for rows batch.logits_indices."""
+        cfg = self.config
+        w = self.embed_tokens.weight
+        h = F.embedding(batch.input_ids, w) * self.embed_scale.to(w.dtype)  # [T, H]
+        plans: dict[str, AttentionPlan] = {}
+        rope: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for spec in cfg.attention_kinds():
+            meta = batch.kinds[spec.kind]
+            plans[spec.kind] = build_plan(
+                meta.block_tables, batch.query_lens_cpu, batch.seq_lens_cpu, batch.block_size, spec.window
+            )
+            rope[spec.kind] = rope_cos_sin(batch.positions, getattr(self, f"{spec.kind}_inv_freq"), w.dtype)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            kind = layer.kind
+            keep = batch.logits_indices if i == last else None
+            h = layer(h, rope[kind], plans[kind], batch.kinds[kind].slot_mapping, kv_caches[i], keep)
+        logits = F.linear(self.norm(h), w).float()  # [num_sample, vocab], tied LM head
+        cap = cfg.final_logit_softcapping
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+
+def allocate_kv_caches(
+    config: Gemma4TextConfig, num_blocks: dict[str, int], block_size: int, dtype: torch.dtype, device
+) -> KVCaches:
+    """Per layer (k, v), each [num_blocks[kind], block_size, kv_heads_of_kind, head_dim_of_kind].
+    Zero-filled so that no stale NaN can ever reach a matmul."""
+    caches: KVCaches = []
+    for i, kind in enumerate(config.layer_types):
+        shape = (num_blocks[kind], block_size, config.layer_kv_heads(i), config.layer_head_dim(i))
+        caches.append(
+            (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        )
+    return caches

@@ -1,0 +1,123 @@
+"""Tensor ops against plain references: MoE gather vs grouped paths, paged attention vs dense
+masked attention (GQA, head_dim 512, shuffled blocks), RoPE tables vs transformers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import Gemma4TextConfig as HFConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from gemmaserve.ops.attention import build_plan, paged_attention, store_kv
+from gemmaserve.ops.moe import moe_experts, moe_gather, moe_grouped
+from gemmaserve.ops.rope import apply_rope, default_inv_freq, proportional_inv_freq, rope_cos_sin
+
+
+def _moe_loop(x, gate_up, down, idx, w):
+    """Token-by-token reference: out_t = sum_k w_tk * down_e(gelu(gate_e x_t) * up_e x_t)."""
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for k in range(idx.shape[1]):
+            e = int(idx[t, k])
+            g, u = (gate_up[e] @ x[t]).chunk(2)
+            out[t] += w[t, k] * (down[e] @ (F.gelu(g, approximate="tanh") * u))
+    return out
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 16, 65])
+def test_moe_paths_agree(tokens):
+    gen = torch.Generator().manual_seed(tokens)
+    e, h, i, k = 8, 32, 12, 3
+    x = torch.randn(tokens, h, generator=gen)
+    gate_up = torch.randn(e, 2 * i, h, generator=gen) * 0.2
+    down = torch.randn(e, h, i, generator=gen) * 0.2
+    idx = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(tokens)])
+    w = torch.rand(tokens, k, generator=gen)
+    ref = _moe_loop(x, gate_up, down, idx, w)
+    torch.testing.assert_close(moe_gather(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(moe_grouped(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(moe_experts(x, gate_up, down, idx, w, 4), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_moe_paths_agree_bf16():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 64, generator=gen).bfloat16()
+    gate_up = (torch.randn(16, 48, 64, generator=gen) * 0.1).bfloat16()
+    down = (torch.randn(16, 64, 24, generator=gen) * 0.1).bfloat16()
+    idx = torch.stack([torch.randperm(16, generator=gen)[:4] for _ in range(24)])
+    w = torch.softmax(torch.randn(24, 4, generator=gen), -1)
+    a, b = moe_gather(x, gate_up, down, idx, w), moe_grouped(x, gate_up, down, idx, w)
+    assert a.dtype == b.dtype == torch.bfloat16
+    torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
+
+
+def _dense_attention(q, k, v, window):
+    """q [N, Hq, D], k/v [N, Hkv, D] of one whole sequence -> [N, Hq, D], causal + window."""
+    n, hq, _ = q.shape
+    rep = hq // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    scores = torch.einsum("qhd,khd->hqk", q, k)  # scale 1.0
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    visible = (j <= i) & ((j > i - window) if window else True)
+    probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), -1)
+    return torch.einsum("hqk,khd->qhd", probs, v)
+
+
+@pytest.mark.parametrize("window,hkv,d", [(None, 1, 512), (6, 2, 16), (5, 4, 32)])
+def test_paged_attention_matches_dense(window, hkv, d):
+    gen = torch.Generator().manual_seed(d)
+    bs, hq = 4, 8
+    lens = [(23, 23), (1, 19), (7, 30), (1, 3), (1, 26)]  # (new tokens, seq_len) per sequence
+    kc = torch.full((64, bs, hkv, d), float("nan"))
+    vc = torch.full((64, bs, hkv, d), float("nan"))
+    perm = torch.randperm(64, generator=gen).tolist()  # blocks scattered through the pool
+    tables, full_q, full_k, full_v, rows = [], [], [], [], []
+    for new, total in lens:
+        nb = -(-total // bs)
+        table = [perm.pop() for _ in range(nb)]
+        # q.k ~ N(0, 1) whatever d is, so fp32 round-off stays far below the tolerance.
+        q, k, v = (torch.randn(total, n, d, generator=gen) * d**-0.25 for n in (hq, hkv, hkv))
+        ctx = total - new
+        slots = torch.tensor([table[p // bs] * bs + p % bs for p in range(total)])
+        store_kv(kc, vc, k[:ctx], v[:ctx], slots[:ctx])  # context already cached
+        if window:  # release blocks wholly out of every query's window
+            oldest = ctx - window + 1
+            for b in range(nb):
+                if (b + 1) * bs <= oldest:
+                    table[b] = -1
+        tables.append(table + [-1] * (8 - nb))
+        full_q.append(q), full_k.append(k), full_v.append(v), rows.append((ctx, slots[ctx:]))
+    bt = torch.tensor(tables, dtype=torch.int32)
+    q_new = torch.cat([q[ctx:] for q, (ctx, _) in zip(full_q, rows)])
+    k_new = torch.cat([k[ctx:] for k, (ctx, _) in zip(full_k, rows)])
+    v_new = torch.cat([v[ctx:] for v, (ctx, _) in zip(full_v, rows)])
+    store_kv(kc, vc, k_new, v_new, torch.cat([s for _, s in rows]))
+    plan = build_plan(bt, [n for n, _ in lens], [t for _, t in lens], bs, window)
+    out = paged_attention(q_new, kc, vc, plan)
+    expected = torch.cat(
+        [_dense_attention(q, k, v, window)[ctx:] for q, k, v, (ctx, _) in zip(full_q, full_k, full_v, rows)]
+    )
+    assert not out.isnan().any()
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_tables_match_transformers():
+    cfg = HFConfig(head_dim=256, global_head_dim=512, num_global_key_value_heads=2, attention_k_eq_v=True,
+                   hidden_size=64, num_attention_heads=4, num_hidden_layers=6)
+    ref_full, _ = ROPE_INIT_FUNCTIONS["proportional"](cfg, "cpu", layer_type="full_attention")
+    ours_full = proportional_inv_freq(512, 1_000_000.0, 0.25)
+    assert ours_full.shape == (256,) and int((ours_full > 0).sum()) == 64
+    torch.testing.assert_close(ours_full, ref_full, atol=0, rtol=0)
+    ref_local = 1.0 / (10_000.0 ** (torch.arange(0, 256, 2).float() / 256))
+    torch.testing.assert_close(default_inv_freq(256, 10_000.0), ref_local, atol=0, rtol=0)
+
+
+def test_partial_rope_leaves_unrotated_dims_unchanged():
+    x = torch.randn(5, 2, 512)
+    cos, sin = rope_cos_sin(torch.arange(100, 105), proportional_inv_freq(512, 1e6, 0.25), torch.float32)
+    y = apply_rope(x, cos, sin)
+    moved = (y - x).abs().amax(dim=(0, 1)) > 1e-6  # [512]
+    expected = torch.zeros(512, dtype=torch.bool)
+    expected[:64] = expected[256:320] = True  # pairs (j, j + 256) for j < 64
+    assert torch.equal(moved, expected)
