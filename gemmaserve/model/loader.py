@@ -1,0 +1,137 @@
+"""Loads a Gemma 4 checkpoint directory (safetensors, either layout) into Gemma4ForCausalLM."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from gemmaserve.model.config import Gemma4TextConfig
+from gemmaserve.model.decoder import Gemma4ForCausalLM
+
+# Tensors of the multimodal checkpoint that the text decoder does not use.
+SKIPPED_PREFIXES = ("model.vision_tower.", "model.embed_vision.", "model.audio_tower.", "model.embed_audio.")
+MULTIMODAL_TEXT_PREFIX = "model.language_model."
+TEXT_ONLY_PREFIX = "model."
+QUANTIZATIONS = (None, "int8")
+# How many missing/unexpected names an error message lists before it says "and N more".
+_MAX_NAMES = 8
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match its config: missing, unexpected or mis-shaped tensors,
+    or no weight files. The message names the tensors."""
+
+
+def load_model(
+    model_dir: str | os.PathLike,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    dummy_weights: bool = False,
+    quantization: str | None = None,
+    seed: int = 0,
+) -> tuple[Gemma4ForCausalLM, Gemma4TextConfig]:
+    """Build the decoder from `model_dir/config.json` and fill it from the safetensors files.
+
+    Tensors are memory-mapped and copied one at a time into the model's parameters, converting
+    to `dtype` on the way (never a full-size float32 copy). With `dummy_weights` no tensor file is
+    read: the weights are random (seeded), which serves any shape, the real 26B-A4B included; on
+    device "meta" nothing is allocated. `quantization="int8"` swaps linear and expert weights for
+    per-output-channel int8 after loading.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {quantization!r}; choose from {QUANTIZATIONS[1:]}")
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"unsupported dtype {dtype}")
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{model_dir}: no config.json")
+    with open(config_path, encoding="utf-8") as f:
+        raw = json.load(f)
+    config = Gemma4TextConfig.from_dict(raw)
+    device = torch.device(device)
+    model = Gemma4ForCausalLM(config, dtype=dtype, device=device)
+    if dummy_weights:
+        if device.type != "meta":
+            model.init_random_(seed)
+    else:
+        load_weights(model, model_dir, text_prefix=_text_prefix(raw))
+    if quantization == "int8":
+        from gemmaserve.ops.quant import quantize_model_int8_
+
+        quantize_model_int8_(model)
+    model.eval()
+    return model, config
+
+
+def _text_prefix(raw: dict) -> str:
+    # Gemma4ForConditionalGeneration nests the decoder under model.language_model.;
+    # a text-only Gemma4ForCausalLM checkpoint keeps it directly under model.
+    return MULTIMODAL_TEXT_PREFIX if "text_config" in raw else TEXT_ONLY_PREFIX
+
+
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: the index's shards, or the single file."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        files = [model_dir / name for name in sorted(set(weight_map.values()))]
+        missing = [p.name for p in files if not p.is_file()]
+        if missing:
+            raise CheckpointError(f"{model_dir}: shard(s) named in the index are missing: {', '.join(missing)}")
+        return files
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    others = sorted(model_dir.glob("*.safetensors"))
+    if others:
+        return others
+    raise CheckpointError(f"{model_dir}: no model.safetensors or model.safetensors.index.json")
+
+
+
+
+@torch.no_grad()
+def load_weights(model: Gemma4ForCausalLM, model_dir: Path, text_prefix: str = MULTIMODAL_TEXT_PREFIX) -> None:
+    """Copy every text tensor of the checkpoint into `model`'s state, tensor by tensor.
+
+    Raises CheckpointError naming any tensor that is mis-shaped, unexpected (a text tensor the
+    model lacks, or a name outside the known prefixes) or missing (a model tensor the files lack).
+    """
+    targets = model.state_dict(keep_vars=True)  # name -> live Parameter / persistent buffer
+    loaded: set[str] = set()
+    unexpected: list[str] = []
+    tied = model.config.tie_word_embeddings
+    for path in checkpoint_files(Path(model_dir)):
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                if key.startswith(SKIPPED_PREFIXES) or (tied and key in ("lm_head.weight", text_prefix + "lm_head.weight")):
+                    continue
+                name = key[len(text_prefix):] if key.startswith(text_prefix) else None
+                if name is None or name not in targets:
+                    unexpected.append(key)
+                    continue
+                target = targets[name]
+                shape = tuple(f.get_slice(key).get_shape())
+                if shape != tuple(target.shape):
+                    raise CheckpointError(
+                        f"tensor {key} in {path.name} has shape {list(shape)}, the config expects {list(target.shape)}"
+                    )
+                # One tensor at a time, memory-mapped; copy_ converts dtype (and moves to device).
+                target.copy_(f.get_tensor(key))
+                loaded.add(name)
+    if unexpected:
+        raise CheckpointError(f"unexpected tensor(s) in checkpoint: {_names(unexpected)}")
+    missing = [text_prefix + n for n in targets if n not in loaded]
+    if missing:
+        raise CheckpointError(f"tensor(s) missing from checkpoint: {_names(missing)}")
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_NAMES])
+    return shown + (f" and {len(names) - _MAX_NAMES} more" if len(names) > _MAX_NAMES else "")
