@@ -1,0 +1,128 @@
+"""Grammar compilation for one tokenizer: llguidance token trie, marker ids, compiled-grammar cache."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import llguidance as llg
+
+
+class SchemaError(ValueError):
+    """A response_format schema or tool schema we cannot turn into a grammar (the API answers 400).
+    The message is user-facing: it names what is wrong, without internal grammar text."""
+
+
+class ConstraintError(RuntimeError):
+    """The grammar matcher failed while generating (a token outside the grammar was sampled, or the
+    grammar left no legal token). Masks make this impossible in normal operation; when it happens
+    it is a bug or a conflicting constraint, and the engine fails just this request."""
+
+
+@dataclass(frozen=True)
+class MarkerIds:
+    """Gemma 4 control-token ids (spec §3), looked up by token text in the tokenizer's vocab."""
+
+    eos: int  # <eos>
+    tool_call_start: int  # <|tool_call>
+    tool_call_end: int  # <tool_call|>
+    tool_response_start: int  # <|tool_response>
+    string_delim: int  # <|"|>
+    channel_start: int  # <|channel>
+    channel_end: int  # <channel|>
+    turn_end: int  # <turn|>
+
+
+_MARKER_TEXT = {
+    "eos": "<eos>",
+    "tool_call_start": "<|tool_call>",
+    "tool_call_end": "<tool_call|>",
+    "tool_response_start": "<|tool_response>",
+    "string_delim": '<|"|>',
+    "channel_start": "<|channel>",
+    "channel_end": "<channel|>",
+    "turn_end": "<turn|>",
+}
+
+# llguidance reports errors as "at L(C): <message>\n<grammar excerpt>"; users get the message only.
+_LLG_ERROR_RE = re.compile(r"(?:at \d+\(\d+\): )?(?:failed to compile JSON schema: )?(?P<msg>[^\n]*)")
+
+
+def _hf_tokenizer(tokenizer: Any) -> Any:
+    """The tokenizers.Tokenizer behind a gemmaserve Tokenizer (`.hf`) or the object itself."""
+    return getattr(tokenizer, "hf", tokenizer)
+
+
+class GrammarCompiler:
+    """Compiles Lark grammars (llguidance dialect) against one tokenizer and caches the results.
+
+    Building the token trie costs about a second for the real 262k vocabulary, and compiling a
+    grammar tens to hundreds of milliseconds, so a server makes one GrammarCompiler per model and
+    passes it to the factories in place of the tokenizer. The cache key is (grammar text, this
+    compiler's tokenizer); each request gets a deep copy of the cached matcher, never the matcher
+    itself (matchers are stateful). Thread-safe: the API may compile from worker threads.
+    """
+
+    def __init__(self, tokenizer: Any, *, cache_size: int = 128) -> None:
+        hf = _hf_tokenizer(tokenizer)
+        ids: dict[str, int] = {}
+        for name, text in _MARKER_TEXT.items():
+            tid = hf.token_to_id(text)
+            if tid is None:
+                raise ValueError(f"tokenizer has no {text} token: not a Gemma 4 vocabulary")
+            ids[name] = tid
+        self.markers = MarkerIds(**ids)
+        self.vocab_size: int = hf.get_vocab_size(with_added_tokens=True)
+        # llguidance's own EOS only matters once a grammar is accepting; ours end with explicit end
+        # tokens, so <eos> is just a safe choice here.
+        self.ll_tokenizer = llg.LLTokenizer(hf.to_str(), n_vocab=self.vocab_size, eos_token=ids["eos"])
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, llg.LLMatcher] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def matcher(self, grammar: str) -> llg.LLMatcher:
+        """A fresh matcher for a Lark grammar; raises SchemaError if it does not compile."""
+        with self._lock:
+            template = self._cache.get(grammar)
+            if template is not None:
+                self._cache.move_to_end(grammar)
+                return template.deep_copy()
+        template = self._compile(grammar)  # outside the lock: compiling may take a while
+        with self._lock:
+            self._cache[grammar] = template
+            self._cache.move_to_end(grammar)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return template.deep_copy()
+
+    def _compile(self, grammar: str) -> llg.LLMatcher:
+        # Validate first: it returns the error text, whereas a bad LLMatcher only enters an error state.
+        is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(
+            llg.LLMatcher.grammar_from_lark(grammar), self.ll_tokenizer
+        )
+        if is_error:
+            raise SchemaError(_user_message(messages[0] if messages else "invalid grammar"))
+        matcher = llg.LLMatcher(self.ll_tokenizer, llg.LLMatcher.grammar_from_lark(grammar), log_level=0)
+        if matcher.is_error():
+            raise SchemaError(_user_message(matcher.get_error()))
+        return matcher
+
+    def cache_len(self) -> int:
+        with self._lock:
+            return len(self._cache)
+
+
+def _user_message(raw: str) -> str:
+    match = _LLG_ERROR_RE.match(raw.strip())
+    msg = match.group("msg").strip() if match else ""
+    return msg or raw.strip().splitlines()[0]
+
+
+def as_compiler(tokenizer: Any) -> GrammarCompiler:
+    """Accept a GrammarCompiler (preferred: it keeps the cache) or any tokenizer it can wrap."""
+    if isinstance(tokenizer, GrammarCompiler):
+        return tokenizer
+    return GrammarCompiler(tokenizer)
