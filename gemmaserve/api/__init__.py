@@ -1,0 +1,1 @@
+"""The OpenRouter-compatible HTTP API: app factory, endpoints, SSE, errors, auth, usage, metrics."""

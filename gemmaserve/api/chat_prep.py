@@ -1,0 +1,133 @@
+"""A validated chat request -> prompt ids, SamplingParams and the output-parsing settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gemmaserve.api.errors import APIError
+from gemmaserve.api.sampling import (
+    CHANNEL_END,
+    CHANNEL_START,
+    TOOL_CALL_START,
+    ReasoningPlan,
+    build_sampling_params,
+    encode_raw_prompt,
+    completion_limit,
+    marker_id,
+    plan_reasoning,
+    thinking_enabled,
+)
+from gemmaserve.api.state import ServerState
+from gemmaserve.chat.constraints import ThinkingBudget
+from gemmaserve.chat.parser import prompt_ends_in_reasoning
+from gemmaserve.chat.render import ChatFormatError
+from gemmaserve.protocol.chat import ChatCompletionRequest, NamedToolChoice
+from gemmaserve.structured import GrammarCompiler, SchemaError, json_object_constraint, json_schema_constraint, tool_call_constraint
+from gemmaserve.types import SamplingParams
+
+
+@dataclass
+class PreparedChat:
+    prompt_ids: list[int]
+    params: SamplingParams
+    reasoning: ReasoningPlan
+    tools: list[dict] | None  # what the output parser types arguments by; None = no tool parsing
+    parallel_tool_calls: bool
+    starts_in_reasoning: bool = False  # the prompt leaves a thought channel open
+
+
+def _text_of(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+
+
+def _render(state: ServerState, req: ChatCompletionRequest, tools: list[dict] | None, thinking: bool) -> str:
+    messages = [m.model_dump(exclude_unset=True) for m in req.messages or []]
+    prefill = ""
+    if messages and messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls"):
+        # A trailing assistant message is the start of the answer, to be continued (spec §2.2).
+        prefill = _text_of(messages.pop().get("content"))
+        if not messages:
+            raise APIError(400, "messages must contain more than a trailing assistant message",
+                           "invalid_request", {"param": "messages"})
+    try:
+        text = state.renderer.render(messages, tools=tools, enable_thinking=thinking, add_generation_prompt=True)
+    except ChatFormatError as exc:
+        raise APIError(400, str(exc), "invalid_prompt", {"param": "messages"}) from None
+    return text + prefill
+
+
+def _constraint_for(state: ServerState, req: ChatCompletionRequest, tool_dicts: list[dict] | None,
+                    parallel: bool, after_thinking: bool):
+    choice = req.tool_choice
+    fmt = req.response_format
+    forced_tool = choice == "required" or isinstance(choice, NamedToolChoice)
+    if forced_tool and not tool_dicts:
+        raise APIError(400, "tool_choice requires a non-empty 'tools' list", "invalid_request",
+                       {"param": "tool_choice"})
+    if forced_tool and fmt is not None and fmt.type != "text":
+        raise APIError(400, "response_format cannot be combined with a forced tool_choice", "invalid_request",
+                       {"param": "response_format"})
+    if not forced_tool and (fmt is None or fmt.type == "text"):
+        return None
+    if state.grammar is None:
+        # One compiler per tokenizer: it caches the token trie and compiled grammars.
+        state.grammar = GrammarCompiler(state.tokenizer)
+    tok = state.grammar
+    try:
+        if choice == "required":
+            return tool_call_constraint(tok, tool_dicts, "required", parallel, after_thinking)
+        if isinstance(choice, NamedToolChoice):
+            name = choice.function["name"]
+            if name not in {t["function"]["name"] for t in tool_dicts or []}:
+                raise APIError(400, f"tool_choice names '{name}', which is not in 'tools'", "invalid_request",
+                               {"param": "tool_choice"})
+            return tool_call_constraint(tok, tool_dicts, {"name": name}, parallel, after_thinking)
+        assert fmt is not None
+        if fmt.type == "json_object":
+            return json_object_constraint(tok, after_thinking)
+        if fmt.type == "json_schema":
+            assert fmt.json_schema is not None
+            schema = fmt.json_schema.json_schema if fmt.json_schema.json_schema is not None else {}
+            return json_schema_constraint(tok, schema, bool(fmt.json_schema.strict), after_thinking)
+    except SchemaError as exc:
+        raise APIError(400, f"Invalid schema: {exc}", "invalid_request", {"param": "response_format"}) from None
+    raise APIError(400, f"response_format type '{fmt.type}' is not supported by this endpoint",
+                   "invalid_request", {"param": "response_format"})
+
+
+def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat:
+    tok = state.tokenizer
+    engine = state.engine
+    assert engine is not None
+    tool_dicts = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
+    parallel = req.parallel_tool_calls is not False
+    # tool_choice "none": the model is not told about the tools, and cannot open a call.
+    render_tools = None if req.tool_choice == "none" else tool_dicts
+    thinking = thinking_enabled(req) if req.messages is not None else False
+    if req.messages is not None:
+        text = _render(state, req, render_tools, thinking)
+        prompt_ids = tok.encode(text)
+    else:
+        text = req.prompt or ""
+        prompt_ids = encode_raw_prompt(tok, text)
+    max_tokens = completion_limit(req, len(prompt_ids), engine.max_model_len)
+    plan = plan_reasoning(req, max_tokens) if req.messages is not None else ReasoningPlan(False, False, None)
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    params = build_sampling_params(
+        req, max_tokens=max_tokens, vocab_size=engine.vocab_size,
+        defaults=getattr(tok, "generation_defaults", {}) or {}, logprobs=logprobs,
+    )
+    if plan.budget is not None:
+        params.constraints.append(
+            ThinkingBudget(plan.budget, marker_id(tok, CHANNEL_START), marker_id(tok, CHANNEL_END)))
+    constraint = _constraint_for(state, req, render_tools, parallel, plan.enabled)
+    if constraint is not None:
+        params.constraints.append(constraint)
+    if req.tool_choice == "none" and tool_dicts:
+        params.logit_bias.setdefault(marker_id(tok, TOOL_CALL_START), -100.0)
+    return PreparedChat(prompt_ids, params, plan, render_tools, parallel, prompt_ends_in_reasoning(text))

@@ -1,0 +1,132 @@
+"""The `serve` and `hash-key` subcommands; gemmaserve/cli.py calls add_serve_parser(subparsers)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+
+from gemmaserve.api.auth import hash_key, load_key_hashes
+from gemmaserve.api.state import BASE_MODEL_ID, ServerConfig, ServerState
+
+log = logging.getLogger("gemmaserve.serve")
+
+
+def add_serve_parser(subparsers) -> None:
+    """Register `serve` and `hash-key`; each sets `func(args) -> int` for main() to call."""
+    p = subparsers.add_parser("serve", help="serve the OpenRouter-compatible HTTP API")
+    p.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", help="the one accepted bearer key (prefer --api-keys-file)")
+    keys.add_argument("--api-keys-file", help="file of sha256 hex digests of accepted keys, one a line "
+                      "(make them with `gemmaserve hash-key`)")
+    p.add_argument("--served-model-name", default=BASE_MODEL_ID,
+                   help=f"model id clients may send and /models lists (default {BASE_MODEL_ID})")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--dummy-weights", action="store_true", help="random weights; reads config.json only")
+    p.add_argument("--quantization", default=None, choices=[None, "int8"])
+    p.add_argument("--max-num-seqs", type=int, default=32)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--max-waiting", type=int, default=256, help="queued requests beyond this get 429")
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--kv-cache-memory-gb", type=float, default=None)
+    p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt-price", type=float, default=0.06, help="USD per million prompt tokens")
+    p.add_argument("--completion-price", type=float, default=0.33, help="USD per million completion tokens")
+    p.add_argument("--provider-name", default="gemmaserve")
+    p.add_argument("--keepalive-interval", type=float, default=10.0,
+                   help="seconds between `: OPENROUTER PROCESSING` comments before the first token")
+    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run_serve)
+
+    h = subparsers.add_parser("hash-key", help="print the sha256 line for an --api-keys-file")
+    h.add_argument("key", nargs="?", help="the key (read from stdin or a prompt when omitted)")
+    h.set_defaults(func=run_hash_key)
+
+
+def run_hash_key(args: argparse.Namespace) -> int:
+    key = args.key
+    if key is None:
+        key = sys.stdin.readline().strip() if not sys.stdin.isatty() else getpass.getpass("API key: ")
+    if not key:
+        print("error: empty key", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
+
+
+def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
+    if args.api_keys_file:
+        hashes = load_key_hashes(args.api_keys_file)
+    elif args.api_key:
+        hashes = frozenset({hash_key(args.api_key)})
+    else:
+        hashes = frozenset()
+    return ServerConfig(
+        served_model_name=args.served_model_name,
+        api_key_hashes=hashes,
+        prompt_price_per_m=args.prompt_price,
+        completion_price_per_m=args.completion_price,
+        provider_name=args.provider_name,
+        keepalive_interval_s=args.keepalive_interval,
+        max_body_bytes=args.max_body_bytes,
+        quantization=args.quantization,
+    )
+
+
+def _engine_loader(args: argparse.Namespace):
+    """Loads model, tokenizer and template; runs in a worker thread after the server is up."""
+
+    def load():
+        from gemmaserve.chat.render import ChatRenderer
+        from gemmaserve.config import CacheConfig, EngineConfig, SchedulerConfig
+        from gemmaserve.engine.async_engine import AsyncEngine
+        from gemmaserve.model.hub import resolve_model_path
+        from gemmaserve.tokenizer import Tokenizer
+
+        path = resolve_model_path(args.model)
+        tokenizer = Tokenizer.from_dir(path)
+        if not tokenizer.chat_template:
+            raise ValueError(f"{path} has no chat template (chat_template.jinja or tokenizer_config.json)")
+        renderer = ChatRenderer(tokenizer.chat_template)
+        cache = CacheConfig(
+            block_size=args.block_size,
+            memory_bytes=int(args.kv_cache_memory_gb * 2**30) if args.kv_cache_memory_gb else None,
+            enable_prefix_caching=not args.no_prefix_caching,
+        )
+        sched = SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                                max_waiting=args.max_waiting)
+        cfg = EngineConfig(model=str(path), dtype=args.dtype, device=args.device, max_model_len=args.max_model_len,
+                           seed=args.seed, quantization=args.quantization, dummy_weights=args.dummy_weights,
+                           cache=cache, scheduler=sched)
+        engine = AsyncEngine.from_config(cfg)
+        return engine, tokenizer, renderer
+
+    return load
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gemmaserve.api.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = server_config_from_args(args)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not config.api_key_hashes:
+        log.warning("no --api-key/--api-keys-file: the API is open to anyone who can reach %s:%d",
+                    args.host, args.port)
+    state = ServerState(config=config, loader=_engine_loader(args))
+    app = create_app(state)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0 if state.load_error is None else 1

@@ -1,0 +1,145 @@
+"""Legacy POST /api/v1/completions (+ /v1 alias): raw prompt in, text_completion out (spec §10)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from gemmaserve.api.auth import require_auth
+from gemmaserve.api.errors import APIError, engine_error_to_api
+from gemmaserve.api.guards import check_model, ensure_ready
+from gemmaserve.api.run import TIMEOUT, EngineRun, new_generation_id, normalised_reason, record_generation
+from gemmaserve.api.sampling import build_sampling_params, completion_limit, encode_raw_prompt
+from gemmaserve.api.sse import DONE, KEEPALIVE, SSEResponse, sse_data
+from gemmaserve.api.state import ServerState
+from gemmaserve.api.usage import TokenCounts
+from gemmaserve.protocol.completions import CompletionRequest
+from gemmaserve.types import EngineError, FinishReason, TokenLogprob
+
+router = APIRouter()
+
+
+def text_logprobs(items: list[TokenLogprob] | None, offset0: int) -> dict[str, Any] | None:
+    """The legacy logprobs object: parallel arrays plus one {token: logprob} map per position."""
+    if items is None:
+        return None
+    offsets, pos = [], offset0
+    for lp in items:
+        offsets.append(pos)
+        pos += len(lp.token)
+    return {
+        "tokens": [lp.token for lp in items],
+        "token_logprobs": [lp.logprob for lp in items],
+        "top_logprobs": [{t.token: t.logprob for t in lp.top} for lp in items],
+        "text_offset": offsets,
+    }
+
+
+@router.post("/api/v1/completions", dependencies=[Depends(require_auth)])
+@router.post("/v1/completions", dependencies=[Depends(require_auth)])
+async def completions(req: CompletionRequest, request: Request):
+    state: ServerState = request.app.state.gs
+    check_model(state, req)
+    ensure_ready(state)
+    engine, tok = state.engine, state.tokenizer
+    assert engine is not None
+    if isinstance(req.prompt, str):
+        prompt_ids = encode_raw_prompt(tok, req.prompt)
+        prompt_text = req.prompt
+    else:
+        prompt_ids = list(req.prompt)  # type: ignore[arg-type]
+        if any(t >= engine.vocab_size for t in prompt_ids):
+            raise APIError(400, f"Invalid value for 'prompt': token ids must be below {engine.vocab_size}",
+                           "invalid_request", {"param": "prompt"})
+        prompt_text = tok.decode(prompt_ids)
+    max_tokens = completion_limit(req, len(prompt_ids), engine.max_model_len)
+    params = build_sampling_params(req, max_tokens=max_tokens, vocab_size=engine.vocab_size,
+                                   defaults=getattr(tok, "generation_defaults", {}) or {}, logprobs=req.logprobs)
+    created = int(time.time())
+    gen_id = new_generation_id(created)
+    run = EngineRun(state, prompt_ids, params, gen_id)
+    prefix = prompt_text if req.echo else ""
+
+    def record(finish, native, streamed, cancelled):
+        out = run.last
+        counts = TokenCounts(len(prompt_ids), len(out.token_ids) if out else 0, out.num_cached_tokens if out else 0)
+        return record_generation(state, gen_id=gen_id, created=created, endpoint="completions", run=run,
+                                 counts=counts, finish_reason=finish, native_finish_reason=native,
+                                 streamed=streamed, cancelled=cancelled, user=req.user,
+                                 session_id=req.session_id, headers=request.headers)
+
+    def body(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {"id": gen_id, "object": "text_completion", "created": created, "model": state.config.response_model,
+                "provider": state.config.provider_name, "system_fingerprint": None, "choices": choices, **extra}
+
+    try:
+        first = await run.next(timeout=state.config.keepalive_interval_s if req.stream else None)
+    except EngineError as exc:
+        await run.close()
+        raise engine_error_to_api(exc) from None
+    except BaseException:
+        await run.close()
+        raise
+
+    if not req.stream:
+        try:
+            out = first
+            while out is not None and not out.finished:
+                out = await run.next()
+        except EngineError as exc:
+            raise engine_error_to_api(exc) from None
+        finally:
+            await run.close()
+        last = run.last
+        finish, native = normalised_reason(last, False), (last.finish_reason.value if last and last.finish_reason else None)
+        usage = record(finish, native, False, False)
+        choice = {"text": prefix + (last.text if last else ""), "index": 0,
+                  "logprobs": text_logprobs(last.logprobs if last else None, len(prefix)),
+                  "finish_reason": finish, "native_finish_reason": native}
+        if last is not None and last.finish_reason == FinishReason.ERROR:
+            choice["error"] = {"code": 500, "message": last.error or "generation failed", "metadata": {"error_type": "server"}}
+        return JSONResponse(body([choice], usage=usage), headers={"X-Generation-Id": gen_id})
+
+    async def stream() -> AsyncIterator[bytes]:
+        out, finish, native, cancelled = first, None, None, True
+        offset = len(prefix)
+        try:
+            if prefix:
+                yield sse_data(body([{"text": prefix, "index": 0, "logprobs": None, "finish_reason": None}]))
+            try:
+                while out is not None:
+                    if out is TIMEOUT:
+                        yield KEEPALIVE
+                    elif out.new_text or out.new_logprobs:
+                        lp = text_logprobs(out.new_logprobs, offset) if req.logprobs is not None else None
+                        offset += len(out.new_text)
+                        yield sse_data(body([{"text": out.new_text, "index": 0, "logprobs": lp, "finish_reason": None}]))
+                    if out is not TIMEOUT and out.finished:
+                        break
+                    out = await run.next(timeout=state.config.keepalive_interval_s if run.t_first is None else None)
+                last = run.last
+                if last is not None and last.finish_reason == FinishReason.ERROR:
+                    raise EngineError(last.error or "generation failed")
+                finish = normalised_reason(last, False) or "stop"
+                native = last.finish_reason.value if last and last.finish_reason else "stop"
+                yield sse_data(body([{"text": "", "index": 0, "logprobs": None, "finish_reason": finish,
+                                      "native_finish_reason": native}]))
+            except EngineError as exc:
+                finish = native = "error"
+                err = engine_error_to_api(exc)
+                if type(exc) is EngineError:
+                    err = APIError(500, str(exc), "server")
+                yield sse_data(body([{"text": "", "index": 0, "finish_reason": "error"}], error=err.body()["error"]))
+            usage = record(finish, native, True, False)
+            cancelled = False
+            yield sse_data(body([], usage=usage))
+            yield DONE
+        finally:
+            await run.close()
+            if cancelled:
+                record(finish, native, True, True)
+
+    return SSEResponse(stream(), headers={"X-Generation-Id": gen_id})

@@ -1,0 +1,144 @@
+"""The one error mapper: every failure becomes OpenRouter's `{"error": {code, message, metadata}}`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gemmaserve.types import (
+    EngineDeadError,
+    EngineError,
+    InvalidRequestError,
+    PromptTooLongError,
+    QueueFullError,
+)
+
+log = logging.getLogger("gemmaserve.api")
+
+# OpenRouter's typed error_type per status (spec §6.3), used when a raise site names none.
+_DEFAULT_TYPE = {
+    400: "invalid_request",
+    401: "authentication",
+    403: "permission_denied",
+    404: "not_found",
+    405: "invalid_request",
+    413: "payload_too_large",
+    422: "unprocessable",
+    429: "rate_limit_exceeded",
+    500: "server",
+    502: "provider_unavailable",
+    503: "provider_overloaded",
+}
+
+
+class APIError(Exception):
+    """An error with its HTTP status, raised anywhere in the api layer."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        error_type: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type or _DEFAULT_TYPE.get(status, "unmapped")
+        self.metadata = metadata or {}
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "code": self.status,
+                "message": self.message,
+                "metadata": {"error_type": self.error_type, **self.metadata},
+            }
+        }
+
+
+def engine_error_to_api(exc: EngineError) -> APIError:
+    """Map the engine's typed errors (types.py) onto statuses."""
+    if isinstance(exc, PromptTooLongError):
+        return APIError(400, str(exc), "context_length_exceeded", {"provider_name": None})
+    if isinstance(exc, QueueFullError):
+        return APIError(
+            429, "Too many requests are waiting; retry shortly.", "rate_limit_exceeded",
+            headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, InvalidRequestError):
+        return APIError(400, str(exc), "invalid_request")
+    if isinstance(exc, EngineDeadError):
+        return APIError(503, "The inference engine is not running.", "provider_unavailable",
+                        headers={"Retry-After": "5"})
+    return APIError(500, "Internal Server Error", "server")
+
+
+def error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def _field_path(loc: tuple) -> str:
+    # loc looks like ("body", "messages", 0, "content"); the leading "body" is noise to a client.
+    parts = [str(p) for p in loc if p != "body"]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request body", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return "Invalid JSON in request body", None
+    field = _field_path(tuple(first.get("loc", ())))
+    msg = str(first.get("msg", "invalid value"))
+    if not field:
+        return f"Invalid request body: {msg}", None
+    if first.get("type") == "missing":
+        return f"Missing required field '{field}'", field
+    return f"Invalid value for '{field}': {msg}", field
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return error_response(exc)
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(request: Request, exc: EngineError):
+        return error_response(engine_error_to_api(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        message, field = validation_message(exc)
+        meta = {"param": field} if field else {}
+        return error_response(APIError(400, message, "invalid_request", meta))
+
+    @app.exception_handler(json.JSONDecodeError)
+    async def _bad_json(request: Request, exc: json.JSONDecodeError):
+        return error_response(APIError(400, "Invalid JSON in request body", "invalid_request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "Error"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"Not found: {request.method} {request.url.path}"
+        return error_response(APIError(exc.status_code, message, headers=getattr(exc, "headers", None)))
+
+    @app.exception_handler(Exception)
+    async def _catch_all(request: Request, exc: Exception):
+        # A bug, never a client's fault: log the trace, mask the message (OpenRouter masks 500s too).
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(APIError(500, "Internal Server Error", "server"))
