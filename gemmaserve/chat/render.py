@@ -274,6 +274,15 @@ class ChatRenderer:
     def default(cls, bos_token: str = "<bos>") -> "ChatRenderer":
         return cls(default_chat_template(), bos_token=bos_token)
 
+    def render_template(self, **variables: Any) -> str:
+        """Render the template with exactly these variables (no normalisation), e.g. native
+        `tool_responses` or media parts that `render` refuses."""
+        variables.setdefault("bos_token", self.bos_token)
+        try:
+            return self._template.render(**variables)
+        except jinja2.exceptions.TemplateError as exc:
+            raise ChatFormatError(f"cannot render these messages: {exc}") from exc
+
     def render(
         self,
         messages: list[dict],
@@ -284,14 +293,10 @@ class ChatRenderer:
         """The prompt text, starting with the BOS token (tokenize it without adding another)."""
         msgs = normalize_messages(messages)
         tool_list = normalize_tools(tools)
-        try:
-            return self._template.render(
-                messages=msgs,
-                tools=tool_list,
-                documents=None,
-                add_generation_prompt=add_generation_prompt,
-                enable_thinking=enable_thinking,
-                bos_token=self.bos_token,
-            )
-        except jinja2.exceptions.TemplateError as exc:
-            raise ChatFormatError(f"cannot render these messages: {exc}") from exc
+        return self.render_template(
+            messages=msgs,
+            tools=tool_list,
+            documents=None,
+            add_generation_prompt=add_generation_prompt,
+            enable_thinking=enable_thinking,
+        )
