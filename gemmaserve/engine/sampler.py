@@ -341,18 +341,25 @@ class Sampler:
             last = torch.where(probs > 0, pos, -1).amax(dim=-1)  # [R]
             return torch.minimum(idx, last)
 
-        kmax = max(top_ks)
-        if all(0 < k for k in top_ks) and kmax <= _TOPK_FAST_LIMIT and kmax < v:
-            vals, ids = scaled.topk(kmax, dim=-1)  # [R, K] sorted descending
-        else:
-            vals, ids = scaled.sort(dim=-1, descending=True)  # [R, V]
-        c = vals.shape[1]
-        pos = torch.arange(c, device=dev)  # [C]
-        k_eff = torch.tensor([k if 0 < k < c else c for k in top_ks], device=dev)  # [R]
-        vals = vals.masked_fill(pos[None, :] >= k_eff[:, None], float("-inf"))
-        probs = torch.softmax(vals, dim=-1)  # [R, C], renormalised over the top-k set
+        k_eff_list = [k if 0 < k < v else v for k in top_ks]
+        kmax = max(k_eff_list)
         top_p_t = torch.tensor(top_ps, dtype=torch.float32, device=dev)
         min_p_t = torch.tensor(min_ps, dtype=torch.float32, device=dev)
+        k_eff = torch.tensor(k_eff_list, device=dev)  # [R]
+        # Rows without top_k normalise over the whole vocabulary, whatever slice we keep.
+        full_lse = torch.logsumexp(scaled, dim=-1) if kmax == v else torch.zeros(len(states), device=dev)  # [R]
+        # Sorting the whole vocabulary is the slow part; a topk of _TOPK_FAST_LIMIT candidates is
+        # exact whenever every row's kept set fits inside it (checked below), which top_p/min_p
+        # sets of real models nearly always do.
+        vals, ids = scaled.topk(min(kmax, _TOPK_FAST_LIMIT), dim=-1)  # [R, C] sorted descending
+        probs = self._sorted_probs(vals, k_eff, full_lse, v)  # [R, C]
+        if kmax > vals.shape[1]:
+            c = vals.shape[1]
+            fits = (k_eff <= c) | (top_p_t <= probs.sum(dim=-1))
+            fits |= probs[:, -1] < min_p_t * probs[:, 0]
+            if not bool(fits.all()):
+                vals, ids = scaled.sort(dim=-1, descending=True)  # [R, V]
+                probs = self._sorted_probs(vals, k_eff, full_lse, v)
         # Each mask keeps a prefix of the descending order (position 0 always survives top_p).
         exclusive = torch.cumsum(probs, dim=-1) - probs  # [R, C] mass strictly before each token
         keep = (exclusive < top_p_t[:, None]) | (top_p_t[:, None] >= 1.0)
@@ -365,6 +372,15 @@ class Sampler:
         j = torch.searchsorted(cdf, x, right=True).squeeze(1)  # [R]
         j = torch.minimum(j, n_keep - 1)
         return ids.gather(1, j[:, None]).squeeze(1)
+
+    @staticmethod
+    def _sorted_probs(vals: torch.Tensor, k_eff: torch.Tensor, full_lse: torch.Tensor, v: int) -> torch.Tensor:
+        """Descending logits [R, C] -> probabilities [R, C] renormalised over each row's top-k set
+        (over the whole vocabulary for rows without top_k); ids past k are 0."""
+        pos = torch.arange(vals.shape[1], device=vals.device)  # [C]
+        vals = vals.masked_fill(pos[None, :] >= k_eff[:, None], float("-inf"))
+        lse = torch.where(k_eff >= v, full_lse, torch.logsumexp(vals, dim=-1))  # [R]
+        return torch.exp(vals - lse[:, None])
 
     @staticmethod
     def _fill_logprobs(

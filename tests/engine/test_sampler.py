@@ -330,3 +330,30 @@ def test_edge_values_are_accepted(kw):
     s = state(**kw)
     out = Sampler(V, seed=0).sample(rand_logits(1), [s], [[]])
     assert 0 <= out[0].token_id < V
+
+
+def test_large_vocab_top_p_candidates_and_full_sort_fallback_agree():
+    big = 4096  # above the 1024-candidate topk shortcut
+    peaked = rand_logits(1, seed=20, v=big)[0] * 2  # its top_p set fits in 1024 candidates
+    # Near-flat and decreasing with the id: its top_p set (~3690 ids) does not: full sort.
+    flat = -torch.arange(big, dtype=torch.float32) * 1e-4
+
+    def run(with_flat_mate: bool) -> list[int]:
+        me = SamplingState(SamplingParams(seed=5, top_p=0.9), [], big, EOS)
+        mate = SamplingState(SamplingParams(top_p=0.9), [], big, EOS)
+        sampler = Sampler(big, seed=0)
+        toks = []
+        for _ in range(30):
+            rows = [peaked, flat] if with_flat_mate else [peaked]
+            sts = [me, mate] if with_flat_mate else [me]
+            toks.append(sampler.sample(torch.stack(rows), sts, [[]] * len(sts))[0].token_id)
+        return toks
+
+    assert run(False) == run(True)
+    # The flat row really samples from its whole top_p prefix, beyond the candidate slice.
+    m = 300
+    states = [SamplingState(SamplingParams(top_p=0.9), [], big, EOS) for _ in range(m)]
+    out = Sampler(big, seed=1).sample(flat.expand(m, -1).clone(), states, [[]] * m)
+    n_keep = int((torch.cumsum(torch.softmax(flat, -1), -1) < 0.9).sum()) + 1
+    drawn = [t.token_id for t in out]
+    assert 3000 < max(drawn) < n_keep
