@@ -126,11 +126,10 @@ class SamplingState:
         self._new_in_output: list[int] = []  # generated ids absent from the prompt, first-seen order
         self._num_seen = 0
 
-    @property
-    def needs_processing(self) -> bool:
+    def needs_processing(self, num_output: int) -> bool:
         """True when this row's logits must be edited before temperature (no fast path)."""
         p = self.params
-        return bool(p.constraints) or bool(p.logit_bias) or self.has_penalties or p.min_tokens > 0
+        return bool(p.constraints) or bool(p.logit_bias) or self.has_penalties or self.min_tokens_active(num_output)
 
     def min_tokens_active(self, num_output: int) -> bool:
         p = self.params
@@ -203,7 +202,7 @@ class Sampler:
         lp_rows = [i for i, s in enumerate(states) if s.params.logprobs is not None]
         raw_logprobs = torch.log_softmax(logits[lp_rows], dim=-1) if lp_rows else None  # [L, V]
 
-        if any(s.needs_processing for s in states):
+        if any(s.needs_processing(len(o)) for s, o in zip(states, output_token_ids)):
             logits = self.process(logits.clone(), states, output_token_ids)
 
         chosen = torch.empty(n, dtype=torch.long, device=logits.device)  # [N]
