@@ -116,13 +116,16 @@ class _Sink:
     def __init__(self) -> None:
         self.started = False
         self.pending = ""
+        self._break = False
 
     def push(self, text: str) -> str:
-        if not self.started:
+        if not self.started or self._break:
             text = text.lstrip()
             if not text:
                 return ""
-            self.started = True
+            if self.started:
+                self.pending = "\n\n"  # a block break replaces the whitespace around it
+            self.started, self._break = True, False
         body = text.rstrip()
         if not body:
             self.pending += text
@@ -133,8 +136,7 @@ class _Sink:
 
     def block_break(self) -> None:
         """A new block (second thought channel, content after a tool call) starts a paragraph."""
-        if self.started and self.pending.count("\n") < 2:
-            self.pending = "\n\n"
+        self._break = self.started
 
 
 class OutputStreamParser:

@@ -138,10 +138,12 @@ def coerce_bare(raw: str, schema: Any, quoted: bool = False) -> str:
                 return out
     if quoted:
         return json.dumps(raw, ensure_ascii=False)
-    for t in ("null", "boolean", "integer", "number"):
+    for t in ("null", "boolean"):
         out = _try_type(t, raw)
         if out is not None:
             return out
+    if _JSON_NUMBER.fullmatch(raw):  # only literal JSON numbers: `007` stays the string "007"
+        return raw
     if len(raw) >= 2 and raw[0] == raw[-1] == '"':
         try:
             value = json.loads(raw)
