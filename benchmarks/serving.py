@@ -164,8 +164,8 @@ async def bench_endpoint(
 ) -> list[dict[str, Any]]:
     extra = json.loads(args.extra_body) if args.extra_body else {}
     results = []
-    for c in args.concurrency:
-        n = args.num_prompts or max(4 * c, 8)
+    for i, c in enumerate(args.concurrency):
+        n = args.num_prompts[min(i, len(args.num_prompts) - 1)] or max(4 * c, 8)
         if args.warmup:
             warm = vocab.prompts(args.warmup, args.input_len, seed=args.seed + 999_983 + c)
             warm_lens = [len(p) for p in warm]
@@ -286,7 +286,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llama-args", default="", help="extra args for spawned llama-server")
     p.add_argument("--llama-server", default=str(DEFAULT_LLAMA_SERVER))
     p.add_argument("--model", default=None, help="model field to send (default: first of /v1/models)")
-    p.add_argument("--num-prompts", type=int, default=0, help="requests per run (default 4x concurrency, >= 8)")
+    p.add_argument("--num-prompts", type=lambda s: [int(x) for x in s.split(",")], default=[0],
+                   help="requests per run, one per --concurrency value or one for all (default 4x concurrency, >= 8)")
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1],
                    help="max requests in flight; a comma list runs each")
     p.add_argument("--input-len", type=int, default=512)

@@ -45,7 +45,9 @@ fetch_sdist() {
 
 build_server() {
     fetch_sdist
-    if [[ -x $SERVER ]]; then log "llama-server already built: $SERVER"; return; fi
+    if [[ -x $SERVER && -x $BUILD/bin/llama-bench && -x $BUILD/bin/llama-batched-bench ]]; then
+        log "llama.cpp tools already built in $BUILD/bin"; return
+    fi
     log "configuring (CPU, GGML_NATIVE=ON, Release)"
     # nice: the build machine is shared; the build must not starve interactive work.
     nice -n 19 cmake -S "$LLAMA" -B "$BUILD" -G Ninja \
@@ -53,8 +55,11 @@ build_server() {
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_OPENSSL=OFF \
         -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
         -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF
-    log "building llama-server and llama-bench with -j$JOBS"
-    nice -n 19 cmake --build "$BUILD" --config Release -j "$JOBS" --target llama-server llama-bench
+    # llama-bench (pp/tg, one sequence) and llama-batched-bench (N parallel sequences) give the
+    # offline rows; llama-server the serving rows.
+    log "building llama-server, llama-bench, llama-batched-bench with -j$JOBS"
+    nice -n 19 cmake --build "$BUILD" --config Release -j "$JOBS" \
+        --target llama-server llama-bench llama-batched-bench
     [[ -x $SERVER ]] || { log "build finished but $SERVER is missing"; exit 1; }
     log "built $SERVER"
 }

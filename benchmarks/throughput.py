@@ -1,14 +1,18 @@
-"""Offline benchmark: the same random prompts through gemmaserve's LLM and transformers' generate,
-in one run, with ratios (prefill tok/s, single-stream decode tok/s, batched decode tok/s).
+"""Offline benchmark: the same random prompts through gemmaserve's LLM engine and transformers'
+generate, in one run, with ratios (prefill tok/s, single-stream decode tok/s, batched decode tok/s).
 
     python -m benchmarks.throughput --model .bench-model --input-len 512 --output-len 128 --batch-sizes 8
 
-Timing, identical for both engines (greedy, eos ignored, fresh prompts for every timed call so a
-prefix cache cannot help):
-  prefill      = P / t(1 prompt, 1 new token)
-  decode       = (O - 1) / (t(1 prompt, O new) - t(1 prompt, 1 new))
-  decode xB    = B * (O - 1) / (t(B prompts, O new) - t(B prompts, 1 new))
-Each is the median over --repeats timed calls, after one untimed warm-up call.
+Both engines run greedy with eos ignored and stamp every generated token as it appears
+(gemmaserve: the outputs of each Engine.step(), which is what LLM.generate loops over;
+transformers: a generate() streamer, called once per decoding step), so one call gives both
+phases and nothing is inferred by subtracting separate runs:
+  prefill     = P / (first token - call start)                          one P-token prompt
+  decode      = (O - 1) / (last token - first token)                    the same call
+  decode xB   = tokens after t0 / (last token - t0), t0 = the moment   B prompts at once
+                the last of the B requests got its first token (steady-state decode only)
+Each is the median over --repeats calls (fresh prompts every call, identical for both engines,
+so a prefix cache cannot help), after untimed warm-up calls at the measured shapes.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
 
 from benchmarks.prompts import PromptVocab  # noqa: E402
 
-# A generate function: (prompts [B][P] token ids, new tokens) -> seconds taken.
-GenerateFn = Callable[[list[list[int]], int], float]
+# (prompts [B][P] token ids, new tokens) -> (call start, per prompt the arrival time of every token).
+GenerateFn = Callable[[list[list[int]], int], tuple[float, list[list[float]]]]
 
 
 def gemmaserve_runner(model: str, threads: int, llm_kwargs: dict[str, Any]) -> tuple[GenerateFn, Callable[[], None]]:
@@ -39,23 +43,33 @@ def gemmaserve_runner(model: str, threads: int, llm_kwargs: dict[str, Any]) -> t
 
     torch.set_num_threads(threads)
     llm = LLM(model=model, dtype="bfloat16", device="cpu", **llm_kwargs)
+    engine = llm.engine
+    counter = iter(range(10**9))
 
-    def run(prompts: list[list[int]], new_tokens: int) -> float:
+    def run(prompts: list[list[int]], new_tokens: int) -> tuple[float, list[list[float]]]:
         params = SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+        rids = [f"bench-{next(counter)}" for _ in prompts]
+        times: dict[str, list[float]] = {r: [] for r in rids}
+        done: set[str] = set()
         t0 = time.perf_counter()
-        outs = llm.generate(prompts, params)
-        dt = time.perf_counter() - t0
-        got = [len(o.token_ids) for o in outs]
+        # The same add_request/step loop as LLM.generate, with a timestamp per output.
+        for rid, p in zip(rids, prompts):
+            engine.add_request(rid, p, params)
+        while len(done) < len(rids):
+            outs = engine.step()
+            now = time.perf_counter()
+            for o in outs:
+                times[o.request_id].extend([now] * len(o.new_token_ids))
+                if o.finished:
+                    done.add(o.request_id)
+        got = [len(times[r]) for r in rids]
         if got != [new_tokens] * len(prompts):
             raise RuntimeError(f"gemmaserve generated {got} tokens, wanted {new_tokens} each")
-        return dt
+        return t0, [times[r] for r in rids]
 
     def close() -> None:
-        nonlocal llm
-        shutdown = getattr(llm, "shutdown", None)
-        if callable(shutdown):
-            shutdown()
-        del llm
+        nonlocal llm, engine
+        del llm, engine
 
     return run, close
 
@@ -63,6 +77,7 @@ def gemmaserve_runner(model: str, threads: int, llm_kwargs: dict[str, Any]) -> t
 def transformers_runner(model: str, threads: int, experts_impl: str | None) -> tuple[GenerateFn, Callable[[], None]]:
     import torch
     from transformers import Gemma4ForConditionalGeneration
+    from transformers.generation.streamers import BaseStreamer
 
     torch.set_num_threads(threads)
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
@@ -70,18 +85,31 @@ def transformers_runner(model: str, threads: int, experts_impl: str | None) -> t
         kwargs["experts_implementation"] = experts_impl
     hf = Gemma4ForConditionalGeneration.from_pretrained(model, **kwargs).eval()
 
-    def run(prompts: list[list[int]], new_tokens: int) -> float:
+    class Stamps(BaseStreamer):
+        """generate() puts the prompt first, then each step's [B] new tokens: stamp the steps."""
+
+        def __init__(self) -> None:
+            self.calls: list[float] = []
+
+        def put(self, value: Any) -> None:
+            self.calls.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    def run(prompts: list[list[int]], new_tokens: int) -> tuple[float, list[list[float]]]:
         ids = torch.tensor(prompts)  # [B, P]; equal lengths, so no padding
+        stamps = Stamps()
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = hf.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens, do_sample=False, use_cache=True,
+                min_new_tokens=new_tokens, do_sample=False, use_cache=True, streamer=stamps,
             )  # fmt: skip
-        dt = time.perf_counter() - t0
-        if out.shape[1] != ids.shape[1] + new_tokens:
+        steps = stamps.calls[1:]  # [0] is the prompt
+        if out.shape[1] != ids.shape[1] + new_tokens or len(steps) != new_tokens:
             raise RuntimeError(f"transformers generated {out.shape[1] - ids.shape[1]} tokens, wanted {new_tokens}")
-        return dt
+        return t0, [list(steps) for _ in prompts]
 
     def close() -> None:
         nonlocal hf
@@ -90,8 +118,25 @@ def transformers_runner(model: str, threads: int, experts_impl: str | None) -> t
     return run, close
 
 
+def phase_rates(t0: float, times: list[list[float]], prompt_len: int) -> dict[str, float]:
+    """prefill / decode rates of one call from its token timestamps (see the module docstring)."""
+    first = [ts[0] for ts in times]
+    out = {"ttft_s": max(first) - t0}
+    if len(times) == 1:
+        ts = times[0]
+        out["prefill_tok_s"] = prompt_len / (ts[0] - t0)
+        if len(ts) > 1:
+            out["decode_tok_s"] = (len(ts) - 1) / (ts[-1] - ts[0])
+        return out
+    t_start = max(first)
+    t_end = max(ts[-1] for ts in times)
+    after = sum(1 for ts in times for t in ts if t > t_start)
+    out["decode_tok_s"] = after / (t_end - t_start) if t_end > t_start else float("nan")
+    return out
+
+
 def measure(run: GenerateFn, vocab: PromptVocab, args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    """All metrics of one engine. Seeds differ per call (fresh prompts), but are the same for
+    """All metrics of one engine. Seeds differ per call (fresh prompts) but are the same for
     every engine, so both see exactly the same prompts."""
     P, O, R = args.input_len, args.output_len, args.repeats
     counter = iter(range(10**6))
@@ -99,21 +144,20 @@ def measure(run: GenerateFn, vocab: PromptVocab, args: argparse.Namespace, seed:
     def fresh(b: int) -> list[list[int]]:
         return vocab.prompts(b, P, seed=seed + next(counter))
 
-    run(vocab.prompts(1, min(P, 32), seed=seed - 1), 2)  # warm-up: allocation, first-call paths
-    out: dict[str, Any] = {}
-    t_pre = [run(fresh(1), 1) for _ in range(R)]
-    t_full = [run(fresh(1), O) for _ in range(R)]
-    pre = statistics.median(t_pre)
-    out["prefill_tok_s"] = P / pre
-    out["decode_tok_s"] = (O - 1) / (statistics.median(t_full) - pre)
-    out["prefill_s"] = t_pre
-    out["decode_call_s"] = t_full
+    # Warm-up at the measured shapes: allocator growth, first-call paths, thread pools.
+    run(vocab.prompts(1, P, seed=seed - 1), 4)
     for b in args.batch_sizes:
-        tb_pre = [run(fresh(b), 1) for _ in range(R)]
-        tb_full = [run(fresh(b), O) for _ in range(R)]
-        out[f"decode_x{b}_tok_s"] = b * (O - 1) / (statistics.median(tb_full) - statistics.median(tb_pre))
-        out[f"batch{b}_prefill_s"] = tb_pre
-        out[f"batch{b}_call_s"] = tb_full
+        run(vocab.prompts(b, P, seed=seed - 2 - b), 4)
+    single = [phase_rates(*run(fresh(1), O), P) for _ in range(R)]
+    out: dict[str, Any] = {
+        "prefill_tok_s": statistics.median(r["prefill_tok_s"] for r in single),
+        "decode_tok_s": statistics.median(r["decode_tok_s"] for r in single),
+        "single_runs": single,
+    }
+    for b in args.batch_sizes:
+        batch = [phase_rates(*run(fresh(b), O), P) for _ in range(R)]
+        out[f"decode_x{b}_tok_s"] = statistics.median(r["decode_tok_s"] for r in batch)
+        out[f"batch{b}_runs"] = batch
     return out
 
 

@@ -25,7 +25,7 @@ from benchmarks.stats import (  # noqa: E402
     ratios,
     summarize,
 )
-from benchmarks.throughput import with_ratios  # noqa: E402
+from benchmarks.throughput import phase_rates, with_ratios  # noqa: E402
 from gemmaserve.model.config import Gemma4TextConfig  # noqa: E402
 
 # The real google/gemma-4-26B-A4B-it text_config (spec §2.2).
@@ -165,6 +165,17 @@ def test_spawn_spec_parsing_and_llama_argv():
     assert argv[argv.index("-np") + 1] == "32" and argv[argv.index("-c") + 1] == str(32 * 704)
 
 
+def test_phase_rates_from_token_timestamps():
+    one = phase_rates(10.0, [[10.5, 10.6, 10.7, 10.9]], prompt_len=512)
+    assert one["prefill_tok_s"] == pytest.approx(1024.0)  # 512 tokens before the first output
+    assert one["decode_tok_s"] == pytest.approx(3 / 0.4)  # 3 more tokens over 0.4 s
+    assert one["ttft_s"] == pytest.approx(0.5)
+    # Two requests; the second gets its first token at 11.0: only tokens after that count.
+    two = phase_rates(10.0, [[10.5, 10.8, 11.2, 11.4], [11.0, 11.2, 11.4, 11.6]], prompt_len=512)
+    assert two["decode_tok_s"] == pytest.approx(5 / 0.6)  # 11.2, 11.4 + 11.2, 11.4, 11.6 over 11.0..11.6
+    assert "prefill_tok_s" not in two and two["ttft_s"] == pytest.approx(1.0)
+
+
 def test_throughput_ratios():
     res = {"gemmaserve": {"prefill_tok_s": 1500.0, "decode_tok_s": 120.0, "decode_x8_tok_s": 400.0},
            "transformers": {"prefill_tok_s": 1000.0, "decode_tok_s": 30.0, "decode_x8_tok_s": 100.0}}  # fmt: skip
@@ -252,3 +263,29 @@ def test_compare_ratios_against_first_endpoint():
     assert out["1"]["b/a"]["output_throughput"] == 2.5
     assert out["32"]["b/a"]["output_throughput"] == 0.5
     assert out["1"]["b/a"]["ttft_ms.median"] is None
+
+
+# -- report -----------------------------------------------------------------------------------------
+def test_report_parses_llama_tools_and_judges_targets(tmp_path):
+    from benchmarks.report import llama_offline, render, verdict
+
+    bench = [{"n_prompt": 512, "n_gen": 0, "avg_ts": 600.0, "samples_ts": [650.0, 640.0, 700.0]},
+             {"n_prompt": 0, "n_gen": 128, "avg_ts": 100.0, "samples_ts": [101.0, 99.0, 104.0]}]  # fmt: skip
+    batched = [{"pl": 1, "speed_tg": 98.0}, {"pl": 8, "speed_tg": 180.5}]
+    assert llama_offline(bench, batched) == {"prefill_tok_s": 650.0, "decode_tok_s": 101.0,
+                                             "decode_x8_tok_s": 180.5, "batched_bench_decode_x1_tok_s": 98.0}  # fmt: skip
+    assert verdict(210.0, 200.0) == "MET (1.05x of target)"
+    assert verdict(150.0, 200.0) == "MISSED (0.75x of target)"
+    assert verdict(900.0, 600.0, higher_is_better=False) == "MISSED (1.50x of target)"
+    assert verdict(None, 1.0) == "not measured"
+    (tmp_path / "llama_bench.json").write_text(json.dumps(bench))
+    (tmp_path / "throughput.json").write_text(json.dumps({"results": {
+        "gemmaserve": {"prefill_tok_s": 1400.0, "decode_tok_s": 120.0, "decode_x8_tok_s": 400.0},
+        "transformers": {"prefill_tok_s": 1350.0, "decode_tok_s": 30.0, "decode_x8_tok_s": 105.0}}}))  # fmt: skip
+    md = render(tmp_path)
+    assert "| gemmaserve `LLM` | 1,400 tok/s | 120 tok/s | 400 tok/s |" in md
+    assert "| llama.cpp (bf16 GGUF) | 650 tok/s | 101 tok/s | n/a tok/s |" in md
+    assert "| decode 1 stream >= llama.cpp | 120.0 vs target 101.0 | MET (1.19x of target) |" in md
+    assert "| decode 1 stream >= 3x transformers | 120.0 vs target 90.0 | MET (1.33x of target) |" in md
+    assert "| prefill 512 >= transformers | 1,400.0 vs target 1,350.0 | MET (1.04x of target) |" in md
+    assert "| TTFT p50 at 16 streams <= 2x 1-stream TTFT | n/a vs target n/a | not measured |" in md
