@@ -126,7 +126,8 @@ class DeltaStream:
                     "index": ev.index, "id": self.new_call_id(), "type": "function",
                     "function": {"name": ev.name, "arguments": ""},
                 }]})
-                last_kind = ("tool", ev.index)
+                # The opening fragment stays bare (arguments ""), as OpenRouter sends it.
+                last_kind = ("start", ev.index)
             elif isinstance(ev, ToolCallArgsDelta):
                 if (ev.index > 0 and not self.parallel) or not ev.text:
                     continue

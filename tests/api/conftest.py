@@ -78,6 +78,7 @@ class FakeEngine:
         if self.submit_error is not None:
             raise self.submit_error
         self.active.add(request_id)
+        done = False
         try:
             await asyncio.sleep(self.first_delay)
             token_ids: list[int] = []
@@ -108,9 +109,13 @@ class FakeEngine:
                     error=error,
                 )
                 if reason is not None:
+                    done = True
                     return
                 await asyncio.sleep(self.step_delay)
         finally:
+            # Closing the iterator early is an abort, as the EngineClient contract says.
+            if not done and request_id in self.active:
+                self.aborted.append(request_id)
             self.active.discard(request_id)
 
 

@@ -1,0 +1,125 @@
+"""/models, /models/.../endpoints, /generation, /health, /metrics, legacy /completions, serve CLI."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import httpx
+import openai
+import pytest
+
+from gemmaserve.api.auth import hash_key, load_key_hashes
+from gemmaserve.api.cli_serve import add_serve_parser, server_config_from_args
+from gemmaserve.api.usage import TokenCounts, usage_object
+
+MODEL = "google/gemma-4-26b-a4b-it"
+MSGS = [{"role": "user", "content": "Hi"}]
+
+
+def test_models_list_object(fake):
+    for base in (fake.url, fake.root + "/v1"):
+        body = httpx.get(base + "/models").json()
+        assert body["total_count"] == 1 and body["links"] == {"next": None}
+        m = body["data"][0]
+        assert m["id"] == MODEL and m["canonical_slug"] == "google/gemma-4-26b-a4b-it-20260403"
+        assert m["context_length"] == 512  # the engine's max_model_len, not the model's 262,144
+        assert m["pricing"]["prompt"] == "0.00000006" and m["pricing"]["completion"] == "0.00000033"
+        assert m["architecture"] == {"modality": "text+image+video->text", "input_modalities": ["image", "text", "video"],
+                                     "output_modalities": ["text"], "tokenizer": "Gemma", "instruct_type": None}
+        assert m["top_provider"] == {"context_length": 512, "max_completion_tokens": 512, "is_moderated": False}
+        assert {"tools", "tool_choice", "reasoning", "response_format", "structured_outputs", "top_k"} <= set(
+            m["supported_parameters"])
+        assert m["default_parameters"] == {"temperature": 1.0, "top_p": 0.95, "top_k": 64}
+        assert m["links"] == {"details": f"/api/v1/models/{MODEL}/endpoints"}
+    ids = [m.id for m in openai.OpenAI(base_url=fake.url, api_key="x").models.list()]
+    assert ids == [MODEL]
+
+
+def test_model_endpoints_and_single_model(fake):
+    body = httpx.get(fake.url + f"/models/{MODEL}/endpoints").json()["data"]
+    assert body["id"] == MODEL and body["architecture"]["tokenizer"] == "Gemma"
+    (ep,) = body["endpoints"]
+    assert ep["model_id"] == "google/gemma-4-26b-a4b-it-20260403" and ep["provider_name"] == "gemmaserve"
+    assert ep["status"] == 0 and ep["context_length"] == 512 and ep["pricing"]["prompt"] == "0.00000006"
+    assert httpx.get(fake.url + f"/model/{MODEL}").json()["data"]["id"] == MODEL
+    r = httpx.get(fake.url + "/models/openai/gpt-4o/endpoints")
+    assert r.status_code == 404 and r.json()["error"]["code"] == 404
+
+
+def test_generation_lookup(fake):
+    raw = httpx.post(fake.url + "/chat/completions", json={"model": MODEL, "messages": MSGS, "user": "u1"},
+                     headers={"HTTP-Referer": "https://app.example", "X-Title": "t"})
+    gen_id = raw.headers["x-generation-id"]
+    usage = raw.json()["usage"]
+    rec = httpx.get(fake.url + "/generation", params={"id": gen_id}).json()["data"]
+    assert rec["id"] == gen_id and rec["model"] == "google/gemma-4-26b-a4b-it-20260403"
+    assert rec["tokens_prompt"] == usage["prompt_tokens"] and rec["tokens_completion"] == usage["completion_tokens"]
+    assert rec["total_cost"] == usage["cost"] and rec["finish_reason"] == "stop" and rec["streamed"] is False
+    assert rec["external_user"] == "u1" and rec["http_referer"] == "https://app.example"
+    assert rec["provider_name"] == "gemmaserve" and rec["cancelled"] is False and rec["is_byok"] is False
+    r = httpx.get(fake.url + "/generation", params={"id": "gen-0-nope"})
+    assert r.status_code == 404 and r.json()["error"]["metadata"]["error_type"] == "not_found"
+    assert httpx.get(fake.url + "/generation").status_code == 400
+
+
+def test_health_and_metrics(fake):
+    assert httpx.get(fake.root + "/health").json() == {"status": "ok"}
+    httpx.post(fake.url + "/chat/completions", json={"model": MODEL, "messages": MSGS})
+    httpx.post(fake.url + "/chat/completions", json={"model": MODEL, "messages": MSGS, "temperature": 9})
+    text = httpx.get(fake.root + "/metrics").text
+    assert 'gemmaserve_requests_total{endpoint="/api/v1/chat/completions",status="200"}' in text
+    assert 'gemmaserve_requests_total{endpoint="/api/v1/chat/completions",status="400"}' in text
+    for name in ("gemmaserve_prompt_tokens_total", "gemmaserve_completion_tokens_total",
+                 "gemmaserve_time_to_first_token_seconds_bucket", "gemmaserve_time_per_output_token_seconds_count",
+                 "gemmaserve_num_requests_waiting 0.0", "gemmaserve_num_requests_running 0.0",
+                 "gemmaserve_kv_cache_usage_ratio 0.0"):
+        assert name in text
+
+
+def test_legacy_completions_whole(fake, demo_tokenizer):
+    client = openai.OpenAI(base_url=fake.url, api_key="x", max_retries=0)
+    raw = client.completions.with_raw_response.create(model=MODEL, prompt="Once upon", max_tokens=20)
+    resp = raw.parse()
+    assert resp.object == "text_completion" and resp.choices[0].text == "Hello world!"
+    assert resp.choices[0].finish_reason == "stop"
+    prompt_ids = [demo_tokenizer.bos_token_id] + demo_tokenizer.encode("Once upon")
+    assert fake.engine.calls[-1].prompt_ids == prompt_ids
+    completion = sum(len(demo_tokenizer.encode(p)) for p in ["Hello", " world", "!"])
+    assert raw.http_response.json()["usage"] == usage_object(TokenCounts(len(prompt_ids), completion), 0.06, 0.33)
+    # Token-id prompts go in as given; echo puts the prompt text in front.
+    resp = client.completions.create(model=MODEL, prompt=[5, 6, 7], echo=True, logprobs=2)
+    assert fake.engine.calls[-1].prompt_ids == [5, 6, 7]
+    assert resp.choices[0].text == demo_tokenizer.decode([5, 6, 7]) + "Hello world!"
+    lp = resp.choices[0].logprobs
+    assert "".join(lp.tokens) == "Hello world!" and lp.text_offset[0] == len(demo_tokenizer.decode([5, 6, 7]))
+    assert all(len(t) == 2 for t in lp.top_logprobs)
+    r = httpx.post(fake.root + "/v1/completions", json={"prompt": [[1, 2], [3]]})
+    assert r.status_code == 400 and "one prompt" in r.json()["error"]["message"]
+    r = httpx.post(fake.url + "/completions", json={"prompt": [99999]})
+    assert r.status_code == 400 and "prompt" in r.json()["error"]["message"]
+
+
+def test_serve_parser_and_keys(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers(dest="command"))
+    keys = tmp_path / "keys"
+    keys.write_text(f"# team keys\n{hash_key('k1')}\n\n{hash_key('k2')}  # ci\n")
+    args = parser.parse_args(["serve", "--model", "/m", "--api-keys-file", str(keys), "--prompt-price", "0.1",
+                              "--keepalive-interval", "2"])
+    cfg = server_config_from_args(args)
+    assert cfg.api_key_hashes == {hash_key("k1"), hash_key("k2")} == load_key_hashes(keys)
+    assert cfg.prompt_price_per_m == 0.1 and cfg.keepalive_interval_s == 2.0
+    assert args.func.__name__ == "run_serve"
+    keys.write_text("not-a-hash\n")
+    with pytest.raises(ValueError, match="sha256"):
+        load_key_hashes(keys)
+    args = parser.parse_args(["hash-key", "secret"])
+    assert args.func(args) == 0
+
+
+def test_hash_key_matches_sha256():
+    out = subprocess.run([sys.executable, "-c", "from gemmaserve.api.auth import hash_key; print(hash_key('abc'))"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
