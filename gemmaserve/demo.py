@@ -221,6 +221,14 @@ def random_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator) -> to
     routing, attention and logits are not degenerate (no near-ties, no single-token loops)."""
     if name.endswith("layer_scalar"):
         return 0.5 + 0.5 * torch.rand(shape, generator=gen)
+    if name.endswith(("q_norm.weight", "k_norm.weight")) and not name.startswith("model."):
+        # Attention runs with scale 1.0: q/k norm weights of d^-1/4 give scores of std ~1, as a
+        # trained model's would be; weights ~1 give std sqrt(d) and a brittle, near-argmax softmax.
+        return (1.0 + 0.1 * torch.randn(shape, generator=gen)) * shape[-1] ** -0.25
+    if name.endswith("router.proj.weight"):
+        # The router input is RMS-normed and scaled by H^-1/2: std 2 gives router logits of std
+        # ~2, so top-k choices are clear instead of near-ties that flip on rounding.
+        return 2.0 * torch.randn(shape, generator=gen)
     if name.endswith("norm.weight") or name.endswith(("router.scale", "per_expert_scale", "std_scale")):
         return 1.0 + 0.1 * torch.randn(shape, generator=gen)
     if name.endswith("std_bias"):
