@@ -124,8 +124,25 @@ class EngineConfig:
         return min(max_position_embeddings, cap)
 
 
+def engine_config_from_kwargs(**kwargs) -> EngineConfig:
+    """Build an EngineConfig from flat keyword arguments (vLLM-style `LLM(model, **kwargs)`):
+    each name goes to whichever of EngineConfig / CacheConfig / SchedulerConfig has that field.
+    `kv_cache_memory_bytes` is accepted for CacheConfig.memory_bytes."""
+    if "kv_cache_memory_bytes" in kwargs:
+        kwargs["memory_bytes"] = kwargs.pop("kv_cache_memory_bytes")
+    groups: dict[type, dict] = {EngineConfig: {}, CacheConfig: {}, SchedulerConfig: {}}
+    for key, value in kwargs.items():
+        owner = next((cls for cls in groups if key in cls.__dataclass_fields__ and key not in ("cache", "scheduler")), None)
+        if owner is None:
+            raise TypeError(f"unknown engine option {key!r}")
+        groups[owner][key] = value
+    return EngineConfig(
+        **groups[EngineConfig], cache=CacheConfig(**groups[CacheConfig]), scheduler=SchedulerConfig(**groups[SchedulerConfig])
+    )
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["CacheConfig", "SchedulerConfig", "EngineConfig", "parse_dtype", "cdiv"]
+__all__ = ["CacheConfig", "SchedulerConfig", "EngineConfig", "engine_config_from_kwargs", "parse_dtype", "cdiv"]

@@ -108,6 +108,7 @@ class Engine:
             device=config.device,
             dummy_weights=config.dummy_weights,
             quantization=config.quantization,
+            seed=config.seed,
         )
         tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
         return cls(model, model_config, config, tokenizer)

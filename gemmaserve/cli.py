@@ -1,0 +1,148 @@
+"""Command line: `gemmaserve generate | make-demo-model | serve` — parse args, build configs, run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from gemmaserve.model.hub import ModelNotFoundError
+from gemmaserve.types import EngineError, SamplingParams
+
+DEMO_SIZES = ("tiny", "small", "bench", "26b-a4b")
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--dummy-weights", action="store_true", help="random weights; reads config.json only")
+    p.add_argument("--quantization", default=None, choices=["int8"])
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+
+
+def add_generate_parser(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="generate text for one prompt, streaming to stdout")
+    _add_engine_args(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn with the chat template")
+    p.add_argument("--system", default=None, help="system message (with --chat)")
+    p.add_argument("--thinking", action="store_true", help="enable thinking (with --chat)")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--show-ids", action="store_true", help="print the generated token ids at the end")
+    p.set_defaults(func=run_generate)
+
+
+def add_make_demo_parser(subparsers) -> None:
+    p = subparsers.add_parser("make-demo-model", help="write a random-weight checkpoint with the real layout")
+    p.add_argument("dir")
+    p.add_argument("--size", default="tiny", choices=DEMO_SIZES)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_make_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gemmaserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_generate_parser(sub)
+    add_make_demo_parser(sub)
+    try:  # the API teammate owns `serve`; the CLI still works where the API is not installed
+        from gemmaserve.api.cli_serve import add_serve_parser
+    except ImportError:
+        pass
+    else:
+        add_serve_parser(sub)
+    return parser
+
+
+def _prompt_ids(engine, args: argparse.Namespace) -> list[int]:
+    tok = engine.tokenizer
+    if tok is None:
+        raise ValueError(f"{args.model} has no tokenizer.json")
+    if args.chat:
+        from gemmaserve.chat import ChatRenderer
+
+        if not tok.chat_template:
+            raise ValueError(f"{args.model} has no chat template")
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": args.prompt}
+        ]
+        text = ChatRenderer(tok.chat_template).render(messages, enable_thinking=args.thinking)
+        return tok.encode(text)  # the template writes <bos> itself
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    return bos + tok.encode(args.prompt)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from gemmaserve.config import engine_config_from_kwargs
+    from gemmaserve.engine.engine import Engine
+
+    cfg = engine_config_from_kwargs(
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        max_model_len=args.max_model_len,
+        dummy_weights=args.dummy_weights,
+        quantization=args.quantization,
+        block_size=args.block_size,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_num_seqs=1,
+    )
+    engine = Engine.from_config(cfg)
+    params = SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        seed=args.seed,
+        stop=list(args.stop),
+        ignore_eos=args.ignore_eos,
+    )
+    engine.add_request("cli", _prompt_ids(engine, args), params)
+    final = None
+    while final is None:
+        for out in engine.step():
+            sys.stdout.write(out.new_text)
+            sys.stdout.flush()
+            if out.finished:
+                final = out
+    sys.stdout.write("\n")
+    if args.show_ids:
+        print(f"token_ids: {final.token_ids}")
+    reason = final.finish_reason.value if final.finish_reason else None
+    print(f"[finish_reason={reason} tokens={len(final.token_ids)}]", file=sys.stderr)
+    if final.error:
+        print(f"error: {final.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_make_demo(args: argparse.Namespace) -> int:
+    from gemmaserve.demo import write_demo_model
+
+    path = write_demo_model(args.dir, size=args.size, seed=args.seed)
+    print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (EngineError, ModelNotFoundError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
