@@ -61,7 +61,7 @@ def load_model(
     else:
         load_weights(model, model_dir, text_prefix=_text_prefix(raw))
     if quantization == "int8":
-        from gemmaserve.ops.quant import quantize_model_int8_
+        from gemmaserve.model.quantize import quantize_model_int8_
 
         quantize_model_int8_(model)
     model.eval()

@@ -1,0 +1,72 @@
+"""Swaps a loaded decoder's linear and expert weights for per-channel int8 modules (weight-only)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gemmaserve.model.attention import Gemma4Attention
+from gemmaserve.model.layers import GeGLUMLP, Linear
+from gemmaserve.model.moe import Gemma4Experts
+from gemmaserve.ops.quant import int8_linear, moe_experts_int8, quantize_per_channel
+
+
+class QuantLinear(nn.Module):
+    """Drop-in for layers.Linear: y = x W^T with W = qweight * scale[:, None].
+    Buffers: qweight [out, in] int8, scale [out] in the compute dtype."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale)
+
+    @classmethod
+    def from_linear(cls, lin: Linear) -> "QuantLinear":
+        q, s = quantize_per_channel(lin.weight.data)
+        return cls(q, s)
+
+    @property
+    def in_features(self) -> int:
+        return self.qweight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.qweight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return int8_linear(x, self.qweight, self.scale)  # [..., in] -> [..., out]
+
+
+class QuantExperts(nn.Module):
+    """Drop-in for moe.Gemma4Experts with int8 fused expert tensors:
+    gate_up_q [E, 2I, H] + gate_up_scale [E, 2I]; down_q [E, H, I] + down_scale [E, H]."""
+
+    def __init__(self, experts: Gemma4Experts) -> None:
+        super().__init__()
+        gu_q, gu_s = quantize_per_channel(experts.gate_up_proj.data)
+        d_q, d_s = quantize_per_channel(experts.down_proj.data)
+        self.register_buffer("gate_up_q", gu_q)
+        self.register_buffer("gate_up_scale", gu_s)
+        self.register_buffer("down_q", d_q)
+        self.register_buffer("down_scale", d_s)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # x [T, H], idx/w [T, K] -> [T, H]
+        return moe_experts_int8(x, self.gate_up_q, self.gate_up_scale, self.down_q, self.down_scale, idx, w)
+
+
+@torch.no_grad()
+def quantize_model_int8_(model: nn.Module) -> nn.Module:
+    """In place: attention q/k/v/o and dense-MLP linears become QuantLinear, expert blocks become
+    QuantExperts. Embeddings/LM head (tied), norms and the router stay in the compute dtype: they
+    are small and the router's top-k is sensitive to rounding. Each bf16 weight is released as
+    soon as its int8 copy exists, so the peak is the bf16 model plus one tensor."""
+    for module in list(model.modules()):
+        if isinstance(module, (Gemma4Attention, GeGLUMLP)):
+            for name, child in list(module.named_children()):
+                if isinstance(child, Linear):
+                    setattr(module, name, QuantLinear.from_linear(child))
+        for name, child in list(module.named_children()):
+            if isinstance(child, Gemma4Experts):
+                setattr(module, name, QuantExperts(child))
+    return model

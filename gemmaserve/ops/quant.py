@@ -1,0 +1,83 @@
+"""Weight-only int8 (per-output-channel, symmetric): quantization, int8 matmul and int8 MoE experts."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Up to this many rows the CPU int8 kernel (aten._weight_int8pack_mm: reads int8, converts in
+# registers) beats dequantising; above it the matmul is compute-bound and a bf16 GEMM on a
+# dequantised copy wins. Measured on the bench shape (see the loader report). The kernel needs
+# K % 32 == 0: torch 2.13 returns garbage for bf16 with K = 24 or 40 and crashes on K = 13.
+INT8PACK_MAX_ROWS = 16
+
+
+def quantize_per_channel(w: torch.Tensor, scale_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [..., N, K] (float) -> (q [..., N, K] int8, scale [..., N]) with w ≈ q * scale[..., None].
+
+    Symmetric: scale = max|w| over K / 127, q = round(w / scale) in [-127, 127]. Leading dims (the
+    experts of a fused tensor) are quantized one slice at a time so no full fp32 copy is made."""
+    scale_dtype = scale_dtype or w.dtype
+    if w.dim() > 2:
+        qs = [quantize_per_channel(w[i], scale_dtype) for i in range(w.shape[0])]
+        return torch.stack([q for q, _ in qs]), torch.stack([s for _, s in qs])
+    wf = w.float()  # [N, K]: one matrix at a time
+    amax = wf.abs().amax(dim=-1)  # [N]
+    # An all-zero row gets scale 1 (its q is 0), never a division by zero.
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    # The scale is rounded to its storage dtype first, so q is chosen against the scale used.
+    scale = scale.to(scale_dtype)
+    q = torch.round(wf / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """q [..., N, K] int8, scale [..., N] -> [..., N, K] in dtype."""
+    return q.to(dtype) * scale.to(dtype)[..., None]
+
+
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """y = x (q * scale)^T. x [..., K]; q [N, K] int8; scale [N] in x's dtype -> [..., N]."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])  # [M, K]
+    if x2.device.type == "cpu" and x2.shape[0] <= INT8PACK_MAX_ROWS and x2.shape[1] % 32 == 0:
+        y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), q, scale)  # [M, N]
+    else:
+        # Scale the output, not the weight: one [M, N] multiply instead of [N, K].
+        y = F.linear(x2, q.to(x2.dtype)) * scale
+    return y.reshape(*lead, q.shape[0])
+
+
+def moe_experts_int8(
+    x: torch.Tensor,
+    gate_up_q: torch.Tensor,
+    gate_up_scale: torch.Tensor,
+    down_q: torch.Tensor,
+    down_scale: torch.Tensor,
+    topk_idx: torch.Tensor,
+    topk_w: torch.Tensor,
+) -> torch.Tensor:
+    """Chosen experts only, grouped by expert (one int8 matmul pair per active expert).
+
+    x [T, H]; gate_up_q [E, 2I, H] int8 (gate rows first), gate_up_scale [E, 2I]; down_q [E, H, I]
+    int8, down_scale [E, H]; topk_idx [T, K] int64; topk_w [T, K] fp32 -> [T, H] in x's dtype.
+    Same contract and summation order as ops.moe.moe_grouped."""
+    t, k = topk_idx.shape
+    flat = topk_idx.reshape(-1)  # [T*K]
+    order = torch.argsort(flat, stable=True)  # [T*K] pairs grouped by expert
+    counts = torch.bincount(flat, minlength=gate_up_q.shape[0]).tolist()
+    tokens = order // k  # [T*K]
+    xs = x[tokens]  # [T*K, H]
+    ys = torch.empty_like(xs)
+    start = 0
+    for e, n in enumerate(counts):
+        if n == 0:
+            continue
+        end = start + n
+        gate, up = int8_linear(xs[start:end], gate_up_q[e], gate_up_scale[e]).chunk(2, dim=-1)  # [n, I]
+        ys[start:end] = int8_linear(F.gelu(gate, approximate="tanh") * up, down_q[e], down_scale[e])  # [n, H]
+        start = end
+    ys = (ys * topk_w.reshape(-1)[order, None]).to(x.dtype)  # [T*K, H]
+    out = torch.zeros_like(x)
+    out.index_add_(0, tokens, ys)
+    return out

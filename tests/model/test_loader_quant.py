@@ -1,0 +1,119 @@
+"""Tests for weight-only int8: ops.quant kernels and load_model(quantization="int8") on the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from loader_batch import OneSeq
+
+from gemmaserve.demo import write_demo_model
+from gemmaserve.model.loader import load_model
+from gemmaserve.model.quantize import QuantExperts, QuantLinear
+from gemmaserve.ops.moe import moe_grouped
+from gemmaserve.ops.quant import INT8PACK_MAX_ROWS, dequantize, int8_linear, moe_experts_int8, quantize_per_channel
+
+IDS = [2, 105, 358, 356, 383, 107, 313, 419, 349, 352, 285, 464, 452, 274, 106, 107, 105, 440, 107] * 3
+
+
+def test_quantize_per_channel_bounds_and_exact_grid():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 40, 64, generator=g)
+    w[0, 5] = 0.0  # an all-zero row must not divide by zero
+    q, s = quantize_per_channel(w)
+    assert q.dtype == torch.int8 and q.shape == w.shape and s.shape == (3, 40) and s.dtype == torch.float32
+    assert q.abs().max() == 127
+    assert torch.equal(q[0, 5], torch.zeros(64, dtype=torch.int8)) and s[0, 5] == 1.0
+    err = (dequantize(q, s, torch.float32) - w).abs()
+    assert (err <= s[..., None] / 2 + 1e-7).all()
+    # Each row's largest magnitude lands exactly on +-127.
+    assert torch.equal(q.abs().amax(-1)[s != 1.0], torch.full_like(q.abs().amax(-1)[s != 1.0], 127))
+
+
+@pytest.mark.parametrize("rows", [1, 3, INT8PACK_MAX_ROWS, INT8PACK_MAX_ROWS + 1, 40])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("k", [64, 40])  # 40: not a multiple of 32, always the dequantising path
+def test_int8_linear_matches_dequantized_matmul(rows, dtype, k):
+    g = torch.Generator().manual_seed(rows)
+    q, s = quantize_per_channel(torch.randn(96, k, generator=g).to(dtype))
+    x = torch.randn(2, rows, k, generator=g).to(dtype)
+    want = x.float() @ dequantize(q, s, torch.float32).T  # [2, rows, 96]
+    got = int8_linear(x, q, s)
+    assert got.shape == (2, rows, 96) and got.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want, atol=tol * want.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 33])
+def test_int8_experts_match_grouped_moe_on_dequantized_weights(tokens):
+    g = torch.Generator().manual_seed(tokens)
+    e, h, i, k = 8, 64, 32, 2
+    gate_up, down = torch.randn(e, 2 * i, h, generator=g) / 8, torch.randn(e, h, i, generator=g) / 6
+    gq, gs = quantize_per_channel(gate_up)
+    dq, ds = quantize_per_channel(down)
+    x = torch.randn(tokens, h, generator=g)
+    w, idx = torch.rand(tokens, e, generator=g).softmax(-1).topk(k, dim=-1)
+    want = moe_grouped(x, dequantize(gq, gs, torch.float32), dequantize(dq, ds, torch.float32), idx, w)
+    got = moe_experts_int8(x, gq, gs, dq, ds, idx, w)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def all_experts_tiny(tmp_path_factory):
+    """The tiny demo model with top_k = num_experts: routing weights are continuous, so rounding
+    cannot flip an expert choice and the logit difference measures quantization alone."""
+    d = write_demo_model(tmp_path_factory.mktemp("q") / "tiny", "tiny", seed=7)
+    raw = json.loads((d / "config.json").read_text())
+    raw["text_config"]["top_k_experts"] = raw["text_config"]["num_experts"]
+    (d / "config.json").write_text(json.dumps(raw))
+    return d
+
+
+def test_int8_model_swaps_modules_and_keeps_the_rest(all_experts_tiny):
+    model, _ = load_model(all_experts_tiny, quantization="int8")
+    layer = model.layers[5]
+    for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.o_proj,
+                layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+        assert isinstance(lin, QuantLinear) and lin.qweight.dtype == torch.int8 and lin.scale.dtype == torch.bfloat16
+    assert layer.self_attn.v_proj is None  # K=V full layer
+    assert isinstance(model.layers[0].self_attn.v_proj, QuantLinear)
+    assert isinstance(layer.experts, QuantExperts) and layer.experts.gate_up_q.shape == (8, 64, 64)
+    assert layer.router.proj.weight.dtype == torch.bfloat16  # the router stays in bf16
+    assert model.embed_tokens.weight.dtype == torch.bfloat16
+    # The int8 copies are the per-channel quantization of the loaded bf16 weights.
+    ref, _ = load_model(all_experts_tiny)
+    q, s = quantize_per_channel(ref.layers[5].self_attn.q_proj.weight)
+    assert torch.equal(layer.self_attn.q_proj.qweight, q) and torch.equal(layer.self_attn.q_proj.scale, s)
+    q, s = quantize_per_channel(ref.layers[5].experts.down_proj)
+    assert torch.equal(layer.experts.down_q, q) and torch.equal(layer.experts.down_scale, s)
+    int8_bytes = sum(b.numel() for n, b in model.named_buffers() if b.dtype == torch.int8)
+    assert int8_bytes > 0.6 * sum(p.numel() for p in ref.parameters())
+
+
+def test_int8_logits_within_tolerance_of_bf16(all_experts_tiny):
+    """Stated tolerance (tiny model, 57-token prompt, logits of std ~2 after soft-capping):
+    int8 vs bf16 max |diff| <= 1.5, mean <= 0.2, greedy argmax agrees on >= 85% of positions.
+    Measured: max 0.93, mean 0.11, 91% (bf16 vs fp32 for scale: max 0.33, mean 0.05)."""
+    bf16, _ = load_model(all_experts_tiny)
+    int8, _ = load_model(all_experts_tiny, quantization="int8")
+    want = OneSeq(bf16).step(IDS, all_logits=True)
+    got = OneSeq(int8).step(IDS, all_logits=True)
+    diff = (got - want).abs()
+    assert diff.max() <= 1.5 and diff.mean() <= 0.2
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.85
+    # Decode steps (one row: the int8 kernel path) stay within the same bounds.
+    a, b = OneSeq(int8), OneSeq(bf16)
+    a.step(IDS)
+    b.step(IDS)
+    for tok in (5, 300, 77):
+        assert (a.step([tok]) - b.step([tok])).abs().max() <= 1.5
+
+
+def test_int8_with_dummy_weights_runs(tmp_path):
+    d = write_demo_model(tmp_path / "dw", "tiny", write_weights=False)
+    model, cfg = load_model(d, dummy_weights=True, quantization="int8")
+    logits = OneSeq(model).step(IDS[:10])
+    assert logits.shape == (1, cfg.vocab_size) and torch.isfinite(logits).all()
+    assert F.softmax(logits, -1).sum().item() == pytest.approx(1.0, abs=1e-4)
