@@ -291,3 +291,16 @@ def test_bos_token_is_configurable():
 def test_transformers_filters_available():
     r = ChatRenderer("{{ bos_token }}{{ messages[0]['content'] | tojson }}{{ strftime_now('%Y') | length }}")
     assert r.render([{"role": "user", "content": "é<"}]) == '<bos>"é<"4'
+
+
+@pytest.mark.parametrize("case", CASES[:3] + CASES[-6:], ids=[c[0] for c in CASES[:3] + CASES[-6:]])
+def test_whitespace_settings_do_not_matter(case, renderer):
+    """Every tag trims itself, so engines that compile templates without trim_blocks/lstrip_blocks
+    get the same bytes."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    _, messages, tools, thinking, gen, expected = case
+    plain = ImmutableSandboxedEnvironment().from_string(default_chat_template())
+    got = plain.render(messages=normalize_messages(messages), tools=normalize_tools(tools), enable_thinking=thinking,
+                       add_generation_prompt=gen, bos_token="<bos>")
+    assert got == expected
