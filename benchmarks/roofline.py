@@ -100,22 +100,25 @@ def active_bytes(cfg: Gemma4TextConfig, dtype: str = "bf16", context: int = 0) -
     return weights + (cfg.kv_bytes_for_tokens(context) if context else 0)
 
 
-def measure_bandwidth(size_mib: int = 1024, threads: int = 2, repeats: int = 7) -> dict[str, float]:
+def measure_bandwidth(size_mib: int = 1024, threads: int = 2, repeats: int = 7, device: str = "cpu") -> dict:
     """Read bandwidth (GB/s) of a sum over a float32 buffer far larger than the caches; the
     best and median of `repeats`. A sum reads each byte once and writes nothing, like decode."""
     import torch
 
     torch.set_num_threads(threads)
     n = size_mib * (1 << 20) // 4
-    buf = torch.ones(n, dtype=torch.float32)  # [n]; ones: pages are touched before timing
+    buf = torch.ones(n, dtype=torch.float32, device=device)  # [n]; ones: pages touched before timing
+    sync = torch.cuda.synchronize if buf.is_cuda else (lambda: None)
     buf.sum()  # warm-up
+    sync()
     rates = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         buf.sum()
+        sync()
         rates.append(n * 4 / (time.perf_counter() - t0) / 1e9)
     return {"best_gb_s": max(rates), "median_gb_s": statistics.median(rates), "buffer_mib": size_mib,
-            "threads": threads}  # fmt: skip
+            "threads": threads, "device": device}  # fmt: skip
 
 
 def report(
@@ -149,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--bandwidth", type=float, default=None, help="GB/s; skips the measurement")
     p.add_argument("--buffer-mib", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where to measure bandwidth (and decode with --measure)")
     p.add_argument("--decode-tok-s", type=float, default=None, help="a measured gemmaserve decode rate")
     p.add_argument("--measure", action="store_true", help="measure gemmaserve's single-stream decode")
     p.add_argument("--input-len", type=int, default=512)
@@ -156,12 +160,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     path = Path(args.model)
     cfg = Gemma4TextConfig.from_file(path / "config.json" if path.is_dir() else path)
-    bw = {"best_gb_s": args.bandwidth} if args.bandwidth else measure_bandwidth(args.buffer_mib, args.threads)
+    bw = {"best_gb_s": args.bandwidth} if args.bandwidth else measure_bandwidth(
+        args.buffer_mib, args.threads, device=args.device
+    )
     decode = args.decode_tok_s
     if args.measure:
         from benchmarks.throughput import measure_gemmaserve_decode
 
-        decode = measure_gemmaserve_decode(str(path), args.input_len, args.output_len, args.threads)
+        decode = measure_gemmaserve_decode(
+            str(path), args.input_len, args.output_len, args.threads, device=args.device
+        )
     out = report(cfg, bw["best_gb_s"], args.dtype, args.context, decode)
     out["bandwidth"] = bw
     print(json.dumps(out, indent=2))

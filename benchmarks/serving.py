@@ -183,7 +183,8 @@ async def bench_endpoint(
             _log(f"{ep.name} c={c} rep={rep}: {s['output_throughput']:.1f} out tok/s, "
                  f"TTFT p50 {s['ttft_ms']['median'] or float('nan'):.0f} ms, failed {s['failed']}")
         results.append({"endpoint": ep.name, "url": ep.base_url, "model": ep.model, "llama_cpp": ep.llama,
-                        "concurrency": c, "num_prompts": n, "summary": median_summary(runs), "runs": runs})
+                        "concurrency": c, "num_prompts": n, "summary": median_summary(runs),
+                        "runs": runs if len(runs) > 1 else []})
     return results
 
 

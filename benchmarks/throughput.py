@@ -35,14 +35,16 @@ from benchmarks.prompts import PromptVocab  # noqa: E402
 GenerateFn = Callable[[list[list[int]], int], tuple[float, list[list[float]]]]
 
 
-def gemmaserve_runner(model: str, threads: int, llm_kwargs: dict[str, Any]) -> tuple[GenerateFn, Callable[[], None]]:
+def gemmaserve_runner(
+    model: str, threads: int, llm_kwargs: dict[str, Any], device: str = "cpu"
+) -> tuple[GenerateFn, Callable[[], None]]:
     import torch
 
     from gemmaserve.engine.llm import LLM
     from gemmaserve.types import SamplingParams
 
     torch.set_num_threads(threads)
-    llm = LLM(model=model, dtype="bfloat16", device="cpu", **llm_kwargs)
+    llm = LLM(model=model, dtype="bfloat16", device=device, **llm_kwargs)
     engine = llm.engine
     counter = iter(range(10**9))
 
@@ -74,16 +76,23 @@ def gemmaserve_runner(model: str, threads: int, llm_kwargs: dict[str, Any]) -> t
     return run, close
 
 
-def transformers_runner(model: str, threads: int, experts_impl: str | None) -> tuple[GenerateFn, Callable[[], None]]:
+def transformers_runner(
+    model: str, threads: int, experts_impl: str | None, device: str = "cpu", dummy_weights: bool = False
+) -> tuple[GenerateFn, Callable[[], None]]:
     import torch
-    from transformers import Gemma4ForConditionalGeneration
+    from transformers import AutoConfig, Gemma4ForConditionalGeneration
     from transformers.generation.streamers import BaseStreamer
 
     torch.set_num_threads(threads)
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
     if experts_impl:
         kwargs["experts_implementation"] = experts_impl
-    hf = Gemma4ForConditionalGeneration.from_pretrained(model, **kwargs).eval()
+    if dummy_weights:  # config only (e.g. the 26B-A4B shape on a GPU): random init on the device
+        with torch.device(device):
+            hf = Gemma4ForConditionalGeneration._from_config(AutoConfig.from_pretrained(model), **kwargs)
+    else:
+        hf = Gemma4ForConditionalGeneration.from_pretrained(model, **kwargs).to(device)
+    hf = hf.eval()
 
     class Stamps(BaseStreamer):
         """generate() puts the prompt first, then each step's [B] new tokens: stamp the steps."""
@@ -98,7 +107,7 @@ def transformers_runner(model: str, threads: int, experts_impl: str | None) -> t
             pass
 
     def run(prompts: list[list[int]], new_tokens: int) -> tuple[float, list[list[float]]]:
-        ids = torch.tensor(prompts)  # [B, P]; equal lengths, so no padding
+        ids = torch.tensor(prompts, device=device)  # [B, P]; equal lengths, so no padding
         stamps = Stamps()
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -173,10 +182,12 @@ def with_ratios(results: dict[str, dict[str, Any]], batch_sizes: Sequence[int]) 
     return {k: a[k] / b[k] for k in keys if k in a and k in b and b[k]}
 
 
-def measure_gemmaserve_decode(model: str, input_len: int, output_len: int, threads: int, repeats: int = 3) -> float:
+def measure_gemmaserve_decode(
+    model: str, input_len: int, output_len: int, threads: int, repeats: int = 3, device: str = "cpu"
+) -> float:
     """Single-stream decode tok/s of gemmaserve alone (the roofline script's --measure)."""
     args = argparse.Namespace(input_len=input_len, output_len=output_len, repeats=repeats, batch_sizes=[])
-    run, close = gemmaserve_runner(model, threads, {})
+    run, close = gemmaserve_runner(model, threads, {}, device)
     try:
         return measure(run, PromptVocab.from_tokenizer(model, 2), args, seed=0)["decode_tok_s"]
     finally:
@@ -195,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bos-id", type=int, default=2)
     p.add_argument("--llm-kwargs", default="{}", help="JSON of extra gemmaserve LLM(...) kwargs")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (both engines)")
+    p.add_argument("--dummy-weights", action="store_true",
+                   help="random weights from config.json only (the 26b-a4b demo dir has no weights)")
     p.add_argument("--hf-experts-impl", default=None, help="transformers experts_implementation")
     p.add_argument("--output", default=None)
     args = p.parse_args(argv)
@@ -204,9 +218,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     results: dict[str, dict[str, Any]] = {}
     for name in args.engines.split(","):
         if name == "gemmaserve":
-            run, close = gemmaserve_runner(args.model, args.threads, json.loads(args.llm_kwargs))
+            kw = json.loads(args.llm_kwargs) | ({"dummy_weights": True} if args.dummy_weights else {})
+            run, close = gemmaserve_runner(args.model, args.threads, kw, args.device)
         elif name == "transformers":
-            run, close = transformers_runner(args.model, args.threads, args.hf_experts_impl)
+            run, close = transformers_runner(
+                args.model, args.threads, args.hf_experts_impl, args.device, args.dummy_weights
+            )
         else:
             raise SystemExit(f"unknown engine {name!r}")
         try:
@@ -222,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "benchmark": "throughput",
         "config": {"model": args.model, "input_len": args.input_len, "output_len": args.output_len,
                    "batch_sizes": args.batch_sizes, "repeats": args.repeats, "threads": args.threads,
-                   "dtype": "bfloat16", "torch": torch.__version__,
+                   "dtype": "bfloat16", "device": args.device, "dummy_weights": args.dummy_weights,
+                   "torch": torch.__version__,
                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "results": results,
         "ratios_gemmaserve_over_transformers": with_ratios(results, args.batch_sizes),
