@@ -92,10 +92,11 @@ def _engine_loader(args: argparse.Namespace):
         from gemmaserve.tokenizer import Tokenizer
 
         path = resolve_model_path(args.model)
-        tokenizer = Tokenizer.from_dir(path)
-        if not tokenizer.chat_template:
+        # The template is checked before minutes of weight loading, not after.
+        template = Tokenizer.from_dir(path).chat_template
+        if not template:
             raise ValueError(f"{path} has no chat template (chat_template.jinja or tokenizer_config.json)")
-        renderer = ChatRenderer(tokenizer.chat_template)
+        renderer = ChatRenderer(template)
         cache = CacheConfig(
             block_size=args.block_size,
             memory_bytes=int(args.kv_cache_memory_gb * 2**30) if args.kv_cache_memory_gb else None,
@@ -107,7 +108,7 @@ def _engine_loader(args: argparse.Namespace):
                            seed=args.seed, quantization=args.quantization, dummy_weights=args.dummy_weights,
                            cache=cache, scheduler=sched)
         engine = AsyncEngine.from_config(cfg)
-        return engine, tokenizer, renderer
+        return engine, engine.tokenizer, renderer
 
     return load
 
