@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
@@ -11,6 +13,23 @@ from gemmaserve.types import SamplingParams
 
 _REPLACEMENT = "\ufffd"
 _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+# Decoder steps that act on each token alone (Fuse only concatenates): with only these, a text is
+# the concatenation of its tokens' bytes, which is what byte mode relies on. Gemma's is exactly
+# Replace("▁", " ") + ByteFallback + Fuse.
+_TOKEN_LOCAL_DECODERS = {"Replace", "ByteFallback", "Fuse"}
+
+
+def is_token_local(tokenizer: Any) -> bool:
+    """True when `tokenizer.hf`'s decoder only has token-local steps (see _TOKEN_LOCAL_DECODERS)."""
+    dec = getattr(getattr(tokenizer, "hf", None), "decoder", None)
+    if dec is None:  # no decoder: tokenizers joins tokens with spaces
+        return False
+    try:
+        state = json.loads(dec.__getstate__())
+    except (AttributeError, TypeError, ValueError):
+        return False
+    steps = state.get("decoders", []) if state.get("type") == "Sequence" else [state]
+    return bool(steps) and all(step.get("type") in _TOKEN_LOCAL_DECODERS for step in steps)
 
 
 class _Decoder(Protocol):
@@ -28,7 +47,17 @@ class DetokDelta:
 class IncrementalDetokenizer:
     """Turns the generated ids of one request into text, a few tokens at a time.
 
-    Decoding uses the prefix/read-offset window of vLLM and TGI: the text of the new tokens is
+    Byte mode (Gemma's tokenizer and any whose decoder is token-local): each token contributes
+    fixed bytes (the byte of a <0xNN> fallback token, else the UTF-8 of its text) and a streaming
+    UTF-8 decoder turns them into text. The text is then exactly
+    b"".join(token bytes).decode("utf-8", "replace") however the ids are chunked: a character
+    split over byte tokens waits for its last byte, an impossible byte becomes U+FFFD at once.
+    (tokenizers' ByteFallback replaces a whole run of byte tokens when any byte in it is invalid,
+    so on garbage bytes our text may keep valid characters a full decode would not; on valid UTF-8
+    the two agree.)
+
+    Window mode (other decoders, e.g. a SentencePiece one that strips the leading space) uses
+    the prefix/read-offset window of vLLM and TGI: the text of the new tokens is
     decode(ids[prefix:]) minus decode(ids[prefix:read]), where ids[prefix:read] are the last
     tokens already turned into text (kept as context so that decoders that strip or merge at the
     start of a sequence, like SentencePiece's leading-space handling, see the same left context).
@@ -45,6 +74,8 @@ class IncrementalDetokenizer:
         self._prefix = 0  # start of the decode window (context tokens, already released)
         self._read = 0  # ids before this are turned into text
         self._stop = StopStringMatcher(params.stop, params.include_stop_str_in_output)
+        self._byte_mode = is_token_local(tokenizer)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._parts: list[str] = []  # emitted text, joined lazily by .text
         self._token_text: dict[int, str] = {}
         self._finished = False
@@ -78,8 +109,8 @@ class IncrementalDetokenizer:
 
     def flush(self) -> str:
         """At finish (length/eos): release held-back text, incomplete trailing bytes included
-        (as U+FFFD, exactly what a full decode would show). A stop string that completes in that
-        final text still cuts it: the stop string is never emitted."""
+        (as U+FFFD). A stop string that completes in that final text still cuts it: the stop
+        string is never emitted."""
         if self._finished:
             return ""
         self._finished = True
@@ -103,27 +134,38 @@ class IncrementalDetokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         """One token's raw bytes (OpenAI's logprobs `bytes`): the byte of a <0xNN> fallback
         token, else the UTF-8 of its text."""
-        id_to_token = getattr(self._tok, "id_to_token", None)
-        piece = id_to_token(token_id) if callable(id_to_token) else None
-        m = _BYTE_TOKEN.match(piece) if isinstance(piece, str) else None
-        if m:
-            return bytes([int(m.group(1), 16)])
-        return self.token_text(token_id).encode("utf-8")
+        return self._piece_bytes(token_id, skip_special=False)
 
     # -- internals ------------------------------------------------------------------------------
     def _decode_window(self, force: bool) -> str:
         """Text of ids[read:] given the context ids[prefix:read]; '' while incomplete."""
+        if self._byte_mode:
+            data = b"".join(self._piece_bytes(t, self._skip_special) for t in self._ids[self._read :])
+            self._read = len(self._ids)
+            # The decoder keeps an incomplete trailing sequence (<= 3 bytes) for the next call.
+            return self._utf8.decode(data, final=force)
         if self._read >= len(self._ids):
             return ""
         prefix_text = self._tok.decode(self._ids[self._prefix : self._read], skip_special_tokens=self._skip_special)
         full = self._tok.decode(self._ids[self._prefix :], skip_special_tokens=self._skip_special)
         if not force and (full.endswith(_REPLACEMENT) or len(full) < len(prefix_text)):
             return ""  # last character still incomplete: wait for more bytes
-        # Byte-fallback/SentencePiece decoders never rewrite the context text, so the new text is
-        # what follows it.
+        # On valid UTF-8 the context's text is stable, so the new text is what follows it. (On
+        # garbage bytes ByteFallback may turn context characters into U+FFFDs; only those shift.)
         new = full[len(prefix_text) :]
         self._prefix, self._read = self._read, len(self._ids)
         return new
+
+    def _piece_bytes(self, token_id: int, skip_special: bool) -> bytes:
+        """A token's bytes: its <0xNN> byte, else the UTF-8 of its own text."""
+        id_to_token = getattr(self._tok, "id_to_token", None)
+        piece = id_to_token(token_id) if callable(id_to_token) else None
+        m = _BYTE_TOKEN.match(piece) if isinstance(piece, str) else None
+        if m:
+            return bytes([int(m.group(1), 16)])
+        if not skip_special:
+            return self.token_text(token_id).encode("utf-8")
+        return self._tok.decode([token_id], skip_special_tokens=True).encode("utf-8")
 
     def _emit(self, text: str) -> None:
         if text:

@@ -4,7 +4,7 @@ import pytest
 from tokenizers import AddedToken, decoders, models, normalizers
 from tokenizers import Tokenizer as HFTokenizer
 
-from gemmaserve.engine.detokenizer import DetokDelta, IncrementalDetokenizer
+from gemmaserve.engine.detokenizer import DetokDelta, IncrementalDetokenizer, is_token_local
 from gemmaserve.engine.stop import StopStringMatcher
 from gemmaserve.tokenizer import Tokenizer
 from gemmaserve.types import SamplingParams
@@ -13,9 +13,7 @@ WORDS = ["▁", "中", "文", "▁hello", "▁world", "he", "ll", "hell", "hello
 SPECIALS = ["<|turn>", "<turn|>", "<|channel>", "<channel|>"]
 
 
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    """Gemma-like: SentencePiece '▁' spaces, <0xNN> byte fallback, control tokens."""
+def build_hf(extra_decoders=()) -> HFTokenizer:
     vocab: dict[str, int] = {}
     for t in ["<pad>", "<eos>", "<bos>", "<unk>"]:
         vocab[t] = len(vocab)
@@ -26,9 +24,21 @@ def tok() -> Tokenizer:
     merges = [("h", "e"), ("l", "l"), ("he", "ll"), ("hell", "o"), ("a", "b"), ("▁", "hello")]
     hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
     hf.normalizer = normalizers.Replace(" ", "▁")
-    hf.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    hf.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), *extra_decoders]
+    )
     hf.add_special_tokens([AddedToken(t, special=True) for t in SPECIALS])
-    return Tokenizer(hf, eos_token_ids=[1])
+    return hf
+
+
+@pytest.fixture(scope="module", params=["bytes", "window"])
+def tok(request) -> Tokenizer:
+    """Gemma-like: SentencePiece '▁' spaces, <0xNN> byte fallback, control tokens. The "window"
+    variant adds a no-op Strip step, which is not token-local: same text, window-mode decoding."""
+    extra = [decoders.Strip(content=" ", left=0, right=0)] if request.param == "window" else []
+    t = Tokenizer(build_hf(extra), eos_token_ids=[1])
+    assert is_token_local(t) == (request.param == "bytes")
+    return t
 
 
 def ids(tok: Tokenizer, *pieces: str) -> list[int]:
@@ -81,22 +91,51 @@ def test_emoji_four_bytes_and_cjk(tok):
 def test_many_ids_in_one_add_and_incomplete_tail_held(tok):
     d = IncrementalDetokenizer(tok, SamplingParams())
     euro = byte_ids(tok, "€")
-    assert d.add(ids(tok, "hello", "▁") + euro[:2]).new_text == ""  # ends mid-character
-    assert d.add(euro[2:]).new_text == "hello €"
+    first = d.add(ids(tok, "hello", "▁") + euro[:2]).new_text  # ends mid-character
+    second = d.add(euro[2:]).new_text
+    # Byte mode releases the complete characters at once; window mode waits for the whole window.
+    assert (first, second) == (("hello ", "€") if is_token_local(tok) else ("", "hello €"))
 
 
 def test_flush_releases_incomplete_bytes_as_replacement(tok):
     d = IncrementalDetokenizer(tok, SamplingParams())
-    assert d.add(ids(tok, "a") + byte_ids(tok, "€")[:2]).new_text == ""
-    assert d.flush() == "a\ufffd\ufffd"  # what a full decode shows
-    assert d.text == tok.decode(ids(tok, "a") + byte_ids(tok, "€")[:2])
+    added = d.add(ids(tok, "a") + byte_ids(tok, "€")[:2]).new_text
+    flushed = d.flush()
+    # Byte mode follows Python's UTF-8 decoder (one U+FFFD per broken sequence) and has already
+    # released "a"; window mode shows what tokenizers' ByteFallback shows (one per byte).
+    if is_token_local(tok):
+        assert (added, flushed) == ("a", "\ufffd")
+    else:
+        assert (added, flushed) == ("", "a\ufffd\ufffd")
+    assert d.text == added + flushed
     assert d.flush() == ""
 
 
 def test_lone_invalid_byte_does_not_block_following_text(tok):
     d = IncrementalDetokenizer(tok, SamplingParams())
     deltas = [x.new_text for x in stream(d, ids(tok, "a", "<0x80>", "b"))]
-    assert deltas == ["a", "", "\ufffdb"]
+    # 0x80 can never start a character: byte mode replaces it at once.
+    assert deltas == (["a", "\ufffd", "b"] if is_token_local(tok) else ["a", "", "\ufffdb"])
+
+
+def test_window_mode_keeps_leading_space_context():
+    """A Llama-style decoder strips the text's first space: only the first token loses it."""
+    t = Tokenizer(build_hf([decoders.Strip(content=" ", left=1, right=0)]), eos_token_ids=[1])
+    assert not is_token_local(t)
+    d = IncrementalDetokenizer(t, SamplingParams())
+    seq = ids(t, "▁hello", "▁world", "▁", "a")
+    assert [x.new_text for x in stream(d, seq)] == ["hello", " world", " ", "a"]
+    assert d.text == t.decode(seq) == "hello world a"
+
+
+def test_byte_mode_equals_python_utf8_decoding_of_the_token_bytes():
+    tok = Tokenizer(build_hf(), eos_token_ids=[1])
+    seq = ids(tok, "a", "<0xF0>", "<0x9F>", "b", "<0xE2>", "<0x82>", "<0xAC>", "<0xC3>") + ids(tok, "<turn|>", "hello")
+    d = IncrementalDetokenizer(tok, SamplingParams())
+    text = "".join(x.new_text for x in stream(d, seq)) + d.flush()
+    raw = b"".join(d.token_bytes(t) for t in seq)
+    assert raw == b"a\xf0\x9fb\xe2\x82\xac\xc3<turn|>hello"
+    assert text == raw.decode("utf-8", "replace") == "a\ufffdb€\ufffd<turn|>hello"
 
 
 def test_special_tokens_kept_by_default_and_skipped_on_request(tok):
@@ -197,10 +236,15 @@ def test_held_text_released_at_flush(tok):
 
 def test_flush_cuts_stop_completed_by_pending_tokens(tok):
     d = IncrementalDetokenizer(tok, SamplingParams(stop=["ab"]))
-    # "ab" sits before an incomplete byte, so the window was never released by add().
-    assert d.add(ids(tok, "c", "ab") + byte_ids(tok, "€")[:1]).new_text == ""
-    assert d.flush() == "c"
-    assert d.stop_string == "ab"
+    seq = ids(tok, "c", "ab") + byte_ids(tok, "€")[:1]
+    if is_token_local(tok):
+        assert d.add(seq) == DetokDelta("c", "ab")  # bytes: text before the tail is decoded now
+        assert d.flush() == ""
+    else:
+        # Window mode: "ab" sits before an incomplete byte, so add() released nothing.
+        assert d.add(seq).new_text == ""
+        assert d.flush() == "c"
+    assert d.stop_string == "ab" and d.text == "c"
 
 
 def test_window_stays_small(tok):
