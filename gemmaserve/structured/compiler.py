@@ -47,8 +47,10 @@ _MARKER_TEXT = {
     "turn_end": "<turn|>",
 }
 
-# llguidance reports errors as "at L(C): <message>\n<grammar excerpt>"; users get the message only.
-_LLG_ERROR_RE = re.compile(r"(?:at \d+\(\d+\): )?(?:failed to compile JSON schema: )?(?P<msg>[^\n]*)")
+# llguidance reports errors as "at L(C): <message lines>" then a numbered grammar excerpt with a
+# caret; users get the message lines only (the grammar is ours, not theirs).
+_LLG_PREFIX_RE = re.compile(r"^(?:at \d+\(\d+\): )?(?:failed to compile JSON schema: )?")
+_EXCERPT_RE = re.compile(r"^\s*\d+ \| ")
 
 
 def _hf_tokenizer(tokenizer: Any) -> Any:
@@ -116,9 +118,14 @@ class GrammarCompiler:
 
 
 def _user_message(raw: str) -> str:
-    match = _LLG_ERROR_RE.match(raw.strip())
-    msg = match.group("msg").strip() if match else ""
-    return msg or raw.strip().splitlines()[0]
+    lines = []
+    for line in raw.strip().splitlines():
+        if _EXCERPT_RE.match(line):
+            break
+        if line.strip() and line.strip() != "^":
+            lines.append(line.strip())
+    msg = _LLG_PREFIX_RE.sub("", " ".join(lines)).strip()
+    return msg or "invalid grammar"
 
 
 def as_compiler(tokenizer: Any) -> GrammarCompiler:

@@ -107,25 +107,26 @@ class GrammarConstraint:
             if blocked:
                 row[blocked] = float("-inf")
             return
+        width = row.shape[0]
         if self._matcher.is_stopped() and not self._matcher.is_error():
-            allowed = torch.zeros(row.shape[0], dtype=torch.bool)
-            allowed[[i for i in self._end_ids if i < row.shape[0]]] = True
+            allowed = np.zeros(self._vocab_size, dtype=np.bool_)  # [V] grammar done: end ids only
+            allowed[self._end_ids] = True
         else:
-            allowed = self._grammar_allowed(row.shape[0])
+            allowed = self._grammar_allowed()
             if self._phase == _START:
                 allowed[self._channel_start] = True  # the thought channel may open first
-        if not bool(allowed.any()):
+        n = min(width, self._vocab_size)
+        if not allowed[:n].any():
             raise ConstraintError(f"grammar allows no token here: {self._matcher.get_error() or 'dead end'}")
-        row.masked_fill_(~allowed.to(row.device), float("-inf"))
+        forbidden = torch.from_numpy(~allowed[:n])  # [n]
+        row[:n].masked_fill_(forbidden.to(row.device, non_blocking=True), float("-inf"))
+        row[n:] = float("-inf")  # ids past the tokenizer's vocab (padding rows of the embedding)
 
-    def _grammar_allowed(self, width: int) -> torch.Tensor:
-        """[width] bool: the ids the grammar allows next; ids past the tokenizer's vocab never are."""
+    def _grammar_allowed(self) -> np.ndarray:
+        """[V] bool (a fresh, writable array): the ids the grammar allows next."""
         self._matcher.unsafe_compute_mask_ptr(self._bitmask.data_ptr(), self._n_words * 4)
         if self._matcher.is_error():
             raise ConstraintError(f"grammar matcher failed: {self._matcher.get_error()}")
         # Bit j of word w is token 32*w + j (little-endian bytes, least significant bit first).
-        bits = np.unpackbits(self._bitmask.numpy().view(np.uint8), bitorder="little")  # [32*n_words]
-        allowed = torch.zeros(width, dtype=torch.bool)
-        n = min(width, self._vocab_size)
-        allowed[:n] = torch.from_numpy(bits[:n].astype(np.bool_))
-        return allowed
+        bits = np.unpackbits(self._bitmask.numpy().view(np.uint8), bitorder="little")  # [32*n_words] uint8 0/1
+        return bits[: self._vocab_size].view(np.bool_)

@@ -33,10 +33,7 @@ def json_schema_constraint(
     compiler = as_compiler(tokenizer)
     ends = _answer_end_ids(compiler)
     grammar = json_schema_lark(schema, strict=bool(strict), end_ids=ends)
-    try:
-        return _constraint(compiler, grammar, ends, start_after_thinking)
-    except SchemaError as exc:
-        raise SchemaError(f"invalid JSON schema in response_format: {exc}") from None
+    return _constraint(compiler, grammar, ends, start_after_thinking)
 
 
 def tool_call_constraint(

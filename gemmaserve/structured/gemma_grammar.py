@@ -135,7 +135,7 @@ class GemmaValueGrammar:
             parts.append("/" + _pattern_regex(pattern) + "/")
         self._rules.append(f"{name}: " + " & ".join(parts + [_NO_MARKER]))
         rule = name.lower() + "_s"
-        self._rules.append(f"{rule}: {self._d} {name}? {self._d}")
+        self._rules.append(f"{rule}: {self._d} {name} {self._d}")  # the regex decides if "" is allowed
         return rule
 
     def _object(self, schema: dict, root: Any) -> str:

@@ -217,6 +217,26 @@ def test_recursive_and_any_typed_arguments(compiler, tokenizer, generate, schema
         assert schema_errors(args, tree) == []
 
 
+def test_string_pattern_lengths_const_allof_and_bounds(compiler, tokenizer, generate):
+    params = {
+        "allOf": [
+            {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{2}$"}}, "required": ["code"]},
+            {"properties": {"kind": {"const": "fixed"}, "n": {"type": "integer", "minimum": 0},
+                            "word": {"type": "string", "minLength": 2, "maxLength": 3},
+                            "xs": {"type": "array", "items": {"type": "boolean"}, "minItems": 2, "maxItems": 2}},
+             "required": ["kind", "n", "word", "xs"]},
+        ]
+    }
+    tools = [{"type": "function", "function": {"name": "f", "parameters": params}}]
+    for seed in range(8):
+        (name, args), = _calls(tokenizer, generate(tool_call_constraint(compiler, tools, "required", parallel=False), seed))
+        assert re.fullmatch(r"[A-Z]{2}[0-9]{2}", args["code"])
+        assert args["kind"] == "fixed" and type(args["n"]) is int and args["n"] >= 0
+        assert 2 <= len(args["word"]) <= 3
+        assert len(args["xs"]) == 2 and all(type(x) is bool for x in args["xs"])
+        assert list(args) == ["code", "kind", "n", "word", "xs"]
+
+
 def test_unknown_named_tool_and_bad_schemas_raise_schema_error(compiler):
     with pytest.raises(SchemaError, match="not among"):
         tool_call_constraint(compiler, TOOLS, {"name": "nope"})
