@@ -84,7 +84,8 @@ class AsyncEngine:
         with self._lock:
             if request_id in self._sinks:
                 raise InvalidRequestError(f"request id {request_id!r} is already running")
-            if self._stats.num_waiting + self._pending_adds >= self.max_waiting:
+            # len() of the scheduler's deque is an atomic read; the stats snapshot can be a step old.
+            if len(self.engine.scheduler.waiting) + self._pending_adds >= self.max_waiting:
                 raise QueueFullError(f"too many requests waiting ({self.max_waiting}); retry later")
             self._sinks[request_id] = sink
             self._pending_adds += 1
