@@ -170,7 +170,7 @@ class Engine:
         """Run one step; returns an output for every request that produced a token or finished."""
         sched_out = self.scheduler.schedule()
         if sched_out.is_empty:
-            return []
+            return self._fail_unschedulable()
         sampling = [s.request for s in sched_out.scheduled if s.samples]
         try:
             logits = self.runner.execute(sched_out.scheduled)
@@ -198,6 +198,15 @@ class Engine:
                 self.scheduler.finish_request(req, FinishReason.ERROR, error=f"{type(exc).__name__}: {exc}")
                 outputs.append(self._output(req, [], "", None))
         return outputs
+
+    def _fail_unschedulable(self) -> list[RequestOutput]:
+        # Nothing running and the head of the queue still cannot get blocks: it can never run
+        # (max_tokens_per_seq guards against this at start-up; this keeps any gap from hanging).
+        if self.scheduler.running or not self.scheduler.waiting:
+            return []
+        req = self.scheduler.waiting[0]
+        self.scheduler.finish_request(req, FinishReason.ERROR, error="the request does not fit in the KV cache")
+        return [self._output(req, [], "", None)]
 
     def _process_token(self, req: Request, sampled: Any) -> RequestOutput:
         tid = int(sampled.token_id)

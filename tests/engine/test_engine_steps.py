@@ -167,3 +167,14 @@ def test_sampling_rows_and_slot_mapping_of_a_mixed_step():
     assert batch.positions.tolist() == [3] + list(range(9))
     d_table = batch.kinds[FULL].block_tables[0].tolist()
     assert batch.kinds[FULL].slot_mapping[0].item() == d_table[0] * 4 + 3
+
+
+def test_a_request_that_can_never_get_blocks_fails_instead_of_hanging():
+    engine = make_engine(num_blocks={SLIDING: 64, FULL: 4}, budget=64)
+    # Bypass the start-up guard: shrink the pool under an already built engine.
+    engine.add_request("big", prompt(1, 10), greedy(2))
+    engine.kv.pools[FULL].free_queue.popitem()
+    engine.kv.pools[FULL].free_queue.popitem()
+    outs = engine.step()
+    assert [(o.request_id, o.finish_reason) for o in outs] == [("big", FinishReason.ERROR)]
+    assert "does not fit" in outs[0].error and not engine.has_unfinished_requests()

@@ -128,3 +128,37 @@ def test_llm_loads_from_a_checkpoint_directory(tiny):
     assert out.prompt_token_ids[0] == llm.tokenizer.bos_token_id and len(out.token_ids) == 3
     ref = LLM.from_engine(engine_for(tiny)).generate("Hello", greedy(3))[0]
     assert out.token_ids == ref.token_ids
+
+
+def test_stop_string_cuts_the_text(tiny):
+    engine = engine_for(tiny)
+    p = prompts(tiny[3])[0]
+    ref = run(engine, {0: [("ref", p, greedy(12))]})["ref"]
+    text = ref.text
+    # A two-character stop string from the middle of the greedy text, at its first occurrence.
+    idx = next(
+        i for i in range(2, len(text) - 1)
+        if text[i : i + 2].isprintable() and "\ufffd" not in text[i : i + 2] and text.find(text[i : i + 2]) == i
+    )
+    stop = text[idx : idx + 2]
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, stop=[stop])
+    out = run(engine, {0: [("s", p, params)]})["s"]
+    assert out.finish_reason is FinishReason.STOP and out.stop_reason == stop
+    assert out.text == text[:idx]
+    assert out.token_ids == ref.token_ids[: len(out.token_ids)] and len(out.token_ids) < 12
+    assert leak_free(engine)
+
+
+async def test_async_stream_text_deltas_add_up(tiny):
+    from gemmaserve.engine.async_engine import AsyncEngine
+
+    engine = AsyncEngine(engine_for(tiny))
+    try:
+        p = prompts(tiny[3])[1]
+        outs = [o async for o in engine.generate(p, greedy(6), "s")]
+        assert "".join(o.new_text for o in outs) == outs[-1].text
+        assert outs[-1].text == detokenize(tiny[3], outs[-1].token_ids)
+        ref = LLM.from_engine(engine_for(tiny)).generate([p], greedy(6))[0]
+        assert outs[-1].token_ids == ref.token_ids
+    finally:
+        await engine.shutdown()
