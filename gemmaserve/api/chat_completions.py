@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, AsyncIterator
 
@@ -12,7 +13,7 @@ from gemmaserve.api.auth import require_auth
 from gemmaserve.api.chat_output import DeltaStream, chat_logprobs, whole_message
 from gemmaserve.api.chat_prep import PreparedChat, prepare_chat
 from gemmaserve.api.errors import APIError, engine_error_to_api
-from gemmaserve.api.guards import check_model, ensure_ready
+from gemmaserve.api.guards import check_model, check_provider, ensure_ready
 from gemmaserve.api.run import (
     TIMEOUT,
     EngineRun,
@@ -20,6 +21,7 @@ from gemmaserve.api.run import (
     new_tool_call_id,
     normalised_reason,
     record_generation,
+    unless_disconnected,
 )
 from gemmaserve.api.sampling import CHANNEL_END, CHANNEL_START, marker_id
 from gemmaserve.api.sse import DONE, KEEPALIVE, SSEResponse, sse_data
@@ -83,36 +85,42 @@ def _native(out: RequestOutput | None, has_tool_calls: bool) -> str | None:
 async def chat_completions(req: ChatCompletionRequest, request: Request):
     state: ServerState = request.app.state.gs
     check_model(state, req)
+    check_provider(state, req)
     ensure_ready(state)
     prep = prepare_chat(state, req)
     ctx = _Ctx(state, req, prep, request)
     run = EngineRun(state, prep.prompt_ids, prep.params, ctx.gen_id)
-    interval = state.config.keepalive_interval_s
+    if not req.stream:
+        try:
+            return await unless_disconnected(request, _whole(ctx, run))
+        finally:
+            await run.close()
     try:
         # Errors the engine raises up front (queue full, prompt too long) still get their status:
         # nothing has been sent yet. Past the first keep-alive they go in-band.
-        first = await run.next(timeout=interval if req.stream else None)
+        first = await run.next(timeout=state.config.keepalive_interval_s)
     except EngineError as exc:
         await run.close()
         raise engine_error_to_api(exc) from None
     except BaseException:
         await run.close()
         raise
-    if req.stream:
-        return SSEResponse(_stream(ctx, run, first), headers={"X-Generation-Id": ctx.gen_id})
-    try:
-        return await _whole(ctx, run, first)
-    finally:
-        await run.close()
+    return SSEResponse(_stream(ctx, run, first), headers={"X-Generation-Id": ctx.gen_id})
 
 
-async def _whole(ctx: _Ctx, run: EngineRun, out: Any) -> JSONResponse:
+async def _whole(ctx: _Ctx, run: EngineRun) -> JSONResponse:
+    out: Any = None
     try:
+        out = await run.next()
         while out is not None and not out.finished:
             out = await run.next()
     except EngineError as exc:
-        ctx.record(run, "error", "error", streamed=False, cancelled=False)
+        if run.last is not None:  # it had started: keep its record
+            ctx.record(run, "error", "error", streamed=False, cancelled=False)
         raise engine_error_to_api(exc) from None
+    except asyncio.CancelledError:
+        ctx.record(run, None, None, streamed=False, cancelled=True)
+        raise
     last = run.last
     text = last.text if last is not None else ""
     message, has_calls = whole_message(

@@ -45,8 +45,24 @@ def _text_of(content: Any) -> str:
     return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
 
 
+def _with_name(msg: dict[str, Any]) -> dict[str, Any]:
+    """OpenRouter sends `name` to non-OpenAI models as a "{name}: " content prefix (spec §2.2)."""
+    name = msg.pop("name", None)
+    if not name or msg["role"] == "tool":
+        return msg
+    content = msg.get("content")
+    if isinstance(content, str):
+        msg["content"] = f"{name}: {content}"
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text":
+                part["text"] = f"{name}: {part['text']}"
+                break
+    return msg
+
+
 def _render(state: ServerState, req: ChatCompletionRequest, tools: list[dict] | None, thinking: bool) -> str:
-    messages = [m.model_dump(exclude_unset=True) for m in req.messages or []]
+    messages = [_with_name(m.model_dump(exclude_unset=True)) for m in req.messages or []]
     prefill = ""
     if messages and messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls"):
         # A trailing assistant message is the start of the answer, to be continued (spec §2.2).
@@ -104,6 +120,9 @@ def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat
     tok = state.tokenizer
     engine = state.engine
     assert engine is not None
+    if req.modalities and set(req.modalities) - {"text"}:
+        raise APIError(400, f"Invalid value for 'modalities': this model only outputs text, not "
+                       f"{', '.join(sorted(set(req.modalities) - {'text'}))}", "invalid_request", {"param": "modalities"})
     tool_dicts = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
     parallel = req.parallel_tool_calls is not False
     # tool_choice "none": the model is not told about the tools, and cannot open a call.

@@ -10,8 +10,15 @@ from fastapi.responses import JSONResponse
 
 from gemmaserve.api.auth import require_auth
 from gemmaserve.api.errors import APIError, engine_error_to_api
-from gemmaserve.api.guards import check_model, ensure_ready
-from gemmaserve.api.run import TIMEOUT, EngineRun, new_generation_id, normalised_reason, record_generation
+from gemmaserve.api.guards import check_model, check_provider, ensure_ready
+from gemmaserve.api.run import (
+    TIMEOUT,
+    EngineRun,
+    new_generation_id,
+    normalised_reason,
+    record_generation,
+    unless_disconnected,
+)
 from gemmaserve.api.sampling import build_sampling_params, completion_limit, encode_raw_prompt
 from gemmaserve.api.sse import DONE, KEEPALIVE, SSEResponse, sse_data
 from gemmaserve.api.state import ServerState
@@ -43,6 +50,7 @@ def text_logprobs(items: list[TokenLogprob] | None, offset0: int) -> dict[str, A
 async def completions(req: CompletionRequest, request: Request):
     state: ServerState = request.app.state.gs
     check_model(state, req)
+    check_provider(state, req)
     ensure_ready(state)
     engine, tok = state.engine, state.tokenizer
     assert engine is not None
@@ -75,33 +83,38 @@ async def completions(req: CompletionRequest, request: Request):
         return {"id": gen_id, "object": "text_completion", "created": created, "model": state.config.response_model,
                 "provider": state.config.provider_name, "system_fingerprint": None, "choices": choices, **extra}
 
+    async def whole() -> JSONResponse:
+        try:
+            out = await run.next()
+            while out is not None and not out.finished:
+                out = await run.next()
+        except EngineError as exc:
+            raise engine_error_to_api(exc) from None
+        last = run.last
+        finish = normalised_reason(last, False)
+        native = last.finish_reason.value if last and last.finish_reason else None
+        usage = record(finish, native, False, False)
+        choice = {"text": prefix + (last.text if last else ""), "index": 0,
+                  "logprobs": text_logprobs(last.logprobs if last else None, len(prefix)),
+                  "finish_reason": finish, "native_finish_reason": native}
+        if last is not None and last.finish_reason == FinishReason.ERROR:
+            choice["error"] = {"code": 500, "message": last.error or "generation failed",
+                               "metadata": {"error_type": "server"}}
+        return JSONResponse(body([choice], usage=usage), headers={"X-Generation-Id": gen_id})
+
+    if not req.stream:
+        try:
+            return await unless_disconnected(request, whole())
+        finally:
+            await run.close()
     try:
-        first = await run.next(timeout=state.config.keepalive_interval_s if req.stream else None)
+        first = await run.next(timeout=state.config.keepalive_interval_s)
     except EngineError as exc:
         await run.close()
         raise engine_error_to_api(exc) from None
     except BaseException:
         await run.close()
         raise
-
-    if not req.stream:
-        try:
-            out = first
-            while out is not None and not out.finished:
-                out = await run.next()
-        except EngineError as exc:
-            raise engine_error_to_api(exc) from None
-        finally:
-            await run.close()
-        last = run.last
-        finish, native = normalised_reason(last, False), (last.finish_reason.value if last and last.finish_reason else None)
-        usage = record(finish, native, False, False)
-        choice = {"text": prefix + (last.text if last else ""), "index": 0,
-                  "logprobs": text_logprobs(last.logprobs if last else None, len(prefix)),
-                  "finish_reason": finish, "native_finish_reason": native}
-        if last is not None and last.finish_reason == FinishReason.ERROR:
-            choice["error"] = {"code": 500, "message": last.error or "generation failed", "metadata": {"error_type": "server"}}
-        return JSONResponse(body([choice], usage=usage), headers={"X-Generation-Id": gen_id})
 
     async def stream() -> AsyncIterator[bytes]:
         out, finish, native, cancelled = first, None, None, True

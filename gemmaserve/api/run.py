@@ -9,6 +9,8 @@ import time
 from typing import Any
 
 import anyio
+from starlette.requests import Request
+from starlette.responses import Response
 
 from gemmaserve.api.state import ServerState
 from gemmaserve.api.usage import TokenCounts, usage_object
@@ -109,6 +111,32 @@ class EngineRun:
         if self.t_first is None or self.t_last is None or n < 2:
             return None
         return (self.t_last - self.t_first) / (n - 1)
+
+
+async def unless_disconnected(request: Request, coro) -> Any:
+    """Await `coro` (a whole, non-streaming response), cancelling it if the client hangs up
+    first: its cleanup then aborts the engine request instead of generating for nobody."""
+    work = asyncio.ensure_future(coro)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            return work.result()
+        work.cancel()
+        try:
+            await work
+        except BaseException:
+            pass
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+    finally:
+        watcher.cancel()
+        if not work.done():
+            work.cancel()
 
 
 def record_generation(

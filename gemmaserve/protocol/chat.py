@@ -177,6 +177,7 @@ class ChatCompletionRequest(SamplingFields):
     reasoning: ReasoningConfig | None = None
     reasoning_effort: Effort | None = None
     include_reasoning: bool | None = None
+    modalities: list[str] | None = None  # output modalities; Gemma writes text only
 
     @model_validator(mode="after")
     def _consistent(self) -> "ChatCompletionRequest":

@@ -58,6 +58,7 @@ def assert_envelope(r, status, error_type=None):
     ({"tool_choice": "sometimes"}, "tool_choice"),
     ({"seed": "abc"}, "seed"),
     ({"min_tokens": -1}, "min_tokens"),
+    ({"modalities": ["text", "image"]}, "modalities"),
 ])
 def test_bad_fields_are_400_naming_the_field(fake, patch, field):
     err = assert_envelope(post(fake, {"model": MODEL, "messages": MSGS, **patch}), 400, "invalid_request")
@@ -175,6 +176,10 @@ def test_good_key_and_served_name(auth_server):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=auth_server.url, api_key="sk-nope", max_retries=0).chat.completions.create(
             model="my-gemma", messages=MSGS)
+    r = httpx.get(auth_server.url + "/key", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 200 and r.json()["data"]["label"] == "sk-test-...789"
+    assert r.json()["data"]["limit"] is None
+    assert httpx.get(auth_server.url + "/key").status_code == 401
     # /models needs no key (as on OpenRouter) and lists the served name.
     r = httpx.get(auth_server.url + "/models")
     assert r.status_code == 200 and r.json()["data"][0]["id"] == "my-gemma"

@@ -175,3 +175,32 @@ def test_legacy_completions_stream(fake):
     assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "Hello world!"
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_client_disconnect_aborts_whole_request(fake):
+    fake.engine.script = [f" w{i}" for i in range(200)]
+    fake.engine.step_delay = 0.05
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(fake.url + "/chat/completions", json={"model": MODEL, "messages": MSGS}, timeout=0.5)
+    rid = fake.engine.calls[-1].request_id
+    assert wait_for(lambda: rid in fake.engine.aborted)
+    assert not fake.engine.active
+    assert wait_for(lambda: fake.state.generations.get(rid) is not None)
+    assert fake.state.generations.get(rid)["cancelled"] is True
+
+
+def test_provider_preferences_that_exclude_us_are_404(fake):
+    for prefs in ({"only": ["deepinfra"]}, {"ignore": ["gemmaserve"]}, {"quantizations": ["fp8"]},
+                  {"order": ["together"], "allow_fallbacks": False}, {"max_price": {"prompt": 0.01}}):
+        r = httpx.post(fake.url + "/chat/completions", json={"model": MODEL, "messages": MSGS, "provider": prefs})
+        assert r.status_code == 404 and "provider preferences" in r.json()["error"]["message"], prefs
+    for prefs in ({"only": ["gemmaserve"]}, {"order": ["together"]}, {"quantizations": ["bf16"]},
+                  {"max_price": {"prompt": 1, "completion": "2"}}, {"sort": "price", "data_collection": "deny"}):
+        r = httpx.post(fake.url + "/chat/completions", json={"model": MODEL, "messages": MSGS, "provider": prefs})
+        assert r.status_code == 200, prefs
+
+
+def test_message_name_is_prefixed(fake, demo_tokenizer):
+    msgs = [{"role": "user", "name": "alice", "content": "Hi"}]
+    httpx.post(fake.url + "/chat/completions", json={"model": MODEL, "messages": msgs})
+    assert "alice: Hi" in demo_tokenizer.decode(fake.engine.calls[-1].prompt_ids)
