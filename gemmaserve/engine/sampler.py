@@ -13,8 +13,10 @@ MAX_LOGPROBS = 20
 MAX_STOP_STRINGS = 4
 # Below this temperature a row is sampled greedily: logits / 1e-6 would only amplify float noise.
 GREEDY_TEMPERATURE = 1e-5
-# Rows whose top_k are all at most this use one topk() instead of sorting the whole vocabulary.
-_TOPK_FAST_LIMIT = 1024
+# Candidate slice sizes tried (a topk each) before sorting the whole vocabulary: a top_p/min_p set
+# that fits in one is found exactly without the sort (190 ms for 32 x 32k rows on one CPU core,
+# against 2 ms for topk(64) and 20 ms for topk(1024)).
+_CANDIDATE_SIZES = (64, 1024)
 
 
 class SamplingError(EngineError):
@@ -347,18 +349,21 @@ class Sampler:
         k_eff = torch.tensor(k_eff_list, device=dev)  # [R]
         # Rows without top_k normalise over the whole vocabulary, whatever slice we keep.
         full_lse = torch.logsumexp(scaled, dim=-1) if kmax == v else torch.zeros(len(states), device=dev)  # [R]
-        # Sorting the whole vocabulary is the slow part; a topk of _TOPK_FAST_LIMIT candidates is
-        # exact whenever every row's kept set fits inside it (checked below), which top_p/min_p
-        # sets of real models nearly always do.
-        vals, ids = scaled.topk(min(kmax, _TOPK_FAST_LIMIT), dim=-1)  # [R, C] sorted descending
-        probs = self._sorted_probs(vals, k_eff, full_lse, v)  # [R, C]
-        if kmax > vals.shape[1]:
-            c = vals.shape[1]
-            fits = (k_eff <= c) | (top_p_t <= probs.sum(dim=-1))
-            fits |= probs[:, -1] < min_p_t * probs[:, 0]
-            if not bool(fits.all()):
+        # Sorting the whole vocabulary is the slow part: try growing candidate slices first. A
+        # slice is exact when every row's kept set ends inside it (checked on its last entry).
+        vals = ids = probs = None
+        for size in (*(c for c in _CANDIDATE_SIZES if c < kmax), kmax):
+            if size >= v:
                 vals, ids = scaled.sort(dim=-1, descending=True)  # [R, V]
                 probs = self._sorted_probs(vals, k_eff, full_lse, v)
+                break
+            vals, ids = scaled.topk(size, dim=-1)  # [R, C] sorted descending
+            probs = self._sorted_probs(vals, k_eff, full_lse, v)  # [R, C]
+            fits = (k_eff <= size) | (top_p_t <= probs.sum(dim=-1))
+            fits |= probs[:, -1] < min_p_t * probs[:, 0]
+            if bool(fits.all()):
+                break
+        assert vals is not None and ids is not None and probs is not None
         # Each mask keeps a prefix of the descending order (position 0 always survives top_p).
         exclusive = torch.cumsum(probs, dim=-1) - probs  # [R, C] mass strictly before each token
         keep = (exclusive < top_p_t[:, None]) | (top_p_t[:, None] >= 1.0)
