@@ -357,3 +357,15 @@ def test_large_vocab_top_p_candidates_and_full_sort_fallback_agree():
     n_keep = int((torch.cumsum(torch.softmax(flat, -1), -1) < 0.9).sum()) + 1
     drawn = [t.token_id for t in out]
     assert 3000 < max(drawn) < n_keep
+
+
+def test_middle_candidate_slice_is_exact():
+    big = 4096
+    # 300 equally likely ids in a near-flat decreasing run: the top_p=0.5 set (150 ids) needs
+    # more than 64 candidates but fits in 1024.
+    row = torch.full((big,), -50.0)
+    row[:300] = -torch.arange(300, dtype=torch.float32) * 1e-5
+    m = 400
+    states = [SamplingState(SamplingParams(top_p=0.5), [], big, EOS) for _ in range(m)]
+    drawn = [t.token_id for t in Sampler(big, seed=2).sample(row.expand(m, -1).clone(), states, [[]] * m)]
+    assert 120 < max(drawn) < 150 and min(drawn) >= 0
