@@ -67,8 +67,10 @@ def validate_params(params: SamplingParams, vocab_size: int) -> None:
     _check_range("presence_penalty", params.presence_penalty, -2.0, 2.0)
     _check_range("repetition_penalty", params.repetition_penalty, 0.0, 2.0, lo_open=True)
     for tok, bias in params.logit_bias.items():
-        if not isinstance(tok, int) or isinstance(tok, bool) or not 0 <= tok < vocab_size:
-            raise InvalidRequestError(f"logit_bias token id {tok!r} is outside the vocabulary [0, {vocab_size})")
+        if not isinstance(tok, int) or isinstance(tok, bool):
+            raise InvalidRequestError(f"logit_bias keys must be integer token ids, got {tok!r}")
+        if not 0 <= tok < vocab_size:
+            raise InvalidRequestError(f"logit_bias token id {tok} is outside the vocabulary [0, {vocab_size})")
         _check_range(f"logit_bias[{tok}]", bias, -100.0, 100.0)
     if params.logprobs is not None and (
         not isinstance(params.logprobs, int) or isinstance(params.logprobs, bool)
