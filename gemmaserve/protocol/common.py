@@ -32,7 +32,8 @@ class SamplingFields(BaseModel):
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
     repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
-    seed: int | None = None
+    # torch.Generator.manual_seed takes [-2**63, 2**64 - 1]; past that a seed cannot be honoured.
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
     stop: str | list[str] | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     n: int | None = None  # ignored: OpenRouter always returns exactly one choice
@@ -48,6 +49,8 @@ class SamplingFields(BaseModel):
     def _at_most_four_stops(cls, v: str | list[str] | None) -> str | list[str] | None:
         if isinstance(v, list) and len(v) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
+        if (isinstance(v, str) and not v) or (isinstance(v, list) and any(not s for s in v)):
+            raise ValueError("stop sequences must be non-empty strings")
         return v
 
     @model_validator(mode="after")

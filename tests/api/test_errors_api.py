@@ -57,6 +57,8 @@ def assert_envelope(r, status, error_type=None):
     ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools"),
     ({"tool_choice": "sometimes"}, "tool_choice"),
     ({"seed": "abc"}, "seed"),
+    ({"seed": 2**64}, "seed"),
+    ({"stop": ["ok", ""]}, "stop"),
     ({"min_tokens": -1}, "min_tokens"),
     ({"modalities": ["text", "image"]}, "modalities"),
 ])
