@@ -117,7 +117,9 @@ def gemmaserve_argv(spec: SpawnSpec, port: int, python: str = sys.executable) ->
 def llama_argv(
     spec: SpawnSpec, port: int, ctx_per_slot: int, threads: int, server: Path = DEFAULT_LLAMA_SERVER
 ) -> list[str]:
-    # llama-server splits -c over its -np slots: give every slot room for prompt + output.
+    # llama-server splits -c over its -np slots: give every slot room for prompt + output, in
+    # whole 256-token units (it pads and rounds the context, never below what we ask per slot).
+    ctx_per_slot = -(-ctx_per_slot // 256) * 256
     return [
         str(server), "-m", spec.model, "--host", "127.0.0.1", "--port", str(port),
         "-np", str(spec.parallel), "-c", str(ctx_per_slot * spec.parallel),

@@ -162,7 +162,8 @@ def test_spawn_spec_parsing_and_llama_argv():
         SpawnSpec.parse("vllm:/m")
     argv = llama_argv(s, port=9000, ctx_per_slot=704, threads=2, server=Path("/x/llama-server"))
     assert argv[:7] == ["/x/llama-server", "-m", "/m/bench.gguf", "--host", "127.0.0.1", "--port", "9000"]
-    assert argv[argv.index("-np") + 1] == "32" and argv[argv.index("-c") + 1] == str(32 * 704)
+    assert argv[argv.index("-np") + 1] == "32" and argv[argv.index("-c") + 1] == str(32 * 768)
+    assert argv[argv.index("-t") + 1] == "2" and argv[argv.index("-tb") + 1] == "2"
 
 
 def test_phase_rates_from_token_timestamps():
