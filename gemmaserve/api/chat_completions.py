@@ -158,6 +158,17 @@ async def _stream(ctx: _Ctx, run: EngineRun, out: Any) -> AsyncIterator[bytes]:
     finish = native = None
     cancelled = True  # stays True unless the stream reaches its end (client disconnect)
     try:
+        debug = ctx.req.debug or {}
+        if debug.get("echo_upstream_body") is True:
+            # Our "upstream" is the engine: show exactly what it was asked to run.
+            p = ctx.prep.params
+            yield ctx.chunk([], debug={"echo_upstream_body": {
+                "prompt": ctx.prep.prompt_text, "prompt_token_ids": ctx.prep.prompt_ids,
+                "sampling_params": {k: getattr(p, k) for k in (
+                    "max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p", "frequency_penalty",
+                    "presence_penalty", "repetition_penalty", "seed", "stop", "ignore_eos", "logprobs")},
+                "enable_thinking": ctx.prep.reasoning.enabled, "thinking_budget": ctx.prep.reasoning.budget,
+            }})
         try:
             while out is not None:
                 if out is TIMEOUT:

@@ -35,6 +35,7 @@ class PreparedChat:
     tools: list[dict] | None  # what the output parser types arguments by; None = no tool parsing
     parallel_tool_calls: bool
     starts_in_reasoning: bool = False  # the prompt leaves a thought channel open
+    prompt_text: str = ""  # what the engine is asked to continue (for debug.echo_upstream_body)
 
 
 def _text_of(content: Any) -> str:
@@ -149,4 +150,4 @@ def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat
         params.constraints.append(constraint)
     if req.tool_choice == "none" and tool_dicts:
         params.logit_bias.setdefault(marker_id(tok, TOOL_CALL_START), -100.0)
-    return PreparedChat(prompt_ids, params, plan, render_tools, parallel, prompt_ends_in_reasoning(text))
+    return PreparedChat(prompt_ids, params, plan, render_tools, parallel, prompt_ends_in_reasoning(text), text)

@@ -178,6 +178,7 @@ class ChatCompletionRequest(SamplingFields):
     reasoning_effort: Effort | None = None
     include_reasoning: bool | None = None
     modalities: list[str] | None = None  # output modalities; Gemma writes text only
+    debug: dict[str, Any] | None = None  # {echo_upstream_body: bool}, streaming only (spec §4.6)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ChatCompletionRequest":

@@ -204,3 +204,16 @@ def test_message_name_is_prefixed(fake, demo_tokenizer):
     msgs = [{"role": "user", "name": "alice", "content": "Hi"}]
     httpx.post(fake.url + "/chat/completions", json={"model": MODEL, "messages": msgs})
     assert "alice: Hi" in demo_tokenizer.decode(fake.engine.calls[-1].prompt_ids)
+
+
+def test_debug_echo_upstream_body_first_chunk(fake, demo_tokenizer):
+    r, events = stream_raw(fake.url, {"model": MODEL, "messages": MSGS, "max_tokens": 9, "temperature": 0.5,
+                                      "debug": {"echo_upstream_body": True}})
+    first = json.loads(events[0][6:])
+    assert first["choices"] == []
+    echo = first["debug"]["echo_upstream_body"]
+    assert echo["prompt_token_ids"] == fake.engine.calls[-1].prompt_ids
+    assert demo_tokenizer.encode(echo["prompt"]) == echo["prompt_token_ids"]
+    assert echo["sampling_params"]["max_tokens"] == 9 and echo["sampling_params"]["temperature"] == 0.5
+    assert echo["enable_thinking"] is False
+    assert json.loads(events[1][6:])["choices"][0]["delta"]["content"] == "Hello"
