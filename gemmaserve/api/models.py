@@ -84,11 +84,30 @@ def model_object(state: ServerState) -> dict[str, Any]:
     }
 
 
+def _csv(value: str | None) -> set[str]:
+    return {v.strip() for v in (value or "").split(",") if v.strip()}
+
+
+def _matches(m: dict[str, Any], supported_parameters: str | None, output_modalities: str | None,
+             input_modalities: str | None) -> bool:
+    """OpenRouter's list filters that can exclude our one model (spec §7.1); output defaults to text."""
+    if not _csv(supported_parameters) <= set(m["supported_parameters"]):
+        return False
+    outs = _csv(output_modalities) or {"text"}
+    if "all" not in outs and not outs & set(m["architecture"]["output_modalities"]):
+        return False
+    ins = _csv(input_modalities)
+    return not ins or bool(ins & set(m["architecture"]["input_modalities"]))
+
+
 @router.get("/api/v1/models")
 @router.get("/v1/models")
-async def list_models(request: Request):
+async def list_models(request: Request, supported_parameters: str | None = None,
+                      output_modalities: str | None = None, input_modalities: str | None = None):
     state: ServerState = request.app.state.gs
-    return {"data": [model_object(state)], "total_count": 1, "links": {"next": None}}
+    m = model_object(state)
+    data = [m] if _matches(m, supported_parameters, output_modalities, input_modalities) else []
+    return {"data": data, "total_count": len(data), "links": {"next": None}}
 
 
 def _lookup(state: ServerState, author: str, slug: str) -> None:

@@ -263,3 +263,26 @@ async def test_async_client(fake):
     resp = await client.chat.completions.create(model=MODEL, messages=MSGS)
     assert resp.choices[0].message.content == "Hello world!"
     await client.close()
+
+
+def test_reasoning_and_tool_call_round_trip(fake, client, demo_tokenizer):
+    """The assistant message a client got back (reasoning_details, tool_calls) plus a tool result
+    is accepted as the next request and rendered with the result (spec §5.2)."""
+    fake.engine.script = THINK_AND_CALL
+    first = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "Weather in Paris?"}], tools=TOOLS,
+        extra_body={"reasoning": {"enabled": True}}).http_response.json()
+    assistant = first["choices"][0]["message"]
+    call_id = assistant["tool_calls"][0]["id"]
+    fake.engine.script = ["Sunny", "."]
+    msgs = [{"role": "user", "content": "Weather in Paris?"}, assistant,
+            {"role": "tool", "tool_call_id": call_id, "content": '{"sky": "clear"}'}]
+    resp = client.chat.completions.create(model=MODEL, messages=msgs, tools=TOOLS,
+                                          extra_body={"reasoning": {"enabled": True}})
+    assert resp.choices[0].message.content == "Sunny."
+    prompt = demo_tokenizer.decode(fake.engine.calls[-1].prompt_ids)
+    assert "<|tool_response>" in prompt and "clear" in prompt and "get_weather" in prompt
+    # reasoning_content (DeepSeek/vLLM spelling) and unknown detail types are accepted too.
+    msgs[1] = {**assistant, "reasoning_details": [{"type": "reasoning.encrypted", "data": "xx", "format": "odd"}],
+               "reasoning_content": "Need weather"}
+    assert client.chat.completions.create(model=MODEL, messages=msgs, tools=TOOLS).choices[0].message.content == "Sunny."

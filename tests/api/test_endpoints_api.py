@@ -35,6 +35,16 @@ def test_models_list_object(fake):
     assert ids == [MODEL]
 
 
+def test_models_filters(fake):
+    def count(**params):
+        return httpx.get(fake.url + "/models", params=params).json()["total_count"]
+
+    assert count(supported_parameters="tools,reasoning") == 1
+    assert count(supported_parameters="tools,web_search_options") == 0
+    assert count(output_modalities="image") == 0 and count(output_modalities="all") == 1
+    assert count(input_modalities="audio") == 0 and count(input_modalities="image,audio") == 1
+
+
 def test_model_endpoints_and_single_model(fake):
     body = httpx.get(fake.url + f"/models/{MODEL}/endpoints").json()["data"]
     assert body["id"] == MODEL and body["architecture"]["tokenizer"] == "Gemma"
