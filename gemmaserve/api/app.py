@@ -12,6 +12,7 @@ from gemmaserve.api import chat_completions, completions, misc, models
 from gemmaserve.api.body_limit import BodySizeLimit
 from gemmaserve.api.errors import install_error_handlers
 from gemmaserve.api.state import ServerState
+from gemmaserve.structured import GrammarCompiler
 
 log = logging.getLogger("gemmaserve.api")
 
@@ -55,6 +56,11 @@ async def _load(state: ServerState) -> None:
         state.load_error = f"{type(exc).__name__}: {exc}"
         return
     state.tokenizer, state.renderer = tokenizer, renderer
+    try:
+        # Built now so the first JSON-mode request does not pay for the token trie.
+        state.grammar = await asyncio.to_thread(GrammarCompiler, tokenizer)
+    except Exception:
+        log.exception("grammar compiler unavailable; structured outputs will fail per request")
     state.engine = engine
     log.info("model loaded; serving")
 

@@ -87,7 +87,9 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     check_model(state, req)
     check_provider(state, req)
     ensure_ready(state)
-    prep = prepare_chat(state, req)
+    # Rendering, tokenizing and grammar compilation are CPU work: keep them off the event loop
+    # so other streams keep flowing while a long prompt is prepared.
+    prep = await asyncio.to_thread(prepare_chat, state, req)
     ctx = _Ctx(state, req, prep, request)
     run = EngineRun(state, prep.prompt_ids, prep.params, ctx.gen_id)
     if not req.stream:
