@@ -10,7 +10,7 @@ import torch
 
 from gemmaserve.config import CPU_DEFAULT_KV_BYTES, EngineConfig
 from gemmaserve.engine.client import EngineStats
-from gemmaserve.engine.kv_cache import KVCacheManager, derive_num_blocks
+from gemmaserve.engine.kv_cache import KVCacheManager, derive_num_blocks, kind_bytes_per_token
 from gemmaserve.engine.model_runner import ModelRunner
 from gemmaserve.engine.request import Request
 from gemmaserve.engine.scheduler import Scheduler
@@ -90,6 +90,13 @@ class Engine:
             log.warning("max_model_len lowered from %d to %d to fit the KV cache", self.max_model_len, fit)
             self.max_model_len = fit
         self.num_blocks = num_blocks
+        per_kind = {s.kind: num_blocks[s.kind] * cache.block_size * kind_bytes_per_token(s, kv_dtype.itemsize) for s in specs}
+        self.kv_cache_bytes = sum(per_kind.values())
+        log.info(
+            "KV cache: %s blocks of %d tokens, %.1f MiB (%s); max_model_len %d",
+            num_blocks, cache.block_size, self.kv_cache_bytes / 2**20,
+            ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in per_kind.items()), self.max_model_len,
+        )
         self.scheduler = Scheduler(sched, self.kv)
         self.runner = ModelRunner(model, model_config, num_blocks, cache.block_size, kv_dtype, self.device, sampler)
         self._arrivals = 0

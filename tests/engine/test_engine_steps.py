@@ -143,6 +143,8 @@ def test_one_request_error_does_not_take_down_the_others():
 
 def test_abort_returns_final_output_and_frees_blocks():
     engine = make_engine(budget=8)
+    # 2 kinds x 64 blocks x 4 tokens x (1 head x dim 2 x K,V x 4 bytes)
+    assert engine.kv_cache_bytes == 2 * 64 * 4 * 16
     engine.add_request("a", prompt(1, 30), greedy(5))
     engine.step()
     assert engine.kv.usage > 0
