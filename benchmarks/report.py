@@ -75,7 +75,8 @@ def render(out_dir: Path) -> str:
     machine = (out_dir / "machine.txt").read_text() if (out_dir / "machine.txt").exists() else ""
     lines += ["Machine and versions:", "", "```", machine.strip(), "```", ""]
 
-    lines += ["| engine | prefill, 512 tokens | decode, 1 stream | decode, 8 streams (total) |", "|---|---|---|---|"]
+    P = (thr or {}).get("config", {}).get("input_len", 512)
+    lines += [f"| engine | prefill, {P} tokens | decode, 1 stream | decode, 8 streams (total) |", "|---|---|---|---|"]
     for name, row in (("gemmaserve `LLM`", gs), ("transformers `generate`", hf), ("llama.cpp (bf16 GGUF)", llama)):
         lines.append(f"| {name} | {_fmt(row.get('prefill_tok_s'))} tok/s | {_fmt(row.get('decode_tok_s'))} tok/s "
                      f"| {_fmt(row.get('decode_x8_tok_s'))} tok/s |")
@@ -85,7 +86,9 @@ def render(out_dir: Path) -> str:
     lines.append("")
 
     g32, l32 = serve.get(("gemmaserve", 32)), serve.get(("llama", 32))
-    lines += ["| 32 concurrent, 512 in / 128 out | output tok/s | req/s | TTFT p50 / p99 (ms) | TPOT p50 (ms) "
+    scfg = (_load(out_dir / "serving_c32.json") or {}).get("config", {})
+    shape = f"{scfg.get('input_len', '?')} in / {scfg.get('output_len', '?')} out"
+    lines += [f"| 32 concurrent, {shape} | output tok/s | req/s | TTFT p50 / p99 (ms) | TPOT p50 (ms) "
               "| ITL p50 / p99 (ms) | E2EL p50 (ms) | failed |", "|---|---|---|---|---|---|---|---|"]
     for name, s in (("gemmaserve", g32), ("llama-server -np 32", l32)):
         if s:
@@ -97,7 +100,7 @@ def render(out_dir: Path) -> str:
             )
     lines.append("")
 
-    lines += ["| TTFT, 512-token prompts | 1 stream p50 (ms) | 16 streams p50 (ms) | ratio 16/1 | 16 streams p99 (ms) |",
+    lines += [f"| TTFT, {P}-token prompts | 1 stream p50 (ms) | 16 streams p50 (ms) | ratio 16/1 | 16 streams p99 (ms) |",
               "|---|---|---|---|---|"]  # fmt: skip
     for name in ("gemmaserve", "llama"):
         one, six = ttft.get((name, 1)), ttft.get((name, 16))

@@ -34,7 +34,7 @@ mkdir -p "$OUT"
 
 log() { echo "[run_all $(date -u +%H:%M:%S)] $*" | tee -a "$OUT/commands.txt" >&2; }
 # Every command that produces a number is logged verbatim, so RESULTS.md can quote it.
-run() { log "\$ $*"; "$@"; }
+run() { log "\$ $(printf '%q ' "$@")"; "$@"; }
 
 # -- inputs -----------------------------------------------------------------------------------------
 if [[ ! -f $MODEL/config.json ]]; then
