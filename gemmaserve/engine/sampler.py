@@ -241,8 +241,8 @@ class Sampler:
                 dead.append(i)
         if dead:
             raise SamplingError(
-                f"the output constraints of batch rows {dead} allow no next token "
-                "(grammar and token mask disagree); refusing to sample an arbitrary token",
+                f"the output constraints allow no next token after {len(outputs[dead[0]])} generated "
+                f"tokens (batch rows {dead}); refusing to sample an arbitrary token",
                 dead,
             )
         for i, s in enumerate(states):
