@@ -23,9 +23,6 @@ class StopStringMatcher:
         self.include_stop = include_stop
         self._held = ""
         self.matched: str | None = None  # the stop string that ended the stream
-        # Every proper prefix of every stop string, for the hold-back check.
-        self._prefixes = {s[:k] for s in self.stops for k in range(1, len(s))}
-        self._max_hold = max((len(s) - 1 for s in self.stops), default=0)
 
     @property
     def held(self) -> str:
@@ -64,7 +61,15 @@ class StopStringMatcher:
         return "" if self.matched is not None else held
 
     def _hold_len(self, buf: str) -> int:
-        for k in range(min(len(buf), self._max_hold), 0, -1):
-            if buf[-k:] in self._prefixes:
-                return k
-        return 0
+        """Length of the longest suffix of `buf` that is a proper prefix of a stop string.
+        Only positions holding a stop string's first character within its reach are tried, so
+        long stop strings cost no memory and ordinary text few comparisons."""
+        n, best = len(buf), 0
+        for s in self.stops:
+            p = buf.find(s[0], max(0, n - len(s) + 1))
+            while p != -1 and n - p > best:
+                if s.startswith(buf[p:]):
+                    best = n - p  # earliest position = longest suffix for this stop string
+                    break
+                p = buf.find(s[0], p + 1)
+        return best

@@ -292,3 +292,20 @@ def test_matcher_is_independent_of_chunking():
             if stop:
                 break
         assert (emitted, stop) == expected == ("xx the ", "end.")
+
+
+def test_matcher_long_stop_string_holds_only_a_matching_suffix():
+    stop = "x" * 5000 + "END"
+    m = StopStringMatcher([stop])
+    assert m.feed("abc" + "x" * 100) == ("abc", None)
+    assert m.held == "x" * 100
+    assert m.feed("y") == ("x" * 100 + "y", None)
+    assert m.feed("x" * 5000 + "EN") == ("", None)
+    assert m.feed("D!") == ("", stop)
+
+
+def test_matcher_holds_the_longest_prefix_among_stops():
+    m = StopStringMatcher(["abcd", "cdx"])
+    assert m.feed("zzabc") == ("zz", None)  # "abc" (of abcd) beats "c" (of cdx)
+    assert m.held == "abc"
+    assert m.feed("dq") == ("", "abcd")
