@@ -8,7 +8,7 @@ import random
 import httpx
 import openai
 import pytest
-from conftest import API_KEY
+from api_support import API_KEY
 
 from gemmaserve.types import EngineDeadError, InvalidRequestError, PromptTooLongError, QueueFullError
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import ServerThread, make_state
+from api_support import ServerThread, make_state
 
 from gemmaserve.api.app import create_app
 
