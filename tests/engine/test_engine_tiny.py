@@ -72,14 +72,14 @@ def prompts(tok):
 def test_batched_joins_and_preemption_give_the_solo_greedy_tokens(tiny):
     ps = prompts(tiny[3])
     assert max(map(len, ps)) > 16  # longer than the tiny model's sliding window
-    reqs = [(f"r{i}", p, greedy(12 - i)) for i, p in enumerate(ps)]
+    reqs = [(f"r{i}", p, greedy(8 - i)) for i, p in enumerate(ps)]
     alone = {rid: run(engine_for(tiny, prefix=False), {0: [(rid, p, sp)]})[rid].token_ids for rid, p, sp in reqs}
     engine = engine_for(tiny, budget=12, chunk=5)
     finals = run(engine, {0: reqs[:2], 1: reqs[2:3], 4: reqs[3:]})
     assert {rid: finals[rid].token_ids for rid in alone} == alone
     assert leak_free(engine)
-    # 12 full blocks of 4 tokens cannot hold all four at once: preemption by recompute.
-    small = engine_for(tiny, num_blocks={SLIDING: 64, FULL: 12}, budget=64, prefix=False, max_len=48)
+    # 10 full blocks of 4 tokens cannot hold all four at once: preemption by recompute.
+    small = engine_for(tiny, num_blocks={SLIDING: 64, FULL: 10}, budget=64, prefix=False, max_len=40)
     finals = run(small, {0: reqs})
     assert small.scheduler.num_preemptions > 0
     assert {rid: finals[rid].token_ids for rid in alone} == alone
