@@ -8,9 +8,10 @@ from typing import Any, Sequence
 
 from gemmaserve.structured.compiler import SchemaError
 
-# Whitespace between JSON tokens: enough for pretty-printed output (newline + indentation), but
-# bounded, so a weak or random model cannot spend its whole budget on blanks.
-JSON_WHITESPACE = r"[\x20\x0A\x0D\x09]{0,32}"
+# Whitespace between two JSON tokens: nothing, one space, or one newline plus indentation, which
+# is all that compact or pretty-printed JSON needs. Bounded, so a weak or random model cannot spend
+# its budget on blanks (random weights like "\n" and "\t" tokens a lot).
+JSON_WHITESPACE = r"(?:[ ]?|\n[ \t]{0,32})"
 
 # Keywords that hold subschemas, by shape; the strict pass walks them.
 _SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
