@@ -1,0 +1,71 @@
+"""The README quickstart as a user types it: `make serve` wiring, then the console script's
+make-demo-model and generate, whose greedy ids equal the offline LLM's."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gemmaserve import LLM, SamplingParams
+
+ROOT = Path(__file__).resolve().parents[2]
+GEMMASERVE = Path(sys.executable).parent / "gemmaserve"  # the console script pip put beside python
+
+pytestmark = pytest.mark.slow
+
+
+def _make(*args: str) -> list[str]:
+    # Under `make test` the parent's MAKEFLAGS/MAKELEVEL would add "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    out = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_serve_writes_the_demo_model_then_serves_it(tmp_path):
+    demo = tmp_path / "demo"  # does not exist yet: make must write it first
+    lines = _make("serve", f"DEMO={demo}")
+    write = lines.index(f".venv/bin/gemmaserve make-demo-model {demo} --size small")
+    serve = lines.index(f".venv/bin/gemmaserve serve --model {demo} --host 127.0.0.1 --port 8000")
+    assert write < serve and serve == len(lines) - 1
+    # With MODEL set no demo model is written, and PORT/HOST reach the server.
+    lines = _make("serve", f"DEMO={demo}", "MODEL=/models/gemma", "PORT=9001", "HOST=0.0.0.0")
+    assert not any("make-demo-model" in line for line in lines)
+    assert lines[-1] == ".venv/bin/gemmaserve serve --model /models/gemma --host 0.0.0.0 --port 9001"
+    assert _make("test")[-1] == ".venv/bin/python -m pytest -q"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run([str(GEMMASERVE), *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_make_demo_model_then_generate(tmp_path):
+    model = tmp_path / "demo"
+    assert _run("make-demo-model", str(model), "--size", "small").stdout.strip() == str(model)
+    assert {"config.json", "tokenizer.json", "chat_template.jinja"} <= {p.name for p in model.iterdir()}
+    assert any(p.suffix == ".safetensors" for p in model.iterdir())
+
+    plain = _run("generate", "--model", str(model), "--prompt", "hi", "--max-tokens", "5")
+    m = re.search(r"\[finish_reason=(\w+) tokens=(\d+)\]", plain.stderr)
+    assert m, plain.stderr
+    assert m.group(1) in ("length", "stop") and 1 <= int(m.group(2)) <= 5
+    assert m.group(1) == "stop" or int(m.group(2)) == 5
+
+    greedy = _run("generate", "--model", str(model), "--prompt", "hi", "--max-tokens", "5", "--temperature", "0",
+                  "--ignore-eos", "--show-ids")
+    ids = [int(x) for x in re.search(r"token_ids: \[([\d, ]+)\]", greedy.stdout).group(1).split(",")]
+    assert "[finish_reason=length tokens=5]" in greedy.stderr
+    llm = LLM(model=str(model), dtype="bfloat16", max_model_len=256)
+    want = llm.generate("hi", SamplingParams(max_tokens=5, temperature=0, ignore_eos=True))[0]
+    assert ids == want.token_ids
+    assert greedy.stdout.startswith(want.text)
