@@ -20,6 +20,10 @@ _BARE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # text, and a string that spelled `<|"|>` (or `<tool_call|>`) with ordinary tokens would end early.
 _NO_MARKER = r"~/(?s:.*)(<\||\|>)(?s:.*)/"
 _MAX_REPEAT = 64  # min/maxItems beyond this are not enforced (the grammar would grow too large)
+# Numbers: at most 19 integer digits (int64), 17 fraction digits (double precision) and a 3-digit
+# exponent, so a weak model cannot run digits until max_tokens.
+_UINT = "(0|[1-9][0-9]{0,18})"
+_UNUM = _UINT + "(\\.[0-9]{1,17})?([eE][+-]?[0-9]{1,3})?"
 
 
 def lark_literal(text: str) -> str:
@@ -46,8 +50,8 @@ class GemmaValueGrammar:
         common = [
             f"gstr: {d} GTEXT? {d}",
             f"GTEXT: /(?s:.+)/ & {_NO_MARKER}",
-            "GINT: /-?(0|[1-9][0-9]*)/",
-            "GNUM: /-?(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][+-]?[0-9]+)?/",
+            f"GINT: /-?{_UINT}/",
+            f"GNUM: /-?{_UNUM}/",
             "GKEY: /[A-Za-z_][A-Za-z0-9_]*/",
             'gbool: "true" | "false"',
             "gany: gstr | GNUM | gbool | \"null\" | ganyobj | ganyarr",
@@ -102,9 +106,9 @@ class GemmaValueGrammar:
         if type_name == "string":
             return self._string(schema)
         if type_name == "integer":
-            return "GINT" if not _non_negative(schema) else '/(0|[1-9][0-9]*)/'
+            return "GINT" if not _non_negative(schema) else f"/{_UINT}/"
         if type_name == "number":
-            return "GNUM" if not _non_negative(schema) else '/(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][+-]?[0-9]+)?/'
+            return "GNUM" if not _non_negative(schema) else f"/{_UNUM}/"
         if type_name == "boolean":
             return "gbool"
         if type_name == "null":

@@ -237,6 +237,19 @@ def test_string_pattern_lengths_const_allof_and_bounds(compiler, tokenizer, gene
         assert list(args) == ["code", "kind", "n", "word", "xs"]
 
 
+def test_numbers_are_bounded_in_length(compiler, tokenizer):
+    """At most 19 integer digits: after 19 digits only a closer may follow, never another digit."""
+    tools = [{"type": "function", "function": {"name": "n", "parameters": {
+        "type": "object", "properties": {"v": {"type": "integer"}}, "required": ["v"]}}}]
+    c = tool_call_constraint(compiler, tools, "required", parallel=False)
+    ids = [48] + tokenizer.encode("call:n{v:") + tokenizer.encode("1" * 19)
+    logits = torch.zeros(tokenizer.vocab_size)
+    c.mask_logits(ids, logits)
+    allowed = [tokenizer.decode([i]) for i in torch.isfinite(logits).nonzero().flatten().tolist()]
+    assert allowed and all(not t[:1].isdigit() for t in allowed)
+    assert "}" in allowed
+
+
 def test_unknown_named_tool_and_bad_schemas_raise_schema_error(compiler):
     with pytest.raises(SchemaError, match="not among"):
         tool_call_constraint(compiler, TOOLS, {"name": "nope"})
