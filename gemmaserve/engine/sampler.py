@@ -209,13 +209,17 @@ class Sampler:
         if any(s.needs_processing(len(o)) for s, o in zip(states, output_token_ids)):
             logits = self.process(logits.clone(), states, output_token_ids)
 
-        chosen = torch.empty(n, dtype=torch.long, device=logits.device)  # [N]
         greedy_rows = [i for i, s in enumerate(states) if s.greedy]
         random_rows = [i for i, s in enumerate(states) if not s.greedy]
-        if greedy_rows:
+        # A batch of one kind skips the row gather (a [N, V] copy).
+        if len(greedy_rows) == n:
+            chosen = logits.argmax(dim=-1)
+        elif len(random_rows) == n:
+            chosen = self._sample_random(logits, states)
+        else:
+            chosen = torch.empty(n, dtype=torch.long, device=logits.device)  # [N]
             idx = torch.tensor(greedy_rows, device=logits.device)
             chosen[idx] = logits[idx].argmax(dim=-1)
-        if random_rows:
             idx = torch.tensor(random_rows, device=logits.device)
             chosen[idx] = self._sample_random(logits[idx], [states[i] for i in random_rows])
         chosen_list = chosen.tolist()
@@ -327,8 +331,11 @@ class Sampler:
         """logits [R, V] -> token ids [R] under temperature, top_k, top_p and min_p."""
         dev = logits.device
         v = logits.shape[1]
-        temps = torch.tensor([s.params.temperature for s in states], dtype=torch.float32, device=dev)
-        scaled = logits / temps[:, None]  # [R, V]
+        temps = [s.params.temperature for s in states]
+        if all(t == 1.0 for t in temps):
+            scaled = logits  # [R, V]; never edited in place below
+        else:
+            scaled = logits / torch.tensor(temps, dtype=torch.float32, device=dev)[:, None]  # [R, V]
         u = self._uniforms(states, dev)  # [R] float64
         top_ks = [s.params.top_k for s in states]
         top_ps = [s.params.top_p for s in states]
@@ -337,12 +344,10 @@ class Sampler:
             # No truncation: inverse CDF over the vocabulary order, no sort needed.
             probs = torch.softmax(scaled, dim=-1)  # [R, V]
             cdf = torch.cumsum(probs, dim=-1, dtype=torch.float64)  # [R, V]
-            x = (u * cdf[:, -1]).unsqueeze(1)  # [R, 1]
-            idx = torch.searchsorted(cdf, x, right=True).squeeze(1)  # [R]
-            # Rounding can push x to the total: fall back to the last token with mass.
-            pos = torch.arange(v, device=dev)
-            last = torch.where(probs > 0, pos, -1).amax(dim=-1)  # [R]
-            return torch.minimum(idx, last)
+            # x < total strictly (u is shrunk by more than float64 rounding), so the first cdf
+            # entry above x always adds positive mass: a zero-probability id is never chosen.
+            x = (u * (1.0 - 2.0**-40) * cdf[:, -1]).unsqueeze(1)  # [R, 1]
+            return torch.searchsorted(cdf, x, right=True).squeeze(1)  # [R]
 
         k_eff_list = [k if 0 < k < v else v for k in top_ks]
         kmax = max(k_eff_list)
