@@ -43,6 +43,15 @@ def test_logits_wider_than_the_vocab_mask_the_extra_ids(compiler, tokenizer, gen
     assert json.loads(tokenizer.decode(ids[:-1])) in ({"ok": True}, {"ok": False})
 
 
+def test_logits_narrower_than_the_vocab_are_masked_over_their_width(compiler, tokenizer):
+    m = compiler.markers
+    constraint = json_schema_constraint(compiler, SCHEMA, strict=True)
+    done = tokenizer.encode('{"ok":true}')
+    logits = torch.zeros(200)  # ids >= 200 do not exist for this "model"
+    constraint.mask_logits(done, logits)
+    assert torch.isfinite(logits).nonzero().flatten().tolist() == sorted([m.eos, m.turn_end])
+
+
 def test_2d_logits_row_is_edited_in_place(compiler):
     logits = torch.zeros(1, VOCAB)
     json_object_constraint(compiler).mask_logits([], logits)
