@@ -31,9 +31,10 @@ def add_generate_parser(subparsers) -> None:
     p.add_argument("--system", default=None, help="system message (with --chat)")
     p.add_argument("--thinking", action="store_true", help="enable thinking (with --chat)")
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
+    # None = the checkpoint's generation_config.json default (Gemma 4: 1.0 / 0.95 / 64), else neutral.
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
@@ -98,11 +99,16 @@ def run_generate(args: argparse.Namespace) -> int:
         max_num_seqs=1,
     )
     engine = Engine.from_config(cfg)
+    defaults = getattr(engine.tokenizer, "generation_defaults", None) or {}
+
+    def pick(value, key, neutral):
+        return value if value is not None else defaults.get(key, neutral)
+
     params = SamplingParams(
         max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
+        temperature=float(pick(args.temperature, "temperature", 1.0)),
+        top_p=float(pick(args.top_p, "top_p", 1.0)),
+        top_k=int(pick(args.top_k, "top_k", 0)),
         min_p=args.min_p,
         seed=args.seed,
         stop=list(args.stop),

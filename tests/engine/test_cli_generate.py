@@ -27,8 +27,9 @@ def test_make_demo_model_then_generate_streams_text(tmp_path):
     assert len(ids_line) == 1 and len(json.loads(ids_line[0][len("token_ids: "):])) == 5
 
     # --chat renders the template (the CHAT teammate's renderer) before generating
+    # (sampled with the checkpoint's generation defaults and a seed: the defaults path runs too)
     chat = cli("generate", "--model", str(model), "--prompt", "Hi", "--chat", "--max-tokens", "3",
-               "--temperature", "0", "--ignore-eos", "--dtype", "float32", "--show-ids")
+               "--seed", "7", "--ignore-eos", "--dtype", "float32", "--show-ids")
     assert chat.returncode == 0, chat.stderr
     assert "[finish_reason=length tokens=3]" in chat.stderr
 
@@ -43,6 +44,7 @@ def test_parser_has_subcommands():
     parser = build_parser()
     args = parser.parse_args(["generate", "--model", "m", "--prompt", "p", "--stop", "a", "--stop", "b", "--top-k", "5"])
     assert args.stop == ["a", "b"] and args.top_k == 5 and args.max_tokens == 64
+    assert args.temperature is None and args.top_p is None  # generation_config.json decides
     args = parser.parse_args(["make-demo-model", "d", "--size", "small"])
     assert args.size == "small" and args.dir == "d"
     sub = next(a for a in parser._actions if a.dest == "command")

@@ -75,7 +75,18 @@ def test_batched_joins_and_preemption_give_the_solo_greedy_tokens(tiny):
     reqs = [(f"r{i}", p, greedy(8 - i)) for i, p in enumerate(ps)]
     alone = {rid: run(engine_for(tiny, prefix=False), {0: [(rid, p, sp)]})[rid].token_ids for rid, p, sp in reqs}
     engine = engine_for(tiny, budget=12, chunk=5)
+    released = []
+    real_step = engine.step
+
+    def watched_step():
+        outs = real_step()
+        # Sliding blocks that fell out of the 16-token window are handed back (entries -1).
+        released.extend(r.request_id for r in engine.scheduler.running if -1 in r.block_tables.get(SLIDING, []))
+        return outs
+
+    engine.step = watched_step
     finals = run(engine, {0: reqs[:2], 1: reqs[2:3], 4: reqs[3:]})
+    assert {"r0", "r2"} <= set(released)  # the two prompts longer than the window
     assert {rid: finals[rid].token_ids for rid in alone} == alone
     assert leak_free(engine)
     # 10 full blocks of 4 tokens cannot hold all four at once: preemption by recompute.
