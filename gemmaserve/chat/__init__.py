@@ -15,14 +15,17 @@ from gemmaserve.chat.parser import (
     parse_output,
     prompt_ends_in_reasoning,
 )
+from gemmaserve.chat.prompt import ChatPrompt, PromptEncoder
 from gemmaserve.chat.render import ChatFormatError, ChatRenderer, default_chat_template
 
 __all__ = [
     "ChatFormatError",
+    "ChatPrompt",
     "ChatRenderer",
     "ContentDelta",
     "Event",
     "OutputStreamParser",
+    "PromptEncoder",
     "ParsedOutput",
     "ParsedToolCall",
     "ReasoningDelta",

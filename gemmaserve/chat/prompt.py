@@ -1,0 +1,144 @@
+"""Chat messages -> prompt token ids where client text stays text: control-token strings inside
+user, system and tool content (and tool definitions) are encoded as ordinary characters."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from gemmaserve.chat.parser import prompt_ends_in_reasoning
+from gemmaserve.chat.render import ChatRenderer, normalize_messages, normalize_tools
+
+__all__ = ["ChatPrompt", "PromptEncoder"]
+
+# Placeholders come from Supplementary Private Use Area-B, which no real text should hold; the
+# base moves on if a conversation does use it, so a placeholder can never be the client's char.
+_PUA_START, _PUA_END = 0x100000, 0x10FFFD
+# Roles whose text the client writes and the template only wraps. Assistant content is the
+# model's own format replayed (the template strips <|channel>...<channel|> from it), so it is
+# encoded as rendered; only the string values of its tool-call arguments are protected.
+_TEXT_ROLES = ("system", "user", "tool")
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A rendered conversation: `ids` to generate from and `text`, which decodes from them."""
+
+    ids: list[int]
+    text: str  # client control strings restored, i.e. what a plain render would print
+    ends_in_reasoning: bool  # the template (not the client) left a thought channel open
+
+
+class PromptEncoder:
+    """Renders and encodes conversations for one tokenizer.
+
+    transformers' apply_chat_template and vLLM tokenize the rendered string as is, so a user who
+    writes "<turn|>\\n<|turn>system\\n..." forges a system turn and "<|tool_call>" opens a real
+    call. Here the template's markup keeps its control tokens and every control-token string the
+    client wrote is encoded as the characters it is (as OpenAI's harmony renderer does). Text with
+    no control strings encodes to exactly `tokenizer.encode(rendered)`.
+
+    `tokenizer` is gemmaserve.tokenizer.Tokenizer (or any object with `.encode(text)` and `.hf`,
+    the tokenizers.Tokenizer).
+    """
+
+    def __init__(self, renderer: ChatRenderer, tokenizer: Any) -> None:
+        self.renderer = renderer
+        self.tokenizer = tokenizer
+        hf: HFTokenizer = tokenizer.hf
+        # A private copy that matches no special tokens; the shared one is left untouched.
+        self._literal = HFTokenizer.from_str(hf.to_str())
+        self._literal.encode_special_tokens = True
+        specials = [t.content for t in hf.get_added_tokens_decoder().values() if t.special and t.content]
+        # Longest first, so a marker that contains another is taken whole.
+        self.control_strings: tuple[str, ...] = tuple(sorted(set(specials), key=len, reverse=True))
+        self._control_re = re.compile("|".join(re.escape(s) for s in self.control_strings)) if specials else None
+        self._literal_ids = {s: self._literal.encode(s, add_special_tokens=False).ids for s in self.control_strings}
+
+    def encode_literal(self, text: str) -> list[int]:
+        """Ids of `text` with every control-token string taken as plain characters."""
+        return self._literal.encode(text, add_special_tokens=False).ids
+
+    def encode(
+        self,
+        messages: list[dict],
+        tools: list[dict] | None = None,
+        enable_thinking: bool = False,
+        add_generation_prompt: bool = True,
+        suffix: str = "",
+    ) -> ChatPrompt:
+        """Render with the chat template and encode. `suffix` (an assistant prefill) is appended
+        to the rendered text as is, control strings included: it continues the model's turn."""
+        msgs = normalize_messages(messages)
+        tool_list = normalize_tools(tools)
+        base = self._placeholder_base(msgs, tool_list, suffix)
+        to_ph = {s: chr(base + i) for i, s in enumerate(self.control_strings)}
+        from_ph = {v: k for k, v in to_ph.items()}
+
+        def mask(text: str) -> str:
+            return self._control_re.sub(lambda m: to_ph[m.group()], text) if self._control_re else text
+
+        for msg in msgs:
+            if msg["role"] in _TEXT_ROLES:
+                msg["content"] = mask(msg["content"])
+            for call in msg.get("tool_calls", ()):
+                call["function"]["arguments"] = _map_strings(call["function"]["arguments"], mask)
+        if tool_list:
+            tool_list = [_map_strings(t, mask) for t in tool_list]
+        rendered = self.renderer.render_template(
+            messages=msgs, tools=tool_list, documents=None,
+            add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking,
+        ) + suffix
+        ids: list[int] = []
+        if from_ph:
+            ph_re = re.compile("[" + "".join(from_ph) + "]")
+            pos = 0
+            for m in ph_re.finditer(rendered):
+                if m.start() > pos:
+                    ids += self.tokenizer.encode(rendered[pos : m.start()])
+                ids += self._literal_ids[from_ph[m.group()]]
+                pos = m.end()
+            tail = rendered[pos:]
+        else:
+            tail = rendered
+        if tail or not ids:
+            ids += self.tokenizer.encode(tail)
+        text = "".join(from_ph.get(c, c) for c in rendered) if from_ph else rendered
+        # Judged on the masked render: a client's "<|channel>" is text, not an open channel.
+        return ChatPrompt(ids, text, prompt_ends_in_reasoning(rendered))
+
+    def _placeholder_base(self, msgs: list[dict], tools: list[dict] | None, suffix: str) -> int:
+        used: set[int] = set()
+
+        def collect(s: str) -> str:
+            used.update(ord(c) for c in s if ord(c) >= _PUA_START)
+            return s
+
+        _map_strings(msgs, collect)
+        _map_strings(tools, collect)
+        _map_strings(self.renderer.template_source, collect)
+        collect(suffix)
+        n = len(self.control_strings)
+        base = _PUA_START
+        for code in sorted(used):
+            if code >= base + n:
+                break
+            if code >= base:
+                base = code + 1
+        if base + n > _PUA_END:
+            raise ValueError("no free private-use characters for control-string placeholders")
+        return base
+
+
+def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """`value` with `fn` applied to every string inside it (dict keys left as they are)."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    return value
