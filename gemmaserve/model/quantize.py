@@ -8,7 +8,7 @@ from torch import nn
 from gemmaserve.model.attention import Gemma4Attention
 from gemmaserve.model.layers import GeGLUMLP, Linear
 from gemmaserve.model.moe import Gemma4Experts
-from gemmaserve.ops.quant import int8_linear, moe_experts_int8, quantize_per_channel
+from gemmaserve.ops.quant import dequantize, int8_linear, moe_experts_int8, quantize_per_channel
 
 
 class QuantLinear(nn.Module):
@@ -32,6 +32,12 @@ class QuantLinear(nn.Module):
     @property
     def out_features(self) -> int:
         return self.qweight.shape[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantised [out, in] weight, for callers that do F.linear(x, mod.weight) instead of
+        mod(x): correct, but it rebuilds the full-precision matrix on every access (slow path)."""
+        return dequantize(self.qweight, self.scale, self.scale.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return int8_linear(x, self.qweight, self.scale)  # [..., in] -> [..., out]

@@ -117,3 +117,17 @@ def test_int8_with_dummy_weights_runs(tmp_path):
     logits = OneSeq(model).step(IDS[:10])
     assert logits.shape == (1, cfg.vocab_size) and torch.isfinite(logits).all()
     assert F.softmax(logits, -1).sum().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_quant_linear_forward_and_weight_fallback():
+    from gemmaserve.model.layers import Linear
+
+    lin = Linear(64, 96, torch.bfloat16, "cpu")
+    lin.weight.data.copy_(torch.randn(96, 64, generator=torch.Generator().manual_seed(1)))
+    ql = QuantLinear.from_linear(lin)
+    assert (ql.in_features, ql.out_features) == (64, 96)
+    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    assert torch.equal(ql(x), int8_linear(x, ql.qweight, ql.scale))
+    # Callers that read .weight get the dequantised matrix (correct, slow path).
+    assert torch.equal(ql.weight, dequantize(ql.qweight, ql.scale, torch.bfloat16))
+    assert (ql.weight.float() - lin.weight.float()).abs().max() <= ql.scale.float().max() / 2 + 1e-2
