@@ -180,3 +180,43 @@ def test_a_request_that_can_never_get_blocks_fails_instead_of_hanging():
     outs = engine.step()
     assert [(o.request_id, o.finish_reason) for o in outs] == [("big", FinishReason.ERROR)]
     assert "does not fit" in outs[0].error and not engine.has_unfinished_requests()
+
+
+def test_random_workload_keeps_refcounts_exact_and_leaks_nothing():
+    import random
+    from collections import Counter
+
+    rng = random.Random(0)
+    engine = make_engine(num_blocks={SLIDING: 24, FULL: 20}, budget=16, chunk=6, max_len=64)
+    shared = prompt(99, 12)  # a common prefix so the prefix cache is exercised under pressure
+    finals, submitted, n = {}, {}, 0
+    for step in range(400):
+        if step < 300 and rng.random() < 0.3:
+            body = prompt(n, rng.randint(1, 20))
+            ids = shared[: rng.randint(0, 12)] + body
+            submitted[f"q{n}"] = (ids, greedy(rng.randint(1, 20)))
+            engine.add_request(f"q{n}", *submitted[f"q{n}"])
+            n += 1
+        live = list(engine.scheduler.requests)
+        if live and rng.random() < 0.05:
+            rid = rng.choice(live)
+            finals[rid] = engine.abort(rid)
+        for out in engine.step():
+            if out.finished:
+                finals[out.request_id] = out
+        # Every reference a pool counts is held by exactly one table entry of a live request.
+        for kind, pool in engine.kv.pools.items():
+            held = Counter(b for r in engine.scheduler.running for b in r.block_tables.get(kind, []) if b >= 0)
+            assert all(pool.ref_counts[b] == held.get(b, 0) for b in range(pool.num_blocks))
+            assert set(pool.free_queue) == {b for b in range(pool.num_blocks) if held.get(b, 0) == 0}
+        if step >= 300 and not engine.has_unfinished_requests():
+            break
+    assert not engine.has_unfinished_requests()
+    assert engine.scheduler.num_preemptions > 0 and engine.kv.stats.hit_tokens > 0
+    assert all(o.finish_reason is not FinishReason.ERROR for o in finals.values() if o is not None)
+    assert_no_leaks(engine)
+    # Whatever ran to its length gave the tokens it gives alone, preemptions and prefix hits included.
+    done = [rid for rid, o in finals.items() if o is not None and o.finish_reason is FinishReason.LENGTH]
+    assert len(done) > 40
+    for rid in done:
+        assert finals[rid].token_ids == solo(rid, *submitted[rid])
