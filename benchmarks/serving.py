@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -225,12 +226,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 if t.spec is not None:
                     ctx = args.input_len + args.output_len + 64
                     proc = start(t.spec, ctx, args.threads, Path(args.log_dir), Path(args.llama_server))
-                    _log(f"starting {t.name}: {' '.join(proc.argv)}")
+                    _log(f"starting {t.name}: {shlex.join(proc.argv)}")
                     await asyncio.to_thread(proc.wait_ready, args.startup_timeout)
                     url = proc.base_url
                 assert url is not None
                 ep = await discover(client, t.name, url, args.model)
-                results.extend(await bench_endpoint(ep, args, vocab, client))
+                rows = await bench_endpoint(ep, args, vocab, client)
+                for row in rows:  # how the server was started, for RESULTS.md
+                    row["server_argv"] = proc.argv if proc is not None else None
+                results.extend(rows)
             finally:
                 if proc is not None:
                     proc.stop()
