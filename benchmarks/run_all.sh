@@ -38,7 +38,7 @@ run() { log "\$ $(printf '%q ' "$@")"; "$@"; }
 
 # -- inputs -----------------------------------------------------------------------------------------
 if [[ ! -f $MODEL/config.json ]]; then
-    run "$PY" -c "from gemmaserve.demo import write_demo_model; write_demo_model('$MODEL', 'bench')"
+    run "$REPO/.venv/bin/gemmaserve" make-demo-model "$MODEL" --size bench
 fi
 benchmarks/setup_llamacpp.sh build
 if [[ ! -f $GGUF ]]; then
