@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
+import torch
+
+# On the shared 2-core box torch's intra-op threads spin against other processes: a tiny-model
+# step takes ~0.25 s with 2 threads and ~4 ms with 1. Tests and their subprocesses use one.
+SUBPROCESS_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 MODEL = "google/gemma-4-26b-a4b-it"
 API_KEY = "sk-integration-0123456789"
@@ -44,7 +49,7 @@ def serve(model_dir: Path, log_dir: Path, *extra: str, timeout: float = 180.0) -
     cmd = [sys.executable, "-m", "gemmaserve.cli", "serve", "--model", str(model_dir), "--port", str(port),
            "--dtype", "float32", "--log-level", "warning", *extra]
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=SUBPROCESS_ENV)
     srv = Server(proc, port, log)
     try:
         deadline = time.monotonic() + timeout
@@ -66,6 +71,17 @@ def serve(model_dir: Path, log_dir: Path, *extra: str, timeout: float = 180.0) -
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a test module (an autouse module fixture enters it), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def metric(text: str, name: str) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from integ_server import one_torch_thread
 from transformers import Gemma4ForConditionalGeneration
 
 from gemmaserve import LLM, SamplingParams
@@ -21,6 +22,12 @@ LOGPROB_ATOL = 1e-4
 # (prompt length, max_tokens): short and long prompts, one longer than the window, and
 # generations whose total length crosses the window (16) and twice the window.
 SHAPES = [(5, 14), (23, 10), (11, 24), (40, 6), (2, 18)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
 
 
 def _prompt(n: int, seed: int) -> list[int]:

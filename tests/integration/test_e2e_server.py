@@ -11,13 +11,19 @@ from decimal import Decimal
 import httpx
 import openai
 import pytest
-from integ_server import API_KEY, MODEL, metric, schema_errors, serve
+from integ_server import API_KEY, MODEL, metric, one_torch_thread, schema_errors, serve
 
 from gemmaserve import LLM, SamplingParams
 from gemmaserve.chat import ChatRenderer
 from gemmaserve.demo import write_demo_model
 
 pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
 
 MSGS = [{"role": "user", "content": "Tell me about the sea."}]
 # Bounded values: a random-weight model would otherwise ramble inside a free string until max_tokens.
@@ -38,7 +44,8 @@ def demo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
-    with serve(demo, tmp_path_factory.mktemp("e2e_srv_logs"), "--api-key", API_KEY, "--max-model-len", "512") as srv:
+    with serve(demo, tmp_path_factory.mktemp("e2e_srv_logs"), "--api-key", API_KEY, "--max-model-len", "512",
+               "--kv-cache-memory-gb", "0.02") as srv:
         yield srv
 
 
@@ -50,7 +57,7 @@ def client(server):
 @pytest.fixture(scope="module")
 def offline(demo):
     """The same checkpoint in-process: what the server's engine must reproduce token for token."""
-    return LLM(model=str(demo), dtype="float32", max_model_len=512)
+    return LLM(model=str(demo), dtype="float32", max_model_len=512, kv_cache_memory_bytes=16 << 20)
 
 
 def chat_ids(offline: LLM, messages, **render) -> list[int]:
