@@ -285,3 +285,41 @@ def test_user_text_cannot_forge_control_tokens(client, offline):
     resp = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=1)
     safe = PromptEncoder(ChatRenderer(offline.tokenizer.chat_template), offline.tokenizer).encode(msgs)
     assert resp.usage.prompt_tokens == len(safe.ids)
+
+
+def test_concurrent_requests_batch_to_the_sequential_tokens(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [f"Question {i}: " + "why? " * (3 * i) for i in range(5)]  # different lengths
+
+    def ask(i: int, stream: bool) -> str:
+        kw = dict(model=MODEL, messages=[{"role": "user", "content": prompts[i]}], max_tokens=12 + i, temperature=0,
+                  logprobs=True, extra_body={"ignore_eos": True})
+        if not stream:
+            return "|".join(c.token for c in client.chat.completions.create(**kw).choices[0].logprobs.content)
+        chunks = client.chat.completions.create(stream=True, **kw)
+        return "|".join(c.token for ch in chunks if ch.choices and ch.choices[0].logprobs
+                        for c in ch.choices[0].logprobs.content)
+
+    alone = [ask(i, False) for i in range(5)]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda a: ask(*a), [(i, s) for s in (False, True) for i in range(5)]))
+    assert together == alone + alone
+
+
+def test_prefix_cache_hit_is_reported(client):
+    msgs = [{"role": "user", "content": "A long shared system of instructions. " * 6}]
+    first = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=2, temperature=0)
+    again = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=2, temperature=0)
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens == again.usage.prompt_tokens
+    # Whole 16-token blocks, less the last prompt token that is always recomputed.
+    assert cached == (again.usage.prompt_tokens - 1) // 16 * 16 > 0
+    assert again.choices[0].message.content == first.choices[0].message.content
+    check_usage(again.usage, again.usage.prompt_tokens, again.usage.completion_tokens)
+
+
+def test_prompt_over_the_context_is_a_400(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 600}], max_tokens=4)
+    assert err.value.status_code == 400 and "maximum context length is 512" in err.value.message
