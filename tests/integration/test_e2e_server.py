@@ -293,8 +293,10 @@ def test_concurrent_requests_batch_to_the_sequential_tokens(client):
     prompts = [f"Question {i}: " + "why? " * (3 * i) for i in range(5)]  # different lengths
 
     def ask(i: int, stream: bool) -> str:
-        kw = dict(model=MODEL, messages=[{"role": "user", "content": prompts[i]}], max_tokens=12 + i, temperature=0,
-                  logprobs=True, extra_body={"ignore_eos": True})
+        # Odd requests sample with their own seed: batch mates must not change their draws.
+        sampling = dict(temperature=1.0, seed=100 + i) if i % 2 else dict(temperature=0)
+        kw = dict(model=MODEL, messages=[{"role": "user", "content": prompts[i]}], max_tokens=12 + i, logprobs=True,
+                  extra_body={"ignore_eos": True}, **sampling)
         if not stream:
             return "|".join(c.token for c in client.chat.completions.create(**kw).choices[0].logprobs.content)
         chunks = client.chat.completions.create(stream=True, **kw)
