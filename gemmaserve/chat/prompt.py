@@ -57,6 +57,8 @@ class PromptEncoder:
         self.control_strings: tuple[str, ...] = tuple(sorted(set(specials), key=len, reverse=True))
         self._control_re = re.compile("|".join(re.escape(s) for s in self.control_strings)) if specials else None
         self._literal_ids = {s: self._literal.encode(s, add_special_tokens=False).ids for s in self.control_strings}
+        # Private-use characters the template itself writes (none in Gemma's), found once.
+        self._template_pua = {ord(c) for c in renderer.template_source if ord(c) >= _PUA_START}
 
     def encode_literal(self, text: str) -> list[int]:
         """Ids of `text` with every control-token string taken as plain characters."""
@@ -111,7 +113,7 @@ class PromptEncoder:
         return ChatPrompt(ids, text, prompt_ends_in_reasoning(rendered))
 
     def _placeholder_base(self, msgs: list[dict], tools: list[dict] | None, suffix: str) -> int:
-        used: set[int] = set()
+        used: set[int] = set(self._template_pua)
 
         def collect(s: str) -> str:
             used.update(ord(c) for c in s if ord(c) >= _PUA_START)
@@ -119,7 +121,6 @@ class PromptEncoder:
 
         _map_strings(msgs, collect)
         _map_strings(tools, collect)
-        _map_strings(self.renderer.template_source, collect)
         collect(suffix)
         n = len(self.control_strings)
         base = _PUA_START
