@@ -55,7 +55,13 @@ class PromptEncoder:
         specials = [t.content for t in hf.get_added_tokens_decoder().values() if t.special and t.content]
         # Longest first, so a marker that contains another is taken whole.
         self.control_strings: tuple[str, ...] = tuple(sorted(set(specials), key=len, reverse=True))
-        self._control_re = re.compile("|".join(re.escape(s) for s in self.control_strings)) if specials else None
+        # Real vocabularies hold thousands of special tokens (<unused0>...): rather than one huge
+        # alternation tried at every character, jump between possible first characters and look
+        # the candidate lengths up in a set, longest first.
+        self._control_set = frozenset(self.control_strings)
+        self._lengths = sorted({len(s) for s in self.control_strings}, reverse=True)
+        firsts = "".join(sorted({s[0] for s in self.control_strings}))
+        self._first_re = re.compile("[" + re.escape(firsts) + "]") if firsts else None
         self._literal_ids = {s: self._literal.encode(s, add_special_tokens=False).ids for s in self.control_strings}
         # Private-use characters the template itself writes (none in Gemma's), found once.
         self._template_pua = {ord(c) for c in renderer.template_source if ord(c) >= _PUA_START}
@@ -81,7 +87,7 @@ class PromptEncoder:
         from_ph = {v: k for k, v in to_ph.items()}
 
         def mask(text: str) -> str:
-            return self._control_re.sub(lambda m: to_ph[m.group()], text) if self._control_re else text
+            return self._replace_controls(text, to_ph)
 
         for msg in msgs:
             if msg["role"] in _TEXT_ROLES:
@@ -111,6 +117,24 @@ class PromptEncoder:
         text = "".join(from_ph.get(c, c) for c in rendered) if from_ph else rendered
         # Judged on the masked render: a client's "<|channel>" is text, not an open channel.
         return ChatPrompt(ids, text, prompt_ends_in_reasoning(rendered))
+
+    def _replace_controls(self, text: str, to_ph: dict[str, str]) -> str:
+        """`text` with each control string (leftmost, longest) replaced by its placeholder."""
+        if self._first_re is None:
+            return text
+        out: list[str] = []
+        pos = 0
+        m = self._first_re.search(text)
+        while m is not None:
+            i = m.start()
+            hit = next((text[i : i + n] for n in self._lengths if text[i : i + n] in self._control_set), None)
+            if hit is None:
+                m = self._first_re.search(text, i + 1)
+                continue
+            out += [text[pos:i], to_ph[hit]]
+            pos = i + len(hit)
+            m = self._first_re.search(text, pos)
+        return "".join(out) + text[pos:]
 
     def _placeholder_base(self, msgs: list[dict], tools: list[dict] | None, suffix: str) -> int:
         used: set[int] = set(self._template_pua)

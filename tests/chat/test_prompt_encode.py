@@ -104,3 +104,19 @@ def test_private_use_characters_in_client_text_survive(enc):
     assert got.text == enc.renderer.render([{"role": "user", "content": content}])
     assert enc.tokenizer.decode(got.ids) == got.text
     assert _specials(enc, got.ids) == _specials(enc, enc.encode([{"role": "user", "content": "z"}]).ids)
+
+
+def test_thousands_of_special_tokens_longest_match(enc):
+    """A real vocabulary's <unused...> specials; overlapping strings resolve leftmost-longest."""
+    from tokenizers import AddedToken, Tokenizer as HF
+
+    hf = HF.from_str(enc.tokenizer.hf.to_str())
+    hf.add_special_tokens([AddedToken(f"<unused{i}>", special=True) for i in range(3000)] + [AddedToken("<un", special=True)])
+    tok = type(enc.tokenizer)(hf, chat_template=enc.tokenizer.chat_template)
+    big = PromptEncoder(enc.renderer, tok)
+    content = "a<unused12>b<unused2999><un<unused1<turn|>" * 50
+    got = big.encode([{"role": "user", "content": content}])
+    ref = big.encode([{"role": "user", "content": "x"}])
+    assert [i for i in got.ids if i in tok.special_ids] == [i for i in ref.ids if i in tok.special_ids]
+    assert tok.decode(got.ids) == got.text == enc.renderer.render([{"role": "user", "content": content}])
+    assert big._replace_controls("<unused12><un<unused1", {"<unused12>": "A", "<un": "B"}) == "ABBused1"
