@@ -29,7 +29,8 @@ def count_reasoning_tokens(
 class ThinkingBudget:
     """A TokenConstraint: once `budget_tokens` tokens were generated inside thought channels (all
     channels of the request together, so reopening one does not reset the budget), every token but
-    `<channel|>` is masked while a channel is open, so the model closes it and answers."""
+    `<channel|>` is masked while a channel is open, so the model closes it and answers. Inside a
+    channel `<|channel>` is always masked (it would be uncounted thinking)."""
 
     def __init__(
         self, budget_tokens: int, channel_start_id: int, channel_end_id: int, starts_in_reasoning: bool = False
@@ -66,6 +67,10 @@ class ThinkingBudget:
 
     def mask_logits(self, output_token_ids: Sequence[int], logits: torch.Tensor) -> None:
         self._advance(output_token_ids)
+        if self._inside:
+            # A nested <|channel> is never valid Gemma output, and is not a reasoning token: a
+            # model (or a logit_bias) that repeats it would otherwise think past any budget.
+            logits[..., self.channel_start_id] = float("-inf")
         if self._inside and self._count >= self.budget_tokens:
             # logits: [vocab] float32. Only <channel|> stays sampleable (0.0 even if an earlier
             # constraint had masked it, so the row never becomes all -inf).

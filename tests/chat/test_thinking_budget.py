@@ -47,7 +47,10 @@ def test_budget_forces_close_exactly_at_the_budget():
     for n in range(len(seq) + 1):
         row = logits()
         budget.mask_logits(seq[:n], row)
-        assert torch.equal(row, logits())  # under budget, or not in a channel yet: untouched
+        expected = logits()
+        if n > 0:  # inside the channel: only a nested <|channel> is masked while under budget
+            expected[OPEN] = -math.inf
+        assert torch.equal(row, expected)
     seq.append(9)  # third reasoning token: budget spent
     row = logits()
     budget.mask_logits(seq, row)
@@ -82,7 +85,7 @@ def test_budget_is_idempotent_and_survives_preemption():
         assert budget.reasoning_tokens == 2
     row = logits()
     budget.mask_logits([OPEN], row)  # a shorter list: state rebuilt from scratch
-    assert torch.equal(row, logits())
+    assert torch.isfinite(row).sum() == VOCAB - 1 and row[OPEN].item() == -math.inf
     assert budget.reasoning_tokens == 0
 
 
@@ -90,7 +93,9 @@ def test_budget_when_prompt_opened_the_channel():
     budget = ThinkingBudget(1, OPEN, CLOSE, starts_in_reasoning=True)
     row = logits()
     budget.mask_logits([], row)
-    assert torch.equal(row, logits())
+    expected = logits()
+    expected[OPEN] = -math.inf  # already inside: no nested opener
+    assert torch.equal(row, expected)
     row = logits()
     budget.mask_logits([7], row)
     assert is_forced(row)
@@ -99,3 +104,17 @@ def test_budget_when_prompt_opened_the_channel():
 def test_negative_budget_rejected():
     with pytest.raises(ValueError):
         ThinkingBudget(-1, OPEN, CLOSE)
+
+
+def test_nested_channel_opener_cannot_outrun_the_budget():
+    """A logit_bias on <|channel> made a random model repeat it inside the thought channel:
+    uncounted, so the budget never closed the channel and the request thought to max_tokens."""
+    budget = ThinkingBudget(2, OPEN, CLOSE)
+    row = logits()
+    row[OPEN] = 1e4  # the bias
+    budget.mask_logits([OPEN], row)
+    assert row[OPEN].item() == -math.inf and torch.isfinite(row[:OPEN]).all()
+    assert int(row.argmax()) != OPEN
+    row = logits()
+    ThinkingBudget(2, OPEN, CLOSE).mask_logits([5], row)  # outside a channel opening one stays allowed
+    assert torch.equal(row, logits())

@@ -325,3 +325,15 @@ def test_prompt_over_the_context_is_a_400(client):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "word " * 600}], max_tokens=4)
     assert err.value.status_code == 400 and "maximum context length is 512" in err.value.message
+
+
+def test_reasoning_budget_then_json_answer(client):
+    # Seed 0 with this bias once repeated <|channel> inside the thought channel for all 150
+    # tokens: uncounted, so the budget never closed the channel and no JSON came.
+    for seed in range(3):
+        resp = client.chat.completions.create(
+            model=MODEL, messages=MSGS, max_tokens=150, seed=seed, logit_bias={str(CHANNEL_OPEN_ID): 6},
+            response_format={"type": "json_object"}, extra_body={"reasoning": {"max_tokens": 6}})
+        assert resp.choices[0].finish_reason == "stop", resp.choices[0].message
+        assert isinstance(json.loads(resp.choices[0].message.content), dict)
+        assert resp.usage.completion_tokens_details.reasoning_tokens <= 7
