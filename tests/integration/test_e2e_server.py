@@ -337,3 +337,24 @@ def test_reasoning_budget_then_json_answer(client):
         assert resp.choices[0].finish_reason == "stop", resp.choices[0].message
         assert isinstance(json.loads(resp.choices[0].message.content), dict)
         assert resp.usage.completion_tokens_details.reasoning_tokens <= 7
+
+
+def test_tool_result_round_trip_renders_the_conversation(client, offline):
+    first = client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=120, seed=1, tools=TOOLS,
+                                           tool_choice="required", parallel_tool_calls=False)
+    call = first.choices[0].message.tool_calls[0]
+    history = MSGS + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call.id, "type": "function", "function": {"name": call.function.name,
+                                                             "arguments": call.function.arguments}}]},
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"result": "sunny, 21 C"})},
+    ]
+    resp = client.chat.completions.create(model=MODEL, messages=history, tools=TOOLS, max_tokens=6, temperature=0,
+                                          logprobs=True, extra_body={"ignore_eos": True})
+    ids = chat_ids(offline, history, tools=TOOLS)
+    assert resp.usage.prompt_tokens == len(ids)
+    rendered = offline.tokenizer.decode(ids)
+    assert "<|tool_call>call:" + call.function.name in rendered and "<|tool_response>" in rendered
+    want = offline.generate([ids], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, logprobs=0))[0]
+    assert resp.usage.completion_tokens == 6
+    assert [c.token for c in resp.choices[0].logprobs.content] == [lp.token for lp in want.logprobs]
