@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gemmaserve.model.config import Gemma4TextConfig
@@ -38,15 +39,23 @@ class Gemma4Attention(nn.Module):
         slot_mapping: torch.Tensor,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        # x [T, H] -> [T, H]
-        t = x.shape[0]
+        # x [T, H] -> [T, H]. Projections stay module calls (model/quantize.py swaps them for int8
+        # modules); norms call the op directly, module dispatch being a visible share of a decode step.
+        t, d, eps = x.shape[0], self.head_dim, self.eps
         cos, sin = cos_sin  # [T, 1, D]
-        q = self.q_norm(self.q_proj(x).view(t, self.num_heads, self.head_dim))  # [T, Hq, D]
-        q = apply_rope(q, cos, sin)
-        k_raw = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        v_raw = k_raw if self.v_proj is None else self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        k = apply_rope(self.k_norm(k_raw), cos, sin)
-        v = rms_norm(v_raw, None, self.eps)
+        q = self.q_proj(x).view(t, self.num_heads, d)  # [T, Hq, D]
+        q = apply_rope(rms_norm(q, self.q_norm.weight, eps), cos, sin)
+        k_raw = self.k_proj(x).view(t, self.num_kv_heads, d)  # [T, Hkv, D]
+        if self.v_proj is None:
+            # K=V: v is the weightless norm of k_proj's output and k that same norm times k_norm's
+            # weight (both in fp32, as two separate RMSNorms would compute it).
+            normed = F.rms_norm(k_raw.float(), (d,), None, eps)  # [T, Hkv, D] fp32
+            v = normed.to(x.dtype)
+            k = (normed * self.k_norm.weight.float()).to(x.dtype)
+        else:
+            v = rms_norm(self.v_proj(x).view(t, self.num_kv_heads, d), None, eps)
+            k = rms_norm(k_raw, self.k_norm.weight, eps)
+        k = apply_rope(k, cos, sin)
         store_kv(kv_cache[0], kv_cache[1], k, v, slot_mapping)
         o = paged_attention(q, kv_cache[0], kv_cache[1], plan, scale=1.0)  # [T, Hq, D]
-        return self.o_proj(o.reshape(t, self.num_heads * self.head_dim))
+        return self.o_proj(o.reshape(t, self.num_heads * d))

@@ -12,6 +12,8 @@ from gemmaserve.model.config import FULL, SLIDING, Gemma4TextConfig
 from gemmaserve.model.layers import GeGLUMLP, RMSNorm, empty_param
 from gemmaserve.model.moe import Gemma4Experts, Gemma4Router
 from gemmaserve.ops.attention import AttentionPlan, build_plan
+from gemmaserve.ops.linear import linear
+from gemmaserve.ops.norm import rms_norm
 from gemmaserve.ops.rope import default_inv_freq, proportional_inv_freq, rope_cos_sin
 
 
@@ -21,6 +23,7 @@ class Gemma4DecoderLayer(nn.Module):
     def __init__(self, config: Gemma4TextConfig, layer: int, dtype: torch.dtype, device) -> None:
         super().__init__()
         h, eps = config.hidden_size, config.rms_norm_eps
+        self.eps = eps
         self.kind = config.layer_types[layer]
         self.self_attn = Gemma4Attention(config, layer, dtype, device)
         self.mlp = GeGLUMLP(h, config.intermediate_size, dtype, device)
@@ -49,17 +52,18 @@ class Gemma4DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         """h [T, H] -> [T, H], or [len(keep_rows), H] when keep_rows is given: every row's K/V is
         still written, but the feed-forward runs only on the kept rows (last layer: sampled rows)."""
-        a = self.self_attn(self.input_layernorm(h), cos_sin, plan, slot_mapping, kv_cache)
-        r = h + self.post_attention_layernorm(a)  # [T, H]
+        eps = self.eps
+        a = self.self_attn(rms_norm(h, self.input_layernorm.weight, eps), cos_sin, plan, slot_mapping, kv_cache)
+        r = h + rms_norm(a, self.post_attention_layernorm.weight, eps)  # [T, H]
         if keep_rows is not None:
             r = r[keep_rows]
-        d = self.mlp(self.pre_feedforward_layernorm(r))
+        d = self.mlp(rms_norm(r, self.pre_feedforward_layernorm.weight, eps))  # [T, H] dense GeGLU
         if self.enable_moe:
-            d = self.post_feedforward_layernorm_1(d)
+            d = rms_norm(d, self.post_feedforward_layernorm_1.weight, eps)
             w, idx = self.router(r)  # the router sees the post-attention residual
-            m = self.experts(self.pre_feedforward_layernorm_2(r), idx, w)
-            d = d + self.post_feedforward_layernorm_2(m)
-        return (r + self.post_feedforward_layernorm(d)) * self.layer_scalar
+            m = self.experts(rms_norm(r, self.pre_feedforward_layernorm_2.weight, eps), idx, w)
+            d = d + rms_norm(m, self.post_feedforward_layernorm_2.weight, eps)
+        return (r + rms_norm(d, self.post_feedforward_layernorm.weight, eps)) * self.layer_scalar
 
 
 class Gemma4ForCausalLM(nn.Module):
@@ -132,7 +136,8 @@ class Gemma4ForCausalLM(nn.Module):
             kind = layer.kind
             keep = batch.logits_indices if i == last else None
             h = layer(h, rope[kind], plans[kind], batch.kinds[kind].slot_mapping, kv_caches[i], keep)
-        logits = F.linear(self.norm(h), w).float()  # [num_sample, vocab], tied LM head
+        h = rms_norm(h, self.norm.weight, cfg.rms_norm_eps)
+        logits = linear(h, w).float()  # [num_sample, vocab], tied LM head
         cap = cfg.final_logit_softcapping
         if cap:
             logits = torch.tanh(logits / cap) * cap

@@ -6,9 +6,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Token count at or above which the grouped path is used. Measured with benchmarks/ops_moe.py on
-# the bench shape (hidden 1024, 32 experts top-4, width 512, bf16, 2 CPU threads).
-GROUPED_MIN_TOKENS = 4
+from gemmaserve.ops.linear import linear
+
+# Token count at or above which the grouped path is used: benchmarks/ops_moe.py on the bench shape
+# (hidden 1024, 32 experts top-4, width 512, bf16, 2 CPU threads, min wall ms) measured gather vs
+# grouped 0.56/0.60 at 1 token, 1.12/1.14 at 2, 1.65/1.62 at 3, 4.6/2.9 at 8, 314/21 at 512.
+GROUPED_MIN_TOKENS = 3
 
 
 def _act(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -18,20 +21,32 @@ def _act(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 def moe_gather(
     x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
 ) -> torch.Tensor:
-    """Index the chosen experts' weights per token and run batched matmuls.
+    """Per token, index the chosen experts' weights and apply them; no sorting, no scatter.
 
     x [T, H]; gate_up [E, 2I, H] (gate rows first); down [E, H, I]; topk_idx [T, K] int64;
-    topk_w [T, K] fp32 -> [T, H] in x's dtype. Copies T*K expert matrices, so it only pays off when
-    T*K is small (decode)."""
+    topk_w [T, K] fp32 -> [T, H] in x's dtype. On CPU each (token, expert) pair multiplies by a
+    *view* of the expert's weights (an indexed copy of bf16 weights costs more than the matmul);
+    elsewhere one batched matmul over indexed weights avoids per-pair launches and a host sync.
+    Both are for few tokens (decode); see GROUPED_MIN_TOKENS."""
     t, k = topk_idx.shape
-    flat = topk_idx.reshape(-1)  # [T*K]
-    xk = x[:, None, :].expand(t, k, x.shape[1]).reshape(t * k, 1, x.shape[1])  # [T*K, 1, H]
-    h = torch.bmm(xk, gate_up[flat].transpose(1, 2))  # [T*K, 1, 2I]
-    gate, up = h.chunk(2, dim=-1)
-    y = torch.bmm(_act(gate, up), down[flat].transpose(1, 2))  # [T*K, 1, H]
-    # Weights are fp32 (router); weight in fp32, round once, then sum the K contributions.
-    y = (y.view(t, k, -1) * topk_w[:, :, None]).to(x.dtype)  # [T, K, H]
-    return y.sum(dim=1)
+    if x.device.type != "cpu":
+        flat = topk_idx.reshape(-1)  # [T*K]
+        xk = x[:, None, :].expand(t, k, x.shape[1]).reshape(t * k, 1, x.shape[1])  # [T*K, 1, H]
+        gate, up = torch.bmm(xk, gate_up[flat].transpose(1, 2)).chunk(2, dim=-1)  # [T*K, 1, I] each
+        y = torch.bmm(_act(gate, up), down[flat].transpose(1, 2))  # [T*K, 1, H]
+        # Weight in fp32 (router weights are fp32), round once, then sum the K contributions.
+        return (y.view(t, k, -1) * topk_w[:, :, None]).to(x.dtype).sum(dim=1)
+    out = torch.empty_like(x)
+    experts, weights = topk_idx.tolist(), topk_w.tolist()  # host lists: CPU tensors, no real sync
+    for ti in range(t):
+        xt = x[ti : ti + 1]  # [1, H]
+        acc = None
+        for e, we in zip(experts[ti], weights[ti]):
+            gate, up = linear(xt, gate_up[e]).chunk(2, dim=-1)  # [1, I] each; gate_up[e] is a view
+            y = linear(_act(gate, up), down[e]) * we  # [1, H]; the scalar product rounds once
+            acc = y if acc is None else acc + y
+        out[ti] = acc[0]
+    return out
 
 
 def moe_grouped(
@@ -51,8 +66,8 @@ def moe_grouped(
         if n == 0:
             continue
         end = start + n
-        gate, up = F.linear(xs[start:end], gate_up[e]).chunk(2, dim=-1)  # [n, I] each
-        ys[start:end] = F.linear(_act(gate, up), down[e])  # [n, H]
+        gate, up = linear(xs[start:end], gate_up[e]).chunk(2, dim=-1)  # [n, I] each
+        ys[start:end] = linear(_act(gate, up), down[e])  # [n, H]
         start = end
     ys = (ys * topk_w.reshape(-1)[order, None]).to(x.dtype)  # [T*K, H]
     out = torch.zeros_like(x)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """Normalise over the last dim in fp32 and cast back to x's dtype.
 
     x: [..., D]; weight: [D] or None (the weightless form used for v and the router input).
-    Matches transformers' Gemma4RMSNorm bit for bit in fp32: pow(mean + eps, -0.5), weight in fp32.
+    Same math as transformers' Gemma4RMSNorm (x * (mean(x^2) + eps)^-0.5 * w, all fp32); the fused
+    kernel gives identical fp32 results in far fewer dispatched ops.
     """
-    xf = x.float()
-    out = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + eps, -0.5)
-    if weight is not None:
-        out = out * weight.float()
-    return out.to(x.dtype)
+    w = None if weight is None else weight.float()
+    return F.rms_norm(x.float(), (x.shape[-1],), w, eps).to(x.dtype)
