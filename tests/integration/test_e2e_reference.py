@@ -123,3 +123,31 @@ def test_preemption_by_recompute_equals_transformers(demo, cases, reference):
     assert llm.engine.scheduler.num_preemptions > 0
     _check_against_reference(outs, cases, reference)
     assert _leak_free(llm)
+
+
+def test_stream_deltas_add_up_through_preemption(demo, cases, reference):
+    """What a streaming client sees: every update's new ids/text/logprobs, concatenated, are the
+    final output, even for requests that were preempted and recomputed part way."""
+    llm = LLM(model=str(demo), dtype="float32", max_model_len=64, block_size=4, max_num_batched_tokens=64,
+              num_blocks={SLIDING: 64, FULL: 16}, enable_prefix_caching=True)
+    engine = llm.engine
+    for i, (ids, m) in enumerate(cases):
+        engine.add_request(f"s{i}", ids, _greedy(m))
+    ids_d: dict[str, list[int]] = {}
+    text_d: dict[str, str] = {}
+    lp_d: dict[str, list[int]] = {}
+    finals = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            ids_d.setdefault(out.request_id, []).extend(out.new_token_ids)
+            text_d[out.request_id] = text_d.get(out.request_id, "") + out.new_text
+            lp_d.setdefault(out.request_id, []).extend(lp.token_id for lp in out.new_logprobs or [])
+            if out.finished:
+                finals[out.request_id] = out
+    assert engine.scheduler.num_preemptions > 0
+    for i, (ref_tokens, _) in enumerate(reference):
+        rid = f"s{i}"
+        assert ids_d[rid] == finals[rid].token_ids == ref_tokens
+        assert lp_d[rid] == ref_tokens
+        assert text_d[rid] == finals[rid].text
+    assert _leak_free(llm)
