@@ -15,7 +15,7 @@ from gemmaserve.structured import (
 )
 from gemmaserve.types import TokenConstraint
 
-from conftest import VOCAB
+from structured_support import VOCAB
 
 NEG = float("-inf")
 SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
