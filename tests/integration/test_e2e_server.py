@@ -358,3 +358,14 @@ def test_tool_result_round_trip_renders_the_conversation(client, offline):
     want = offline.generate([ids], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, logprobs=0))[0]
     assert resp.usage.completion_tokens == 6
     assert [c.token for c in resp.choices[0].logprobs.content] == [lp.token for lp in want.logprobs]
+
+
+@pytest.mark.xfail(strict=True, reason="structured constraints take after_thinking but not 'prompt already inside the "
+                   "thought channel': the grammar starts the JSON inside the open channel, so it lands in reasoning")
+def test_json_answer_when_the_prompt_opens_the_channel(client):
+    msgs = MSGS + [{"role": "assistant", "content": "<|channel>thought\n"}]
+    for seed in (0, 2):
+        resp = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=100, seed=seed,
+                                              response_format={"type": "json_object"},
+                                              extra_body={"reasoning": {"max_tokens": 6}})
+        assert isinstance(json.loads(resp.choices[0].message.content or "null"), dict)
