@@ -60,6 +60,7 @@ def moe_grouped(
     counts = torch.bincount(flat, minlength=gate_up.shape[0]).tolist()  # host sync, one per layer
     tokens = order // k  # [T*K] token of each sorted pair
     xs = x[tokens]  # [T*K, H]
+    ws = topk_w.reshape(-1)[order, None].to(x.dtype)  # [T*K, 1] routing weight of each sorted pair
     ys = torch.empty_like(xs)
     start = 0
     for e, n in enumerate(counts):
@@ -67,9 +68,14 @@ def moe_grouped(
             continue
         end = start + n
         gate, up = linear(xs[start:end], gate_up[e]).chunk(2, dim=-1)  # [n, I] each
-        ys[start:end] = linear(_act(gate, up), down[e])  # [n, H]
+        # Weighting the [n, I] activations before the down projection (it is linear) is cheaper than
+        # weighting the [n, H] outputs; the product lands in ys without a copy.
+        act = _act(gate, up) * ws[start:end]
+        if n == 1:
+            ys[start:end] = linear(act, down[e])
+        else:
+            torch.matmul(act, down[e].t(), out=ys[start:end])  # [n, H]
         start = end
-    ys = (ys * topk_w.reshape(-1)[order, None]).to(x.dtype)  # [T*K, H]
     out = torch.zeros_like(x)
     out.index_add_(0, tokens, ys)
     return out
