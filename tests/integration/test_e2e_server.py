@@ -5,6 +5,7 @@ schema, reasoning budget, usage/cost, seeds, logprobs, stops, disconnects, model
 from __future__ import annotations
 
 import json
+import re
 import time
 from decimal import Decimal
 
@@ -64,6 +65,12 @@ def chat_ids(offline: LLM, messages, **render) -> list[int]:
     return offline.tokenizer.encode(ChatRenderer(offline.tokenizer.chat_template).render(messages, **render))
 
 
+def raw_bytes(tok, token_id: int) -> list[int]:
+    piece = tok.id_to_token(token_id)
+    m = re.fullmatch(r"<0x([0-9A-F]{2})>", piece)
+    return [int(m.group(1), 16)] if m else list(piece.replace("\u2581", " ").encode())
+
+
 def expected_cost(prompt: int, completion: int) -> float:
     return float(Decimal("0.06") * prompt / 1_000_000 + Decimal("0.33") * completion / 1_000_000)
 
@@ -87,7 +94,9 @@ def test_greedy_chat_is_the_offline_engine_token_for_token(client, offline):
     assert [c.token for c in choice.logprobs.content] == [lp.token for lp in want.logprobs]
     for got, exp in zip(choice.logprobs.content, want.logprobs):
         assert got.logprob == pytest.approx(exp.logprob, abs=1e-4)
-        assert got.bytes == list(got.token.encode())
+        # OpenAI's `bytes` are the token's own bytes: one byte for a <0xNN> fallback piece.
+        assert got.bytes == raw_bytes(offline.tokenizer, exp.token_id)
+        assert [t.bytes for t in got.top_logprobs] == [raw_bytes(offline.tokenizer, t.token_id) for t in exp.top]
         assert [t.token for t in got.top_logprobs] == [t.token for t in exp.top]
         assert len(got.top_logprobs) == 3
         assert all(a.logprob >= b.logprob for a, b in zip(got.top_logprobs, got.top_logprobs[1:]))
