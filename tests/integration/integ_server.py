@@ -41,13 +41,15 @@ class Server:
 
 
 @contextmanager
-def serve(model_dir: Path, log_dir: Path, *extra: str, timeout: float = 180.0) -> Iterator[Server]:
-    """Runs `python -m gemmaserve.cli serve` the way a user does and waits for /health == 200.
-    SIGINT at the end is uvicorn's graceful shutdown (Ctrl-C)."""
+def serve(model_dir: Path, log_dir: Path, *extra: str, timeout: float = 180.0,
+          cmd_prefix: list[str] | None = None) -> Iterator[Server]:
+    """Runs `python -m gemmaserve.cli serve --model DIR --port P *extra` the way a user does and
+    waits for /health == 200 (`cmd_prefix` replaces `python -m gemmaserve.cli`, e.g. the console
+    script). SIGINT at the end is uvicorn's graceful shutdown (Ctrl-C)."""
     port = free_port()
     log = log_dir / f"serve-{port}.log"
-    cmd = [sys.executable, "-m", "gemmaserve.cli", "serve", "--model", str(model_dir), "--port", str(port),
-           "--dtype", "float32", "--log-level", "warning", *extra]
+    prefix = cmd_prefix or [sys.executable, "-m", "gemmaserve.cli"]
+    cmd = [*prefix, "serve", "--model", str(model_dir), "--port", str(port), *extra]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=SUBPROCESS_ENV)
     srv = Server(proc, port, log)

@@ -45,7 +45,8 @@ def demo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
-    with serve(demo, tmp_path_factory.mktemp("e2e_srv_logs"), "--api-key", API_KEY, "--max-model-len", "512",
+    with serve(demo, tmp_path_factory.mktemp("e2e_srv_logs"), "--dtype", "float32", "--log-level", "warning",
+               "--api-key", API_KEY, "--max-model-len", "512",
                "--kv-cache-memory-gb", "0.02") as srv:
         yield srv
 

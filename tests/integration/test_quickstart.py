@@ -1,5 +1,5 @@
-"""The README quickstart as a user types it: `make serve` wiring, then the console script's
-make-demo-model and generate, whose greedy ids equal the offline LLM's."""
+"""The README quickstart as a user types it: `make serve` wiring, the console script serving the
+demo model with make serve's arguments, and make-demo-model + generate equal to the offline LLM."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import openai
 import pytest
-from integ_server import SUBPROCESS_ENV, one_torch_thread
+from integ_server import MODEL, SUBPROCESS_ENV, one_torch_thread, serve
 
 from gemmaserve import LLM, SamplingParams
+from gemmaserve.demo import write_demo_model
 
 ROOT = Path(__file__).resolve().parents[2]
 GEMMASERVE = Path(sys.executable).parent / "gemmaserve"  # the console script pip put beside python
@@ -72,3 +74,18 @@ def test_make_demo_model_then_generate(tmp_path):
     assert ids == want.token_ids and 1 <= len(ids) <= 5
     assert m.groups() == (want.finish_reason.value, str(len(ids)))
     assert out.stdout.startswith(want.text)
+
+
+def test_console_script_serves_the_demo_model_as_make_serve_does(tmp_path):
+    """`make serve`'s command (bf16, default cache and limits) answers the openai client."""
+    model = write_demo_model(tmp_path / "demo", size="small")
+    with serve(model, tmp_path, "--host", "127.0.0.1", cmd_prefix=[str(GEMMASERVE)]) as srv:
+        client = openai.OpenAI(base_url=srv.api, api_key="unused", max_retries=0, timeout=120)
+        resp = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=5, extra_body={"ignore_eos": True})
+        assert resp.usage.completion_tokens == 5 and resp.choices[0].finish_reason == "length"
+        chunks = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                     max_tokens=5, stream=True, extra_body={"ignore_eos": True}))
+        assert chunks[-1].usage.completion_tokens == 5
+        assert client.models.list().data[0].model_extra["context_length"] == 8192  # the CPU default
+    assert "the API is open to anyone" in srv.log_text()
