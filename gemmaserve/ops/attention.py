@@ -62,6 +62,7 @@ def build_plan(
                 mask = kpos[None, :] <= qpos
                 if window is not None:
                     mask &= kpos[None, :] > qpos - window
+            _check_assigned(slots)
             plan.prefills.append(PrefillSeq(row, row + q_len, slots, mask))
         row += q_len
     if dec_seqs:
@@ -74,10 +75,18 @@ def build_plan(
         pos = torch.where(valid, lo[:, None] + ar, lo[:, None])  # pad with a visible position
         blocks = tables[torch.tensor(dec_seqs, device=device)].gather(1, pos // block_size)
         plan.decode_slots = blocks * block_size + pos % block_size  # [Sd, L]
+        _check_assigned(plan.decode_slots)
         plan.decode_rows = torch.tensor(dec_rows, device=device)
         if min(lens_cpu) != L:
             plan.decode_mask = valid[:, None, None, :]
     return plan
+
+
+def _check_assigned(slots: torch.Tensor) -> None:
+    # A -1 block inside the window would silently address another block's memory (negative
+    # index); a release bug upstream must fail loudly instead of corrupting attention.
+    if slots.numel() and int(slots.min()) < 0:
+        raise ValueError("attention needs a KV block that the block table marks released (-1)")
 
 
 def store_kv(

@@ -28,14 +28,9 @@ def moe_gather(
     *view* of the expert's weights (an indexed copy of bf16 weights costs more than the matmul);
     elsewhere one batched matmul over indexed weights avoids per-pair launches and a host sync.
     Both are for few tokens (decode); see GROUPED_MIN_TOKENS."""
-    t, k = topk_idx.shape
     if x.device.type != "cpu":
-        flat = topk_idx.reshape(-1)  # [T*K]
-        xk = x[:, None, :].expand(t, k, x.shape[1]).reshape(t * k, 1, x.shape[1])  # [T*K, 1, H]
-        gate, up = torch.bmm(xk, gate_up[flat].transpose(1, 2)).chunk(2, dim=-1)  # [T*K, 1, I] each
-        y = torch.bmm(_act(gate, up), down[flat].transpose(1, 2))  # [T*K, 1, H]
-        # Weight in fp32 (router weights are fp32), round once, then sum the K contributions.
-        return (y.view(t, k, -1) * topk_w[:, :, None]).to(x.dtype).sum(dim=1)
+        return moe_gather_batched(x, gate_up, down, topk_idx, topk_w)
+    t = topk_idx.shape[0]
     out = torch.empty_like(x)
     experts, weights = topk_idx.tolist(), topk_w.tolist()  # host lists: CPU tensors, no real sync
     for ti in range(t):
@@ -47,6 +42,20 @@ def moe_gather(
             acc = y if acc is None else acc + y
         out[ti] = acc[0]
     return out
+
+
+def moe_gather_batched(
+    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
+) -> torch.Tensor:
+    """The accelerator form of the gather path: one batched matmul over indexed (copied) expert
+    weights, no host sync. Same contract as moe_gather."""
+    t, k = topk_idx.shape
+    flat = topk_idx.reshape(-1)  # [T*K]
+    xk = x[:, None, :].expand(t, k, x.shape[1]).reshape(t * k, 1, x.shape[1])  # [T*K, 1, H]
+    gate, up = torch.bmm(xk, gate_up[flat].transpose(1, 2)).chunk(2, dim=-1)  # [T*K, 1, I] each
+    y = torch.bmm(_act(gate, up), down[flat].transpose(1, 2))  # [T*K, 1, H]
+    # Weight in fp32 (router weights are fp32), round once, then sum the K contributions.
+    return (y.view(t, k, -1) * topk_w[:, :, None]).to(x.dtype).sum(dim=1)
 
 
 def moe_grouped(

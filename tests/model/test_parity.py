@@ -156,6 +156,17 @@ def test_logits_only_for_sampled_rows(models):
     torch.testing.assert_close(out[0], _ref_logits(ref, ids)[-1], atol=ATOL, rtol=0)
 
 
+def test_step_without_sampled_rows_still_fills_cache(models):
+    ref, ours = models
+    ids = _tokens(19, seed=12)
+    sim = PagedSim(ours, block_size=4)
+    batch = sim.batch([(0, ids[:12])])
+    batch.logits_indices = batch.logits_indices[:0]  # an intermediate prefill chunk samples nothing
+    assert ours(batch, sim.caches).shape == (0, 160)
+    out = ours(sim.batch([(0, ids[12:])], all_logits=True), sim.caches)
+    torch.testing.assert_close(out, _ref_logits(ref, ids)[12:], atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("grouped_min_tokens", [1, 10**9])
 def test_moe_paths_in_model(grouped_min_tokens):
     ref, ours = _build(moe=True, top_k=2, num_experts=8, router_gain=60.0)

@@ -10,7 +10,7 @@ from transformers import Gemma4TextConfig as HFConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from gemmaserve.ops.attention import build_plan, paged_attention, store_kv
-from gemmaserve.ops.moe import moe_experts, moe_gather, moe_grouped
+from gemmaserve.ops.moe import moe_experts, moe_gather, moe_gather_batched, moe_grouped
 from gemmaserve.ops.rope import apply_rope, default_inv_freq, proportional_inv_freq, rope_cos_sin
 
 
@@ -36,6 +36,7 @@ def test_moe_paths_agree(tokens):
     w = torch.rand(tokens, k, generator=gen)
     ref = _moe_loop(x, gate_up, down, idx, w)
     torch.testing.assert_close(moe_gather(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(moe_gather_batched(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(moe_grouped(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(moe_experts(x, gate_up, down, idx, w, 4), ref, atol=1e-5, rtol=1e-5)
 
@@ -100,6 +101,16 @@ def test_paged_attention_matches_dense(window, hkv, d):
     )
     assert not out.isnan().any()
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_released_block_inside_window_is_refused():
+    tables = torch.tensor([[-1, -1, 7, 8]], dtype=torch.int32)  # positions 0..7 released
+    plan = build_plan(tables, [1], [15], 4, window=7)  # query at 14 sees 8..14: fine
+    assert plan.decode_slots.tolist() == [[28, 29, 30, 31, 32, 33, 34]]
+    with pytest.raises(ValueError, match="released"):
+        build_plan(tables, [1], [15], 4, window=8)  # would need position 7 (block 1)
+    with pytest.raises(ValueError, match="released"):
+        build_plan(tables, [3], [15], 4, window=7)  # first query (pos 12) sees 6..12
 
 
 def test_rope_tables_match_transformers():
