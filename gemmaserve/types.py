@@ -64,6 +64,9 @@ class TopLogprob:
     token_id: int
     token: str  # decoded text of this single token (special tokens kept)
     logprob: float
+    # The token's raw bytes: a byte-fallback token <0xE2> is b"\xe2", while `token` shows U+FFFD.
+    # None when the producer did not know them (the API then falls back to token.encode()).
+    bytes: bytes | None = None
 
 
 @dataclass
@@ -75,6 +78,7 @@ class TokenLogprob:
     token: str
     logprob: float
     top: list[TopLogprob] = field(default_factory=list)
+    bytes: bytes | None = None  # as TopLogprob.bytes
 
 
 @dataclass

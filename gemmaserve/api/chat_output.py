@@ -12,7 +12,7 @@ from gemmaserve.chat.parser import (
     ToolCallStart,
     parse_output,
 )
-from gemmaserve.types import TokenLogprob
+from gemmaserve.types import TokenLogprob, TopLogprob
 
 
 def reasoning_detail(text: str) -> dict[str, Any]:
@@ -29,12 +29,17 @@ def chat_logprobs(items: list[TokenLogprob] | None) -> dict[str, Any] | None:
         content.append({
             "token": lp.token,
             "logprob": lp.logprob,
-            "bytes": list(lp.token.encode("utf-8")),
-            "top_logprobs": [
-                {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode("utf-8"))} for t in lp.top
-            ],
+            "bytes": token_bytes(lp),
+            "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": token_bytes(t)} for t in lp.top],
         })
     return {"content": content, "refusal": None}
+
+
+def token_bytes(lp: TokenLogprob | TopLogprob) -> list[int]:
+    """OpenAI's `bytes` (a list of ints): the engine's raw token bytes, so a byte-fallback token
+    gives its own byte, not the UTF-8 of the U+FFFD its text shows."""
+    raw = lp.bytes if lp.bytes is not None else lp.token.encode("utf-8")
+    return list(raw)
 
 
 def whole_message(

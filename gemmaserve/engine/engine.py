@@ -246,10 +246,14 @@ class Engine:
         return self._output(req, [tid], new_text, new_lp)
 
     def _logprob(self, req: Request, tid: int, sampled: Any) -> TokenLogprob:
-        text = req.detokenizer.token_text if req.detokenizer is not None else (lambda _i: "")
-        top = [TopLogprob(int(i), text(int(i)), float(lp)) for i, lp in (sampled.top or [])]
+        detok = req.detokenizer
+        if detok is None:  # no tokenizer: ids only
+            text, raw = (lambda _i: ""), (lambda _i: None)
+        else:
+            text, raw = detok.token_text, detok.token_bytes
+        top = [TopLogprob(int(i), text(int(i)), float(lp), raw(int(i))) for i, lp in (sampled.top or [])]
         lp = float(sampled.logprob) if sampled.logprob is not None else float("nan")
-        return TokenLogprob(tid, text(tid), lp, top)
+        return TokenLogprob(tid, text(tid), lp, top, raw(tid))
 
     def _output(
         self, req: Request, new_ids: list[int], new_text: str, new_lp: list[TokenLogprob] | None

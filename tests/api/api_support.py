@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from gemmaserve.api.state import ServerConfig, ServerState
+from gemmaserve.engine.detokenizer import IncrementalDetokenizer
 from gemmaserve.engine.client import EngineStats
 from gemmaserve.types import FinishReason, RequestOutput, SamplingParams, TokenLogprob, TopLogprob
 
@@ -64,12 +65,14 @@ class FakeEngine:
         self.ready = False
 
     def _logprobs(self, ids: list[int], k: int) -> list[TokenLogprob]:
+        # Token text and raw bytes as the real engine fills them (from the detokenizer).
+        detok = IncrementalDetokenizer(self.tokenizer, SamplingParams())
+        text, raw = detok.token_text, detok.token_bytes
         out = []
         for i in ids:
-            tok = self.tokenizer.decode([i])
-            top = [TopLogprob(i, tok, -0.5)] + [TopLogprob(j, self.tokenizer.decode([j]), -1.0 - j / 1000)
-                                               for j in range(3, 3 + max(0, k - 1))]
-            out.append(TokenLogprob(i, tok, -0.5, top[:k]))
+            top = [TopLogprob(i, text(i), -0.5, raw(i))] + [TopLogprob(j, text(j), -1.0 - j / 1000, raw(j))
+                                                            for j in range(3, 3 + max(0, k - 1))]
+            out.append(TokenLogprob(i, text(i), -0.5, top[:k], raw(i)))
         return out
 
     async def generate(self, prompt_token_ids, params: SamplingParams, request_id: str):

@@ -197,6 +197,18 @@ def test_logprobs_whole(fake, client, demo_tokenizer):
     assert content[0].bytes == list(content[0].token.encode())
 
 
+def test_logprob_bytes_of_byte_fallback_tokens(fake, client, demo_tokenizer):
+    # "☃" has no piece in the demo vocab: three byte tokens <0xE2> <0x98> <0x83>, each shown as U+FFFD.
+    fake.engine.script = ["☃"]
+    resp = client.chat.completions.create(model=MODEL, messages=MSGS, logprobs=True, top_logprobs=1)
+    content = resp.choices[0].logprobs.content
+    assert [demo_tokenizer.id_to_token(i) for i in demo_tokenizer.encode("☃")] == ["<0xE2>", "<0x98>", "<0x83>"]
+    assert [c.token for c in content] == ["\ufffd"] * 3
+    assert [c.bytes for c in content] == [[0xE2], [0x98], [0x83]]
+    assert [c.top_logprobs[0].bytes for c in content] == [[0xE2], [0x98], [0x83]]
+    assert bytes(b for c in content for b in c.bytes).decode("utf-8") == "☃"
+
+
 def test_length_finish_and_clamp(fake, client, demo_tokenizer):
     resp = client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=1)
     assert resp.choices[0].finish_reason == "length"
