@@ -20,13 +20,21 @@ class PrefillSeq:
 
 
 @dataclass
+class DecodeGroup:
+    """Sequences with a single new token and key counts within 2x of each other: one padded gather
+    and one SDPA call for all of them."""
+
+    rows: torch.Tensor  # [Sd] int64 rows of T
+    slots: torch.Tensor  # [Sd, L] int64 cache slots (padding repeats a visible slot)
+    mask: torch.Tensor | None  # [Sd, 1, 1, L] bool, None when all Sd read exactly L keys
+
+
+@dataclass
 class AttentionPlan:
     """Where each query row reads its keys from, for one attention kind; built once per forward
     and shared by every layer of that kind (same block tables, same window)."""
 
-    decode_rows: torch.Tensor | None = None  # [Sd] int64 rows of T with a single new token
-    decode_slots: torch.Tensor | None = None  # [Sd, L] int64 cache slots (padding repeats a valid slot)
-    decode_mask: torch.Tensor | None = None  # [Sd, 1, 1, L] bool, None when all Sd read exactly L keys
+    decodes: list[DecodeGroup] = field(default_factory=list)
     prefills: list[PrefillSeq] = field(default_factory=list)
 
 
@@ -65,21 +73,38 @@ def build_plan(
             _check_assigned(slots)
             plan.prefills.append(PrefillSeq(row, row + q_len, slots, mask))
         row += q_len
-    if dec_seqs:
-        hi = torch.tensor([seq_lens[s] for s in dec_seqs], device=device)  # [Sd]
-        lo = torch.zeros_like(hi) if window is None else (hi - window).clamp(min=0)  # [Sd]
-        lens_cpu = [seq_lens[s] if window is None else min(seq_lens[s], window) for s in dec_seqs]
-        L = max(lens_cpu)
-        ar = torch.arange(L, device=device)[None, :]  # [1, L]
-        valid = ar < (hi - lo)[:, None]  # [Sd, L]
-        pos = torch.where(valid, lo[:, None] + ar, lo[:, None])  # pad with a visible position
-        blocks = tables[torch.tensor(dec_seqs, device=device)].gather(1, pos // block_size)
-        plan.decode_slots = blocks * block_size + pos % block_size  # [Sd, L]
-        _check_assigned(plan.decode_slots)
-        plan.decode_rows = torch.tensor(dec_rows, device=device)
-        if min(lens_cpu) != L:
-            plan.decode_mask = valid[:, None, None, :]
+    # Padding every decode row to the longest context would multiply the work of short ones
+    # (a 32K-token request beside 100-token ones); groups whose key counts are within 2x of their
+    # longest bound the padding waste at 2x with only a few groups.
+    keys = {s: seq_lens[s] if window is None else min(seq_lens[s], window) for s in dec_seqs}
+    order = sorted(range(len(dec_seqs)), key=lambda i: -keys[dec_seqs[i]])
+    while order:
+        longest = keys[dec_seqs[order[0]]]
+        n = 1
+        while n < len(order) and 2 * keys[dec_seqs[order[n]]] >= longest:
+            n += 1
+        members, order = order[:n], order[n:]
+        plan.decodes.append(_decode_group([dec_seqs[i] for i in members], [dec_rows[i] for i in members],
+                                          [keys[dec_seqs[i]] for i in members], seq_lens, tables, block_size))
     return plan
+
+
+def _decode_group(
+    seqs: list[int], rows: list[int], lens: list[int], seq_lens: list[int], tables: torch.Tensor, block_size: int
+) -> DecodeGroup:
+    device = tables.device
+    hi = torch.tensor([seq_lens[s] for s in seqs], device=device)  # [Sd] one past the newest key
+    n_keys = torch.tensor(lens, device=device)  # [Sd]
+    lo = hi - n_keys  # [Sd] oldest visible key
+    width = max(lens)
+    ar = torch.arange(width, device=device)[None, :]  # [1, L]
+    valid = ar < n_keys[:, None]  # [Sd, L]
+    pos = torch.where(valid, lo[:, None] + ar, lo[:, None])  # pad with a visible position
+    blocks = tables[torch.tensor(seqs, device=device)].gather(1, pos // block_size)  # [Sd, L]
+    slots = blocks * block_size + pos % block_size
+    _check_assigned(slots)
+    mask = None if min(lens) == width else valid[:, None, None, :]
+    return DecodeGroup(torch.tensor(rows, device=device), slots, mask)
 
 
 def _check_assigned(slots: torch.Tensor) -> None:
@@ -108,15 +133,15 @@ def paged_attention(
     kc = k_cache.view(-1, hkv, d)
     vc = v_cache.view(-1, hkv, d)
     out = torch.empty_like(q)
-    if plan.decode_rows is not None:
-        sd = plan.decode_rows.shape[0]
-        k = kc[plan.decode_slots].to(q.dtype).transpose(1, 2)  # [Sd, Hkv, L, D]
-        v = vc[plan.decode_slots].to(q.dtype).transpose(1, 2)  # [Sd, Hkv, L, D]
+    for g in plan.decodes:
+        sd = g.rows.shape[0]
+        k = kc[g.slots].to(q.dtype).transpose(1, 2)  # [Sd, Hkv, L, D]
+        v = vc[g.slots].to(q.dtype).transpose(1, 2)  # [Sd, Hkv, L, D]
         # One query per sequence: a KV head's `group` query heads become its query rows, so no KV
         # head is ever repeated.
-        qd = q[plan.decode_rows].view(sd, hkv, group, d)  # [Sd, Hkv, G, D]
-        o = F.scaled_dot_product_attention(qd, k, v, attn_mask=plan.decode_mask, scale=scale)
-        out[plan.decode_rows] = o.reshape(sd, hq, d)
+        qd = q[g.rows].view(sd, hkv, group, d)  # [Sd, Hkv, G, D]
+        o = F.scaled_dot_product_attention(qd, k, v, attn_mask=g.mask, scale=scale)
+        out[g.rows] = o.reshape(sd, hq, d)
     for p in plan.prefills:
         k = kc[p.slots].to(q.dtype).transpose(0, 1)[None]  # [1, Hkv, L, D]
         v = vc[p.slots].to(q.dtype).transpose(0, 1)[None]

@@ -95,6 +95,8 @@ def test_paged_attention_matches_dense(window, hkv, d):
     v_new = torch.cat([v[ctx:] for v, (ctx, _) in zip(full_v, rows)])
     store_kv(kc, vc, k_new, v_new, torch.cat([s for _, s in rows]))
     plan = build_plan(bt, [n for n, _ in lens], [t for _, t in lens], bs, window)
+    # Decode key counts 19, 3, 26 (unbounded) split into {26, 19} and {3}; windowed they stay one.
+    assert [g.rows.tolist() for g in plan.decodes] == ([[32, 23], [31]] if window is None else [[23, 32, 31]])
     out = paged_attention(q_new, kc, vc, plan)
     expected = torch.cat(
         [_dense_attention(q, k, v, window)[ctx:] for q, k, v, (ctx, _) in zip(full_q, full_k, full_v, rows)]
@@ -106,7 +108,7 @@ def test_paged_attention_matches_dense(window, hkv, d):
 def test_released_block_inside_window_is_refused():
     tables = torch.tensor([[-1, -1, 7, 8]], dtype=torch.int32)  # positions 0..7 released
     plan = build_plan(tables, [1], [15], 4, window=7)  # query at 14 sees 8..14: fine
-    assert plan.decode_slots.tolist() == [[28, 29, 30, 31, 32, 33, 34]]
+    assert len(plan.decodes) == 1 and plan.decodes[0].slots.tolist() == [[28, 29, 30, 31, 32, 33, 34]]
     with pytest.raises(ValueError, match="released"):
         build_plan(tables, [1], [15], 4, window=8)  # would need position 7 (block 1)
     with pytest.raises(ValueError, match="released"):
