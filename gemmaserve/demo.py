@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from gemmaserve.demo_tokenizer import MEDIA_TOKENS, build_demo_tokenizer
 from gemmaserve.model.config import FULL, SLIDING, Gemma4TextConfig
+from gemmaserve.tokenizer import SUPPRESSED_TOKENS
 
 TEXT_PREFIX = "model.language_model."
 SIZES = ("tiny", "small", "bench", "26b-a4b")
@@ -258,11 +259,14 @@ def write_demo_model(
     config = demo_config(size)
     tcfg = Gemma4TextConfig.from_dict(config)
     _write_json(out / "config.json", config)
+    tok = build_demo_tokenizer(tcfg.vocab_size)
+    # The demo vocabulary holds the media markers at other ids: resolve the suppressed set by
+    # text, so transformers' generate (a test reference) masks exactly what our sampler masks.
+    suppress = sorted(i for i in (tok.token_to_id(t) for t in SUPPRESSED_TOKENS) if i is not None)
     _write_json(out / "generation_config.json", {
         "bos_token_id": 2, "pad_token_id": 0, "eos_token_id": [1, 106, 50],
-        "do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": 64,
+        "do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": 64, "suppress_tokens": suppress,
     })
-    tok = build_demo_tokenizer(tcfg.vocab_size)
     tok.save(str(out / "tokenizer.json"))
     _write_json(out / "tokenizer_config.json", _tokenizer_config())
     template = resources.files("gemmaserve") / "templates" / "chat_template.jinja"

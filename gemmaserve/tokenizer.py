@@ -35,6 +35,15 @@ MARKERS: dict[str, str] = {
 # generation_config.json of Gemma 4 (spec §6.10): <eos>, <turn|>, <|tool_response>.
 DEFAULT_EOS_IDS = (1, 106, 50)
 
+# Tokens a text reply never contains (spec §3, §7), masked to -inf for every request: <pad> and
+# <bos> (framing the server adds, never a training target), and every media marker (begin/end and
+# the soft-token placeholders: the processor inserts them around media embeddings; a model that
+# emits one produces a turn no parser or template can read). Later Gemma 4 generation configs list
+# <audio|> and <image|> as suppress_tokens; this is that list widened to the other media markers.
+# By text, so the demo vocabulary (markers at other ids) gets the same set.
+SUPPRESSED_TOKENS = ("<pad>", "<bos>", "<|image>", "<image|>", "<|audio>", "<audio|>",
+                     "<|image|>", "<|audio|>", "<|video|>")
+
 
 class Tokenizer:
     """Text <-> ids for one checkpoint. `encode` never adds BOS: the chat template emits `<bos>`."""
@@ -48,6 +57,7 @@ class Tokenizer:
         bos_token_id: int | None = None,
         pad_token_id: int | None = None,
         generation_defaults: dict[str, Any] | None = None,
+        suppress_tokens: Sequence[int] | None = None,
     ) -> None:
         self.hf = hf  # the underlying tokenizers.Tokenizer (grammar libraries take it directly)
         self.chat_template = chat_template
@@ -62,6 +72,12 @@ class Tokenizer:
             i for i, tok in hf.get_added_tokens_decoder().items() if tok.special
         }
         self._marker_ids = {name: self._id_or_none(text) for name, text in MARKERS.items()}
+        # Never sampled: SUPPRESSED_TOKENS found in this vocabulary plus generation_config's
+        # `suppress_tokens` (sorted, unique).
+        by_text = (self._id_or_none(t) for t in SUPPRESSED_TOKENS)
+        self.suppress_token_ids: list[int] = sorted(
+            {i for i in by_text if i is not None} | {int(i) for i in (suppress_tokens or ())}
+        )
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -85,6 +101,11 @@ class Tokenizer:
         if isinstance(eos, int):
             eos = [eos]
         defaults = {k: gen_cfg[k] for k in ("temperature", "top_p", "top_k") if k in gen_cfg}
+        suppress = gen_cfg.get("suppress_tokens")
+        if suppress is not None and not (
+            isinstance(suppress, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in suppress)
+        ):
+            raise ValueError(f"generation_config.json suppress_tokens must be a list of token ids, got {suppress!r}")
         return cls(
             hf,
             chat_template=template,
@@ -92,6 +113,7 @@ class Tokenizer:
             bos_token_id=gen_cfg.get("bos_token_id"),
             pad_token_id=gen_cfg.get("pad_token_id"),
             generation_defaults=defaults,
+            suppress_tokens=suppress,
         )
 
     # -- vocabulary ---------------------------------------------------------------------------

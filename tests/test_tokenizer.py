@@ -114,3 +114,12 @@ def test_same_ids_as_transformers_autotokenizer(tok, demo_dir):
     assert ref("hi")["input_ids"] == [2] + tok.encode("hi")
     assert ref.sot_token == "<|turn>" and ref.eoc_token == "<channel|>" and ref.escape_token == '<|"|>'
     assert ref.convert_tokens_to_ids(ref.think_token) == 98
+
+
+def test_suppressed_ids_are_found_by_text_and_written_to_generation_config(tok, demo_dir):
+    names = ["<pad>", "<bos>", "<|image>", "<image|>", "<|audio>", "<audio|>", "<|image|>", "<|audio|>", "<|video|>"]
+    ids = sorted(tok.token_to_id(n) for n in names)
+    assert None not in ids and ids[:2] == [0, 2]
+    assert tok.suppress_token_ids == ids
+    # transformers' generate reads the same list, so the demo model's reference masks what we mask.
+    assert json.loads((demo_dir / "generation_config.json").read_text())["suppress_tokens"] == ids

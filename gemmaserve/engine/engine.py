@@ -51,7 +51,8 @@ class Engine:
         if sampler is None or sampling_state_cls is None:
             from gemmaserve.engine.sampler import Sampler, SamplingState
 
-            sampler = sampler or Sampler(self.vocab_size, self.device)
+            suppress = getattr(tokenizer, "suppress_token_ids", ())
+            sampler = sampler or Sampler(self.vocab_size, self.device, suppress_token_ids=suppress)
             sampling_state_cls = sampling_state_cls or SamplingState
         if detokenizer_cls is None and tokenizer is not None:
             from gemmaserve.engine.detokenizer import IncrementalDetokenizer

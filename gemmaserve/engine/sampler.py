@@ -178,9 +178,19 @@ class Sampler:
     (so its tokens do not depend on its batch mates or position), else from this sampler's one.
     """
 
-    def __init__(self, vocab_size: int, device: torch.device | str = "cpu", seed: int | None = None):
+    def __init__(
+        self,
+        vocab_size: int,
+        device: torch.device | str = "cpu",
+        seed: int | None = None,
+        suppress_token_ids: Sequence[int] = (),
+    ):
         self.vocab_size = vocab_size
         self.device = torch.device(device)
+        # Ids never sampled, for every request (the checkpoint's suppress_tokens: <pad>, media
+        # markers); ids past the logits width cannot be sampled anyway.
+        ids = sorted({int(i) for i in suppress_token_ids if 0 <= int(i) < vocab_size})
+        self.suppress_ids = torch.tensor(ids, dtype=torch.long, device=self.device)  # [S]
         self.generator = torch.Generator(device="cpu")
         if seed is not None:
             self.generator.manual_seed(seed)
@@ -191,7 +201,7 @@ class Sampler:
         self, logits: torch.Tensor, states: list[SamplingState], output_token_ids: list[list[int]]
     ) -> list[SampledToken]:
         """logits: [N, V] float32, row i for states[i]; output_token_ids[i]: tokens generated so far
-        (for penalties, min_tokens and constraints). Applies, in order: constraints, min_tokens
+        (for penalties, min_tokens and constraints). Applies, in order: suppress_token_ids, constraints, min_tokens
         (suppress eos/stop ids until reached, unless ignore_eos), logit_bias,
         repetition/frequency/presence penalties, then temperature (0 = greedy), top_k, top_p,
         min_p, and draws. Fast path for batches with no penalties/bias/constraints.
@@ -206,8 +216,14 @@ class Sampler:
         lp_rows = [i for i, s in enumerate(states) if s.params.logprobs is not None]
         raw_logprobs = torch.log_softmax(logits[lp_rows], dim=-1) if lp_rows else None  # [L, V]
 
+        owned = False  # whether `logits` is our copy (the caller's tensor is never edited)
+        if self.suppress_ids.numel():
+            # Before constraints, so a grammar that allows only suppressed ids fails loudly.
+            logits = logits.clone()
+            logits[:, self.suppress_ids.to(logits.device)] = float("-inf")
+            owned = True
         if any(s.needs_processing(len(o)) for s, o in zip(states, output_token_ids)):
-            logits = self.process(logits.clone(), states, output_token_ids)
+            logits = self.process(logits if owned else logits.clone(), states, output_token_ids)
 
         greedy_rows = [i for i, s in enumerate(states) if s.greedy]
         random_rows = [i for i, s in enumerate(states) if not s.greedy]
