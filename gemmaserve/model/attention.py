@@ -26,7 +26,8 @@ class Gemma4Attention(nn.Module):
         self.eps = config.rms_norm_eps
         self.q_proj = Linear(h, self.num_heads * self.head_dim, dtype, device)
         self.k_proj = Linear(h, self.num_kv_heads * self.head_dim, dtype, device)
-        self.v_proj = Linear(h, self.num_kv_heads * self.head_dim, dtype, device) if config.layer_has_v_proj(layer) else None
+        kv_width = self.num_kv_heads * self.head_dim
+        self.v_proj = Linear(h, kv_width, dtype, device) if config.layer_has_v_proj(layer) else None
         self.o_proj = Linear(self.num_heads * self.head_dim, h, dtype, device)
         self.q_norm = RMSNorm(self.head_dim, self.eps, dtype, device)
         self.k_norm = RMSNorm(self.head_dim, self.eps, dtype, device)

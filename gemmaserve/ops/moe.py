@@ -10,7 +10,8 @@ from gemmaserve.ops.linear import linear
 
 # Token count at or above which the grouped path is used: benchmarks/ops_moe.py on the bench shape
 # (hidden 1024, 32 experts top-4, width 512, bf16, 2 CPU threads, min wall ms) measured gather vs
-# grouped 0.56/0.60 at 1 token, 1.12/1.14 at 2, 1.65/1.62 at 3, 4.6/2.9 at 8, 314/21 at 512.
+# grouped 0.58/0.62 at 1 token, 1.14/1.22 at 2, 1.69/1.65 at 3, 4.5/2.9 at 8, 78/9.6 at 128.
+# Not yet measured on a GPU (the same script takes --device cuda).
 GROUPED_MIN_TOKENS = 3
 
 

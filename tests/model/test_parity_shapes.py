@@ -45,7 +45,8 @@ def test_state_dict_names_match_multimodal_checkpoint():
                 hidden_size_per_layer_input=0, layer_types=[SLIDING] * 5 + [FULL])
     vision = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2,
               "num_key_value_heads": 2, "head_dim": 16}
-    ref = Gemma4ForConditionalGeneration(HFGemma4Config(text_config=text, vision_config=vision, audio_config=None))
+    hf_config = HFGemma4Config(text_config=text, vision_config=vision, audio_config=None)
+    ref = Gemma4ForConditionalGeneration(hf_config)
     prefix = "model.language_model."
     ref_shapes = {k[len(prefix):]: tuple(v.shape) for k, v in ref.state_dict().items() if k.startswith(prefix)}
     cfg = Gemma4TextConfig.from_dict(ref.config.to_dict())
