@@ -48,6 +48,8 @@ def add_make_demo_parser(subparsers) -> None:
     p.add_argument("dir")
     p.add_argument("--size", default="tiny", choices=DEMO_SIZES)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-bytes", type=int, default=None,
+                   help="split the weights into shards of at most this many bytes (with an index file)")
     p.set_defaults(func=run_make_demo)
 
 
@@ -134,10 +136,17 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_make_demo(args: argparse.Namespace) -> int:
-    from gemmaserve.demo import write_demo_model
+    from gemmaserve.demo import describe, write_demo_model
 
-    path = write_demo_model(args.dir, size=args.size, seed=args.seed)
+    if args.shard_bytes is not None and args.shard_bytes < 1:
+        raise ValueError(f"--shard-bytes must be >= 1, got {args.shard_bytes}")
+    path = write_demo_model(args.dir, size=args.size, seed=args.seed, shard_bytes=args.shard_bytes)
+    # stdout is the path alone (scripts capture it); the human notes go to stderr.
     print(path)
+    print(describe(args.size), file=sys.stderr)
+    if args.size == "26b-a4b":
+        print(f"no weights were written (the 26B-A4B shape is ~50 GB); serve it with random weights:\n"
+              f"  gemmaserve serve --model {path} --dummy-weights", file=sys.stderr)
     return 0
 
 

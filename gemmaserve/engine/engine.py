@@ -106,18 +106,24 @@ class Engine:
     def from_config(cls, config: EngineConfig) -> "Engine":
         """Load the checkpoint (or its dummy-weight twin) and its tokenizer."""
         from gemmaserve.model.hub import resolve_model_path
-        from gemmaserve.model.loader import load_model
+        from gemmaserve.model.loader import CheckpointError, load_model
         from gemmaserve.tokenizer import Tokenizer
 
         path = Path(resolve_model_path(config.model))
-        model, model_config = load_model(
-            path,
-            dtype=config.torch_dtype,
-            device=config.device,
-            dummy_weights=config.dummy_weights,
-            quantization=config.quantization,
-            seed=config.seed,
-        )
+        try:
+            model, model_config = load_model(
+                path,
+                dtype=config.torch_dtype,
+                device=config.device,
+                dummy_weights=config.dummy_weights,
+                quantization=config.quantization,
+                seed=config.seed,
+            )
+        except CheckpointError as exc:
+            # A weightless directory (make-demo-model --size 26b-a4b) is meant for random weights.
+            if not config.dummy_weights and not any(path.glob("*.safetensors")):
+                raise CheckpointError(f"{exc}; for random weights pass --dummy-weights") from exc
+            raise
         tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
         return cls(model, model_config, config, tokenizer)
 

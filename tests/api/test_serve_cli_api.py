@@ -72,3 +72,43 @@ def test_serve_reports_a_bad_keys_file(tmp_path, capsys):
     assert args.func(args) == 2
     err = capsys.readouterr().err
     assert f"{keys}:1: expected a sha256 hex digest" in err
+
+
+def _serve_in_process(argv: list[str]):
+    """`gemmaserve serve ARGV` as run_serve builds it (config, background loader, app), on a free port."""
+    from api_support import ServerThread
+
+    from gemmaserve.api.app import create_app
+    from gemmaserve.api.cli_serve import _engine_loader, server_config_from_args
+    from gemmaserve.api.state import ServerState
+    from gemmaserve.cli import build_parser
+
+    args = build_parser().parse_args(["serve", *argv])
+    return ServerThread(create_app(ServerState(config=server_config_from_args(args), loader=_engine_loader(args))))
+
+
+def _health(base: str) -> httpx.Response:
+    deadline = time.monotonic() + 120
+    while True:
+        r = httpx.get(base + "/health", timeout=5)
+        if r.json()["status"] != "loading" or time.monotonic() > deadline:
+            return r
+        time.sleep(0.05)
+
+
+def test_serve_dummy_weights_on_a_weightless_dir(tmp_path):
+    from gemmaserve.demo import write_demo_model
+
+    d = write_demo_model(tmp_path / "m", "tiny", write_weights=False)  # what make-demo-model writes for 26b-a4b
+    common = ["--model", str(d), "--dtype", "float32", "--max-model-len", "256", "--log-level", "warning"]
+    with _serve_in_process(common) as srv:
+        r = _health(srv.root)
+        assert r.status_code == 503 and "no model.safetensors" in r.json()["error"]
+        assert "--dummy-weights" in r.json()["error"]
+    with _serve_in_process(common + ["--dummy-weights"]) as srv:
+        assert _health(srv.root).status_code == 200
+        r = httpx.post(srv.url + "/chat/completions", timeout=60, json={
+            "model": "google/gemma-4-26b-a4b-it", "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 3, "ignore_eos": True})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 3 and r.json()["choices"][0]["finish_reason"] == "length"
