@@ -14,16 +14,13 @@ from typing import Any, Sequence
 
 from gemmaserve.structured.compiler import SchemaError
 from gemmaserve.structured.json_grammar import end_rule
+from gemmaserve.structured.number_ranges import UINT, UNUM, integer_regex, number_regex
 
 _BARE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Text inside <|"|>...<|"|> may not spell a marker-like `<|` or `|>`: decoded output is parsed as
 # text, and a string that spelled `<|"|>` (or `<tool_call|>`) with ordinary tokens would end early.
 _NO_MARKER = r"~/(?s:.*)(<\||\|>)(?s:.*)/"
 _MAX_REPEAT = 64  # min/maxItems beyond this are not enforced (the grammar would grow too large)
-# Numbers: at most 19 integer digits (int64), 17 fraction digits (double precision) and a 3-digit
-# exponent, so a weak model cannot run digits until max_tokens.
-_UINT = "(0|[1-9][0-9]{0,18})"
-_UNUM = _UINT + "(\\.[0-9]{1,17})?([eE][+-]?[0-9]{1,3})?"
 
 
 def lark_literal(text: str) -> str:
@@ -50,8 +47,9 @@ class GemmaValueGrammar:
         common = [
             f"gstr: {d} GTEXT? {d}",
             f"GTEXT: /(?s:.+)/ & {_NO_MARKER}",
-            f"GINT: /-?{_UINT}/",
-            f"GNUM: /-?{_UNUM}/",
+            # Digit caps (number_ranges): a weak model cannot run digits until max_tokens.
+            f"GINT: /-?{UINT}/",
+            f"GNUM: /-?{UNUM}/",
             "GKEY: /[A-Za-z_][A-Za-z0-9_]*/",
             'gbool: "true" | "false"',
             "gany: gstr | GNUM | gbool | \"null\" | ganyobj | ganyarr",
@@ -106,9 +104,9 @@ class GemmaValueGrammar:
         if type_name == "string":
             return self._string(schema)
         if type_name == "integer":
-            return "GINT" if not _non_negative(schema) else f"/{_UINT}/"
+            return "GINT" if not _bounded(schema) else self._number_rule("int", integer_regex(schema))
         if type_name == "number":
-            return "GNUM" if not _non_negative(schema) else f"/{_UNUM}/"
+            return "GNUM" if not _bounded(schema) else self._number_rule("num", number_regex(schema))
         if type_name == "boolean":
             return "gbool"
         if type_name == "null":
@@ -204,6 +202,12 @@ class GemmaValueGrammar:
         self._rules.append(f"{rule}: {body}")
         return rule
 
+    def _number_rule(self, hint: str, regex: str) -> str:
+        """A terminal for a bounded number (one lexeme: the digits cannot be split by the parser)."""
+        name = self._new_rule(hint).upper()
+        self._rules.append(f"{name}: /{regex}/")
+        return name
+
     def _key(self, name: str) -> str:
         if _BARE_KEY.fullmatch(name):
             return lark_literal(name)
@@ -290,9 +294,8 @@ def _infer_type(schema: dict) -> str | None:
     return None
 
 
-def _non_negative(schema: dict) -> bool:
-    lo = schema.get("minimum", schema.get("exclusiveMinimum"))
-    return isinstance(lo, (int, float)) and not isinstance(lo, bool) and lo >= 0
+def _bounded(schema: dict) -> bool:
+    return any(schema.get(k) is not None for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"))
 
 
 def _merge_all_of(schema: dict) -> dict:

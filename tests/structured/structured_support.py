@@ -33,6 +33,11 @@ def validate(value, schema, root=None) -> list[str]:
         if not any(_is_type(value, t) for t in types):
             return [f"{value!r} is not of type {types}"]
     errors: list[str] = []
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        for key, ok in (("minimum", lambda b: value >= b), ("maximum", lambda b: value <= b),
+                        ("exclusiveMinimum", lambda b: value > b), ("exclusiveMaximum", lambda b: value < b)):
+            if isinstance(schema.get(key), (int, float)) and not isinstance(schema.get(key), bool) and not ok(schema[key]):
+                errors.append(f"{value!r} violates {key} {schema[key]!r}")
     if isinstance(value, str):
         if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", 10**9):
             errors.append(f"{value!r} has a bad length")

@@ -271,3 +271,85 @@ def test_output_parses_with_chat_parser(compiler, tokenizer, generate, schema_er
         for call, (_, args) in zip(parsed.tool_calls, expected):
             assert json.loads(call.arguments) == args
             assert schema_errors(json.loads(call.arguments), SCHEMAS[call.name]) == []
+
+
+BOUNDED = {
+    "a": {"type": "integer", "minimum": 1, "maximum": 9},
+    "b": {"type": "integer", "minimum": -50, "exclusiveMaximum": 1200},
+    "c": {"type": "number", "minimum": -2, "maximum": 10},
+    "d": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    "e": {"type": "integer", "maximum": -3},
+}
+
+
+def _in_bounds(text: str, schema: dict) -> bool:
+    from fractions import Fraction
+
+    v = Fraction(text)
+    checks = {"minimum": v.__ge__, "maximum": v.__le__, "exclusiveMinimum": v.__gt__, "exclusiveMaximum": v.__lt__}
+    return all(checks[k](Fraction(schema[k])) for k in checks if k in schema)
+
+
+def test_integer_and_number_bounds_hold_under_random_logits(compiler, tokenizer, generate):
+    """{"type":"integer","minimum":1,"maximum":9} once gave 8377206: bounds are now in the grammar.
+    Values are checked exactly from the text (Fraction), over many seeds of a random model."""
+    tools = [{"type": "function", "function": {"name": "r", "parameters": {
+        "type": "object", "properties": BOUNDED, "required": sorted(BOUNDED)}}}]
+    constraint = tool_call_constraint(compiler, tools, "required", parallel=False)
+    number = r"(-?[0-9]+(?:\.[0-9]+)?)"
+    pattern = re.compile(r"<\|tool_call>call:r\{" + ",".join(f"{k}:{number}" for k in sorted(BOUNDED)) + r"\}<tool_call\|>")
+    seen = {k: set() for k in BOUNDED}
+    for seed in range(40):
+        ids = generate(constraint, seed, bias=0.0)  # no closer bias: digits as likely as anything
+        text = tokenizer.decode(ids[:-1])
+        m = pattern.fullmatch(text)
+        assert m, text
+        for key, value in zip(sorted(BOUNDED), m.groups()):
+            assert _in_bounds(value, BOUNDED[key]), (key, value, BOUNDED[key])
+            assert not re.match(r"-?0[0-9]", value)  # canonical integer part
+            if BOUNDED[key]["type"] == "integer":
+                assert "." not in value
+            seen[key].add(value)
+    assert all(len(v) > 3 for v in seen.values()), seen  # the model really chose among many values
+
+
+def test_bounded_integers_allow_exactly_the_range(compiler, tokenizer):
+    """After `call:r{v:` with minimum 27, maximum 315: each digit prefix allows exactly the digits
+    that can still complete to a value in range."""
+    tools = [{"type": "function", "function": {"name": "r", "parameters": {
+        "type": "object", "properties": {"v": {"type": "integer", "minimum": 27, "maximum": 315}}, "required": ["v"]}}}]
+    digit_ids = {d: tokenizer.token_to_id(d) for d in "0123456789"}
+    assert None not in digit_ids.values()
+    head = [48] + tokenizer.encode("call:r{v:")
+
+    def allowed_digits(prefix: str) -> set[str]:
+        c = tool_call_constraint(compiler, tools, "required", parallel=False)  # fresh state per prefix
+        logits = torch.zeros(tokenizer.vocab_size)
+        c.mask_logits(head + [digit_ids[ch] for ch in prefix], logits)
+        return {d for d, i in digit_ids.items() if torch.isfinite(logits[i])}
+
+    for prefix in ["", "2", "3", "31", "4", "27", "1", "10"]:
+        want = {d for d in "0123456789" if any(27 <= int(prefix + d + tail) <= 315
+                                               for tail in ["", "0", "9", "00", "99"]
+                                               if len(prefix + d + tail) <= 3 and not (prefix + d).startswith("0"))}
+        assert allowed_digits(prefix) == want, prefix
+
+
+def test_number_bound_at_an_integer_checks_the_fraction(compiler, tokenizer):
+    tools = [{"type": "function", "function": {"name": "r", "parameters": {
+        "type": "object", "properties": {"v": {"type": "number", "maximum": 9}}, "required": ["v"]}}}]
+    c = tool_call_constraint(compiler, tools, "required", parallel=False)
+    head = [48] + tokenizer.encode("call:r{v:") + [tokenizer.token_to_id("9"), tokenizer.token_to_id(".")]
+    logits = torch.zeros(tokenizer.vocab_size)
+    c.mask_logits(head, logits)
+    digits = {d for d in "0123456789" if torch.isfinite(logits[tokenizer.token_to_id(d)])}
+    assert digits == {"0"}  # 9.0 and 9.00 are <= 9, 9.5 is not
+
+
+def test_empty_numeric_range_is_a_schema_error(compiler):
+    for schema in ({"type": "integer", "minimum": 5, "maximum": 4}, {"type": "integer", "exclusiveMinimum": 1, "exclusiveMaximum": 2},
+                   {"type": "number", "minimum": 3, "exclusiveMaximum": 3}):
+        tools = [{"type": "function", "function": {"name": "r", "parameters": {
+            "type": "object", "properties": {"v": schema}, "required": ["v"]}}}]
+        with pytest.raises(SchemaError, match="allow no value"):
+            tool_call_constraint(compiler, tools, "required")
