@@ -123,3 +123,13 @@ def test_suppressed_ids_are_found_by_text_and_written_to_generation_config(tok, 
     assert tok.suppress_token_ids == ids
     # transformers' generate reads the same list, so the demo model's reference masks what we mask.
     assert json.loads((demo_dir / "generation_config.json").read_text())["suppress_tokens"] == ids
+
+
+def test_suppressed_ids_at_gemma_4_real_ids():
+    """In the full 262k vocabulary the by-text set lands on spec §3's ids: <pad>, <bos>, the media
+    begin markers, the soft-token placeholders and <image|>/<audio|> (generation_config's pair)."""
+    from gemmaserve.demo_tokenizer import build_demo_tokenizer
+
+    tok = Tokenizer(build_demo_tokenizer(262144))
+    assert tok.suppress_token_ids == [0, 2, 255999, 256000, 258880, 258881, 258882, 258883, 258884]
+    assert Tokenizer(build_demo_tokenizer(262144), suppress_tokens=[7]).suppress_token_ids[:3] == [0, 2, 7]
