@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gemmaserve.model.config import Gemma4TextConfig
-from gemmaserve.model.layers import Linear, RMSNorm
+from gemmaserve.model.layers import Linear, RMSNorm, fuse_linears
 from gemmaserve.ops.attention import AttentionPlan, paged_attention, store_kv
 from gemmaserve.ops.norm import rms_norm
 from gemmaserve.ops.rope import apply_rope
@@ -28,9 +28,22 @@ class Gemma4Attention(nn.Module):
         self.k_proj = Linear(h, self.num_kv_heads * self.head_dim, dtype, device)
         kv_width = self.num_kv_heads * self.head_dim
         self.v_proj = Linear(h, kv_width, dtype, device) if config.layer_has_v_proj(layer) else None
+        self.has_v = self.v_proj is not None
         self.o_proj = Linear(self.num_heads * self.head_dim, h, dtype, device)
         self.q_norm = RMSNorm(self.head_dim, self.eps, dtype, device)
         self.k_norm = RMSNorm(self.head_dim, self.eps, dtype, device)
+        self.qkv_proj: nn.Module | None = None  # set by fuse_()
+
+    @torch.no_grad()
+    def fuse_(self) -> None:
+        """q, k (and v) projections become one matmul; state_dict names become qkv_proj.*, so fuse
+        only after loading (and before or after the int8 swap: both forms fuse)."""
+        if self.qkv_proj is None:
+            parts = [self.q_proj, self.k_proj] + ([self.v_proj] if self.v_proj is not None else [])
+            self.qkv_proj = fuse_linears(parts)
+            del self.q_proj, self.k_proj
+            self.v_proj = None
+            self.has_v = len(parts) == 3
 
     def forward(
         self,
@@ -44,17 +57,24 @@ class Gemma4Attention(nn.Module):
         # modules); norms call the op directly, module dispatch being a visible share of a decode step.
         t, d, eps = x.shape[0], self.head_dim, self.eps
         cos, sin = cos_sin  # [T, 1, D]
-        q = self.q_proj(x).view(t, self.num_heads, d)  # [T, Hq, D]
-        q = apply_rope(rms_norm(q, self.q_norm.weight, eps), cos, sin)
-        k_raw = self.k_proj(x).view(t, self.num_kv_heads, d)  # [T, Hkv, D]
-        if self.v_proj is None:
+        hq, hkv = self.num_heads * d, self.num_kv_heads * d
+        if self.qkv_proj is not None:
+            qkv = self.qkv_proj(x)  # [T, Hq*D + Hkv*D (+ Hkv*D)]
+            q, k_raw = qkv[:, :hq], qkv[:, hq : hq + hkv]
+            v_raw = qkv[:, hq + hkv :] if self.has_v else None
+        else:
+            q, k_raw = self.q_proj(x), self.k_proj(x)
+            v_raw = self.v_proj(x) if self.has_v else None
+        q = apply_rope(rms_norm(q.view(t, self.num_heads, d), self.q_norm.weight, eps), cos, sin)  # [T, Hq, D]
+        k_raw = k_raw.view(t, self.num_kv_heads, d)  # [T, Hkv, D]
+        if v_raw is None:
             # K=V: v is the weightless norm of k_proj's output and k that same norm times k_norm's
             # weight (both in fp32, as two separate RMSNorms would compute it).
             normed = F.rms_norm(k_raw.float(), (d,), None, eps)  # [T, Hkv, D] fp32
             v = normed.to(x.dtype)
             k = (normed * self.k_norm.weight.float()).to(x.dtype)
         else:
-            v = rms_norm(self.v_proj(x).view(t, self.num_kv_heads, d), None, eps)
+            v = rms_norm(v_raw.view(t, self.num_kv_heads, d), None, eps)
             k = rms_norm(k_raw, self.k_norm.weight, eps)
         k = apply_rope(k, cos, sin)
         store_kv(kv_cache[0], kv_cache[1], k, v, slot_mapping)

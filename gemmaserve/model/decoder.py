@@ -112,6 +112,16 @@ class Gemma4ForCausalLM(nn.Module):
             layer.layer_scalar.fill_(1.0)
         return self
 
+    @torch.no_grad()
+    def fuse_(self) -> "Gemma4ForCausalLM":
+        """After loading (and after any int8 swap): attention q/k/v and dense-MLP gate/up become one
+        matmul each, 2 fewer weight reads and dispatches per layer and decode step. Renames those
+        state_dict entries (qkv_proj, gate_up_proj), so checkpoints load into the unfused model."""
+        for layer in self.layers:
+            layer.self_attn.fuse_()
+            layer.mlp.fuse_()
+        return self
+
     def allocate_kv_caches(
         self, num_blocks: dict[str, int], block_size: int, dtype: torch.dtype | None = None, device=None
     ) -> KVCaches:

@@ -27,6 +27,23 @@ class Linear(nn.Module):
         return linear(x, self.weight)
 
 
+@torch.no_grad()
+def fuse_linears(parts: list[nn.Module]) -> nn.Module:
+    """One module computing cat([p(x) for p in parts], -1): a Linear, or (duck-typed, so layers need not
+    import model/quantize.py) a per-output-channel int8 module of the same class with its rows and
+    scales concatenated. The parts' tensors are released once the fused copy exists."""
+    if all(isinstance(p, Linear) for p in parts):
+        w = torch.cat([p.weight for p in parts])  # [sum(out), in]
+        fused = Linear.__new__(Linear)
+        nn.Module.__init__(fused)
+        fused.weight = nn.Parameter(w, requires_grad=False)
+        return fused
+    kind = type(parts[0])
+    if all(type(p) is kind and hasattr(p, "qweight") and hasattr(p, "scale") for p in parts):
+        return kind(torch.cat([p.qweight for p in parts]), torch.cat([p.scale for p in parts]))
+    raise TypeError(f"cannot fuse {[type(p).__name__ for p in parts]}")
+
+
 class RMSNorm(nn.Module):
     """Gemma 4 RMSNorm with a learned weight (multiplied directly, not 1 + w)."""
 
@@ -48,6 +65,20 @@ class GeGLUMLP(nn.Module):
         self.up_proj = Linear(hidden, width, dtype, device)
         self.down_proj = Linear(width, hidden, dtype, device)
 
+        self.gate_up_proj: nn.Module | None = None  # set by fuse_()
+
+    @torch.no_grad()
+    def fuse_(self) -> None:
+        """gate and up become one [2W, H] matmul (one weight read, one dispatch); after this the
+        module's state_dict names are gate_up_proj.*, so fuse only after loading."""
+        if self.gate_up_proj is None:
+            self.gate_up_proj = fuse_linears([self.gate_proj, self.up_proj])
+            del self.gate_proj, self.up_proj
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, H] -> [T, H]
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, W] each
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)

@@ -59,7 +59,9 @@ def _perturb(ref: torch.nn.Module, seed: int, router_gain: float) -> None:
                 b.copy_(0.75 + 0.5 * torch.rand(b.shape, generator=gen))
 
 
-def _build(moe: bool, top_k: int = 4, num_experts: int = 4, router_gain: float = 1.0, k_eq_v: bool = True):
+def _build(
+    moe: bool, top_k: int = 4, num_experts: int = 4, router_gain: float = 1.0, k_eq_v: bool = True, fused: bool = False
+):
     hf_cfg = _hf_config(moe, top_k, num_experts, k_eq_v)
     torch.manual_seed(0)
     ref = HFGemma4ForCausalLM(hf_cfg).eval()
@@ -68,6 +70,8 @@ def _build(moe: bool, top_k: int = 4, num_experts: int = 4, router_gain: float =
     ours = Gemma4ForCausalLM(cfg, dtype=torch.float32)
     sd = {k.removeprefix("model."): v for k, v in ref.state_dict().items() if k != "lm_head.weight"}
     ours.load_state_dict(sd, strict=True)
+    if fused:
+        ours.fuse_()
     return ref, ours
 
 
@@ -76,6 +80,9 @@ FIXTURES = {
     "moe_routed": dict(moe=True, top_k=2, num_experts=8, router_gain=60.0),
     "dense": dict(moe=False),
     "dense_no_k_eq_v": dict(moe=False, k_eq_v=False),
+    # Fused q/k/v (k_eq_v=False: with v) and q/k (K=V full layers), fused gate/up.
+    "moe_routed_fused": dict(moe=True, top_k=2, num_experts=8, router_gain=60.0, fused=True),
+    "dense_no_k_eq_v_fused": dict(moe=False, k_eq_v=False, fused=True),
 }
 
 
@@ -194,3 +201,31 @@ def test_bf16_tracks_transformers_bf16():
     assert float((out - expected).abs().max()) < 0.5
     assert float(torch.nn.functional.cosine_similarity(out, expected, dim=-1).min()) > 0.98
     assert float((out.argmax(-1) == expected.argmax(-1)).float().mean()) >= 0.9
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_fused_projections_equal_unfused(int8):
+    """fuse_() renames and concatenates weights only: bf16 logits (one-row mv path and prefill GEMM path)
+    match the unfused model's, also when fused after the int8 swap."""
+    from gemmaserve.model.quantize import QuantLinear, quantize_model_int8_
+
+    _, ours = _build(moe=True, top_k=2, num_experts=8, router_gain=60.0, k_eq_v=False)
+    a = Gemma4ForCausalLM(ours.config, dtype=torch.bfloat16)
+    a.load_state_dict({k: v.bfloat16() for k, v in ours.state_dict().items()})
+    b = Gemma4ForCausalLM(ours.config, dtype=torch.bfloat16)
+    b.load_state_dict(a.state_dict())
+    if int8:
+        quantize_model_int8_(a), quantize_model_int8_(b)
+    b.fuse_()
+    attn = b.layers[0].self_attn
+    assert not hasattr(attn, "q_proj") and not hasattr(b.layers[0].mlp, "gate_proj")
+    assert isinstance(attn.qkv_proj, QuantLinear) == int8 and attn.qkv_proj(torch.zeros(1, 64, dtype=torch.bfloat16)).shape == (1, 4 * 16 + 2 * 2 * 16)
+    ids = _tokens(14, seed=13)
+    outs = []
+    for m in (a, b):
+        sim = PagedSim(m, block_size=4, dtype=torch.bfloat16)
+        out = m(sim.batch([(0, ids[:11])], all_logits=True), sim.caches)
+        outs.append(torch.cat([out] + [m(sim.batch([(0, [t])]), sim.caches) for t in ids[11:]]))
+    assert outs[0].shape == (14, 160)
+    torch.testing.assert_close(outs[1], outs[0], atol=2e-2, rtol=0)  # bit-equal here; GEMM blocking may differ elsewhere
+    assert torch.equal(outs[1].argmax(-1), outs[0].argmax(-1))

@@ -1,0 +1,144 @@
+"""Model-level decode/prefill timing on the bench shape: prints one JSON (ms/step, tok/s per batch size).
+
+    python -m benchmarks.decode_bench                 # candidate (fused projections)
+    python -m benchmarks.decode_bench --baseline      # unfused model, as loaded
+    python -m benchmarks.decode_bench --ab            # both in one process, interleaved, medians
+
+Times Gemma4ForCausalLM.forward alone (no scheduler, no sampler) over a paged KV cache: a 512-token
+prefill, then decode steps at batch 1, 8 and 32 with a 512-token context per sequence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from gemmaserve.demo import demo_config  # noqa: E402
+from gemmaserve.model.batch import ForwardBatch, KindMetadata  # noqa: E402
+from gemmaserve.model.config import Gemma4TextConfig  # noqa: E402
+from gemmaserve.model.decoder import Gemma4ForCausalLM  # noqa: E402
+
+BLOCK = 16
+
+
+def make_batch(cfg: Gemma4TextConfig, starts: list[int], n_new: int, blocks_per_seq: int) -> ForwardBatch:
+    """Sequence s owns blocks [s*blocks_per_seq, (s+1)*blocks_per_seq) of every kind; it has `starts[s]`
+    cached tokens and adds n_new tokens; every sequence samples its last row."""
+    ids, pos, slots, qsl, seq_lens, logit_rows = [], [], [], [0], [], []
+    for s, start in enumerate(starts):
+        span = range(start, start + n_new)
+        ids.extend((7 * p + 13 * s) % cfg.vocab_size for p in span)
+        pos.extend(span)
+        slots.extend((s * blocks_per_seq + p // BLOCK) * BLOCK + p % BLOCK for p in span)
+        qsl.append(qsl[-1] + n_new)
+        seq_lens.append(start + n_new)
+        logit_rows.append(qsl[-1] - 1)
+    tables = torch.tensor([[s * blocks_per_seq + b for b in range(blocks_per_seq)] for s in range(len(starts))],
+                          dtype=torch.int32)  # fmt: skip
+    meta = KindMetadata(block_tables=tables, slot_mapping=torch.tensor(slots))
+    return ForwardBatch(
+        input_ids=torch.tensor(ids), positions=torch.tensor(pos),
+        query_start_loc=torch.tensor(qsl, dtype=torch.int32), seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+        kinds={s.kind: meta for s in cfg.attention_kinds()}, logits_indices=torch.tensor(logit_rows),
+        block_size=BLOCK, query_lens_cpu=[n_new] * len(starts), seq_lens_cpu=seq_lens,
+    )  # fmt: skip
+
+
+def build(size: str, fused: bool, seed: int = 0) -> Gemma4ForCausalLM:
+    cfg = Gemma4TextConfig.from_dict(demo_config(size))
+    model = Gemma4ForCausalLM(cfg, torch.bfloat16).init_random_(seed)
+    if fused:
+        model.fuse_()
+    return model
+
+
+def time_case(model: Gemma4ForCausalLM, batch: int, ctx: int, steps: int) -> list[float]:
+    """Per-step seconds of `steps` decode steps at `batch` sequences that start with `ctx` tokens
+    (ctx == 0 and steps == 0: time the prefill of... see prefill_times)."""
+    cfg = model.config
+    bps = (ctx + steps + 1 + BLOCK - 1) // BLOCK + 1
+    kinds = {s.kind: batch * bps for s in cfg.attention_kinds()}
+    kv = model.allocate_kv_caches(kinds, BLOCK)
+    out = []
+    with torch.inference_mode():
+        # The contexts' K/V content does not change the cost; the caches start zeroed.
+        for i in range(steps):
+            b = make_batch(cfg, [ctx + i] * batch, 1, bps)
+            t0 = time.perf_counter()
+            model(b, kv)
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def prefill_times(model: Gemma4ForCausalLM, n: int, reps: int) -> list[float]:
+    cfg = model.config
+    bps = (n + BLOCK - 1) // BLOCK
+    kv = model.allocate_kv_caches({s.kind: bps for s in cfg.attention_kinds()}, BLOCK)
+    b = make_batch(cfg, [0], n, bps)
+    out = []
+    with torch.inference_mode():
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            model(b, kv)
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def measure(model: Gemma4ForCausalLM, batches: Sequence[int], ctx: int, steps: int, prefill: int) -> dict:
+    res = {}
+    for bsz in batches:
+        t = statistics.median(time_case(model, bsz, ctx, steps)[2:])  # first steps warm up
+        res[f"b{bsz}"] = {"ms_per_step": round(1000 * t, 2), "tok_s": round(bsz / t, 1)}
+    if prefill:
+        t = statistics.median(prefill_times(model, prefill, 3)[1:])
+        res[f"prefill{prefill}"] = {"ms": round(1000 * t, 1), "tok_s": round(prefill / t, 1)}
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="bench")
+    p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--ctx", type=int, default=512)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--prefill", type=int, default=512)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --ab")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--baseline", action="store_true", help="unfused model (projections as loaded)")
+    g.add_argument("--ab", action="store_true", help="candidate and baseline interleaved in one process")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    batches = [int(b) for b in args.batches.split(",") if b]
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    if not args.ab:
+        model = build(args.size, fused=not args.baseline)
+        res = measure(model, batches, args.ctx, args.steps, args.prefill)
+        print(json.dumps({"variant": "baseline" if args.baseline else "candidate", "loadavg": load, **res}))
+        return
+    models = {"baseline": build(args.size, False), "candidate": build(args.size, True)}
+    rounds: dict[str, list[dict]] = {k: [] for k in models}
+    for _ in range(args.rounds):
+        for name, m in models.items():
+            rounds[name].append(measure(m, batches, args.ctx, args.steps, args.prefill))
+    out: dict = {"loadavg": load}
+    for name, rs in rounds.items():
+        out[name] = {
+            case: {k: statistics.median(r[case][k] for r in rs) for k in rs[0][case]} for case in rs[0]
+        }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
