@@ -1,7 +1,7 @@
 """Model-level decode/prefill timing on the bench shape: prints one JSON (ms/step, tok/s per batch size).
 
     python -m benchmarks.decode_bench                 # candidate (fused projections)
-    python -m benchmarks.decode_bench --baseline      # unfused model, as loaded
+    python -m benchmarks.decode_bench --baseline      # unfused model, plain F.linear for few rows
     python -m benchmarks.decode_bench --ab            # both in one process, interleaved, medians
 
 Times Gemma4ForCausalLM.forward alone (no scheduler, no sampler) over a paged KV cache: a 512-token
@@ -23,12 +23,14 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
 
 import torch  # noqa: E402
 
+import gemmaserve.ops.linear as linear_op  # noqa: E402
 from gemmaserve.demo import demo_config  # noqa: E402
 from gemmaserve.model.batch import ForwardBatch, KindMetadata  # noqa: E402
 from gemmaserve.model.config import Gemma4TextConfig  # noqa: E402
 from gemmaserve.model.decoder import Gemma4ForCausalLM  # noqa: E402
 
 BLOCK = 16
+WXT_DEFAULT = linear_op.WXT_MAX_ROWS
 
 
 def make_batch(cfg: Gemma4TextConfig, starts: list[int], n_new: int, blocks_per_seq: int) -> ForwardBatch:
@@ -95,6 +97,9 @@ def prefill_times(model: Gemma4ForCausalLM, n: int, reps: int) -> list[float]:
 
 
 def measure(model: Gemma4ForCausalLM, batches: Sequence[int], ctx: int, steps: int, prefill: int) -> dict:
+    # The baseline is the unfused model; it also switches off the few-row W @ x^T path.
+    fused = getattr(model.layers[0].self_attn, "qkv_proj", None) is not None
+    linear_op.WXT_MAX_ROWS = WXT_DEFAULT if fused else 0
     res = {}
     for bsz in batches:
         t = statistics.median(time_case(model, bsz, ctx, steps)[2:])  # first steps warm up
@@ -115,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --ab")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--baseline", action="store_true", help="unfused model (projections as loaded)")
+    g.add_argument("--baseline", action="store_true", help="unfused model, F.linear for few rows")
     g.add_argument("--ab", action="store_true", help="candidate and baseline interleaved in one process")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -65,8 +65,8 @@ class Gemma4Attention(nn.Module):
         else:
             q, k_raw = self.q_proj(x), self.k_proj(x)
             v_raw = self.v_proj(x) if self.has_v else None
-        q = apply_rope(rms_norm(q.view(t, self.num_heads, d), self.q_norm.weight, eps), cos, sin)  # [T, Hq, D]
-        k_raw = k_raw.view(t, self.num_kv_heads, d)  # [T, Hkv, D]
+        q = apply_rope(rms_norm(q.reshape(t, self.num_heads, d), self.q_norm.weight, eps), cos, sin)  # [T, Hq, D]
+        k_raw = k_raw.reshape(t, self.num_kv_heads, d)  # [T, Hkv, D]
         if v_raw is None:
             # K=V: v is the weightless norm of k_proj's output and k that same norm times k_norm's
             # weight (both in fp32, as two separate RMSNorms would compute it).
@@ -74,7 +74,7 @@ class Gemma4Attention(nn.Module):
             v = normed.to(x.dtype)
             k = (normed * self.k_norm.weight.float()).to(x.dtype)
         else:
-            v = rms_norm(v_raw.view(t, self.num_kv_heads, d), None, eps)
+            v = rms_norm(v_raw.reshape(t, self.num_kv_heads, d), None, eps)
             k = rms_norm(k_raw, self.k_norm.weight, eps)
         k = apply_rope(k, cos, sin)
         store_kv(kv_cache[0], kv_cache[1], k, v, slot_mapping)

@@ -69,7 +69,7 @@ def moe_grouped(
     order = torch.argsort(flat, stable=True)  # [T*K] pair ids grouped by expert
     counts = torch.bincount(flat, minlength=gate_up.shape[0]).tolist()  # host sync, one per layer
     tokens = order // k  # [T*K] token of each sorted pair
-    xs = x[tokens]  # [T*K, H]
+    xs = x.index_select(0, tokens)  # [T*K, H]
     ws = topk_w.reshape(-1)[order, None].to(x.dtype)  # [T*K, 1] routing weight of each sorted pair
     ys = torch.empty_like(xs)
     start = 0
@@ -79,12 +79,9 @@ def moe_grouped(
         end = start + n
         gate, up = linear(xs[start:end], gate_up[e]).chunk(2, dim=-1)  # [n, I] each
         # Weighting the [n, I] activations before the down projection (it is linear) is cheaper than
-        # weighting the [n, H] outputs; the product lands in ys without a copy.
+        # weighting the [n, H] outputs.
         act = _act(gate, up) * ws[start:end]
-        if n == 1:
-            ys[start:end] = linear(act, down[e])
-        else:
-            torch.matmul(act, down[e].t(), out=ys[start:end])  # [n, H]
+        ys[start:end] = linear(act, down[e])  # [n, H]
         start = end
     out = torch.zeros_like(x)
     out.index_add_(0, tokens, ys)
