@@ -10,7 +10,7 @@ from gemmaserve.model.config import Gemma4TextConfig
 from gemmaserve.model.layers import Linear, RMSNorm, fuse_linears
 from gemmaserve.ops.attention import AttentionPlan, paged_attention, store_kv
 from gemmaserve.ops.norm import rms_norm
-from gemmaserve.ops.rope import apply_rope
+from gemmaserve.ops.rope import apply_rope_signed
 
 
 class Gemma4Attention(nn.Module):
@@ -56,7 +56,7 @@ class Gemma4Attention(nn.Module):
         # x [T, H] -> [T, H]. Projections stay module calls (model/quantize.py swaps them for int8
         # modules); norms call the op directly, module dispatch being a visible share of a decode step.
         t, d, eps = x.shape[0], self.head_dim, self.eps
-        cos, sin = cos_sin  # [T, 1, D]
+        cos, sin = cos_sin  # [T, 1, D]; sin with rotate-half's sign folded in (ops.rope.signed_sin)
         hq, hkv = self.num_heads * d, self.num_kv_heads * d
         if self.qkv_proj is not None:
             qkv = self.qkv_proj(x)  # [T, Hq*D + Hkv*D (+ Hkv*D)]
@@ -65,7 +65,7 @@ class Gemma4Attention(nn.Module):
         else:
             q, k_raw = self.q_proj(x), self.k_proj(x)
             v_raw = self.v_proj(x) if self.has_v else None
-        q = apply_rope(rms_norm(q.reshape(t, self.num_heads, d), self.q_norm.weight, eps), cos, sin)  # [T, Hq, D]
+        q = apply_rope_signed(rms_norm(q.reshape(t, self.num_heads, d), self.q_norm.weight, eps), cos, sin)  # [T, Hq, D]
         k_raw = k_raw.reshape(t, self.num_kv_heads, d)  # [T, Hkv, D]
         if v_raw is None:
             # K=V: v is the weightless norm of k_proj's output and k that same norm times k_norm's
@@ -76,7 +76,7 @@ class Gemma4Attention(nn.Module):
         else:
             v = rms_norm(v_raw.reshape(t, self.num_kv_heads, d), None, eps)
             k = rms_norm(k_raw, self.k_norm.weight, eps)
-        k = apply_rope(k, cos, sin)
+        k = apply_rope_signed(k, cos, sin)
         store_kv(kv_cache[0], kv_cache[1], k, v, slot_mapping)
         o = paged_attention(q, kv_cache[0], kv_cache[1], plan, scale=1.0)  # [T, Hq, D]
         return self.o_proj(o.reshape(t, self.num_heads * d))

@@ -14,7 +14,7 @@ from gemmaserve.model.moe import Gemma4Experts, Gemma4Router
 from gemmaserve.ops.attention import AttentionPlan, build_plan
 from gemmaserve.ops.linear import linear
 from gemmaserve.ops.norm import rms_norm
-from gemmaserve.ops.rope import default_inv_freq, proportional_inv_freq, rope_cos_sin
+from gemmaserve.ops.rope import default_inv_freq, proportional_inv_freq, rope_cos_sin, signed_sin
 
 
 class Gemma4DecoderLayer(nn.Module):
@@ -140,7 +140,8 @@ class Gemma4ForCausalLM(nn.Module):
             plans[spec.kind] = build_plan(
                 meta.block_tables, batch.query_lens_cpu, batch.seq_lens_cpu, batch.block_size, spec.window
             )
-            rope[spec.kind] = rope_cos_sin(batch.positions, getattr(self, f"{spec.kind}_inv_freq"), w.dtype)
+            cos, sin = rope_cos_sin(batch.positions, getattr(self, f"{spec.kind}_inv_freq"), w.dtype)
+            rope[spec.kind] = (cos, signed_sin(sin))  # [T, 1, D] each, shared by the kind's layers
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             kind = layer.kind

@@ -32,8 +32,18 @@ def moe_gather(
     if x.device.type != "cpu":
         return moe_gather_batched(x, gate_up, down, topk_idx, topk_w)
     t = topk_idx.shape[0]
-    out = torch.empty_like(x)
     experts, weights = topk_idx.tolist(), topk_w.tolist()  # host lists: CPU tensors, no real sync
+    if t == 1:
+        # The single-stream decode step: plain mv calls on vectors, the same arithmetic as below in
+        # fewer dispatched ops (no row views, no unsqueeze per expert).
+        xv = x[0]  # [H]
+        acc = None
+        for e, we in zip(experts[0], weights[0]):
+            gate, up = torch.mv(gate_up[e], xv).chunk(2)  # [I] each
+            y = torch.mv(down[e], _act(gate, up)) * we  # [H]
+            acc = y if acc is None else acc + y
+        return acc[None]
+    out = torch.empty_like(x)
     for ti in range(t):
         xt = x[ti : ti + 1]  # [1, H]
         acc = None

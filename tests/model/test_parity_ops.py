@@ -11,7 +11,14 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from gemmaserve.ops.attention import build_plan, paged_attention, store_kv
 from gemmaserve.ops.moe import moe_experts, moe_gather, moe_gather_batched, moe_grouped
-from gemmaserve.ops.rope import apply_rope, default_inv_freq, proportional_inv_freq, rope_cos_sin
+from gemmaserve.ops.rope import (
+    apply_rope,
+    apply_rope_signed,
+    default_inv_freq,
+    proportional_inv_freq,
+    rope_cos_sin,
+    signed_sin,
+)
 
 
 def _moe_loop(x, gate_up, down, idx, w):
@@ -96,7 +103,7 @@ def test_paged_attention_matches_dense(window, hkv, d):
     store_kv(kc, vc, k_new, v_new, torch.cat([s for _, s in rows]))
     plan = build_plan(bt, [n for n, _ in lens], [t for _, t in lens], bs, window)
     # Decode key counts 19, 3, 26 (unbounded) split into {26, 19} and {3}; windowed they stay one.
-    assert [g.rows.tolist() for g in plan.decodes] == ([[32, 23], [31]] if window is None else [[23, 32, 31]])
+    assert [g.rows.tolist() for g in plan.decodes] == ([[23, 32], [31]] if window is None else [[23, 31, 32]])
     out = paged_attention(q_new, kc, vc, plan)
     expected = torch.cat(
         [_dense_attention(q, k, v, window)[ctx:] for q, k, v, (ctx, _) in zip(full_q, full_k, full_v, rows)]
@@ -134,3 +141,27 @@ def test_partial_rope_leaves_unrotated_dims_unchanged():
     expected = torch.zeros(512, dtype=torch.bool)
     expected[:64] = expected[256:320] = True  # pairs (j, j + 256) for j < 64
     assert torch.equal(moved, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_signed_rope_is_bit_identical(dtype):
+    x = torch.randn(3, 4, 32, generator=torch.Generator().manual_seed(3)).to(dtype)
+    cos, sin = rope_cos_sin(torch.tensor([0, 7, 300]), default_inv_freq(32, 10_000.0), dtype)
+    assert torch.equal(signed_sin(sin)[..., :16], -sin[..., :16]) and torch.equal(signed_sin(sin)[..., 16:], sin[..., 16:])
+    assert torch.equal(apply_rope_signed(x, cos, signed_sin(sin)), apply_rope(x, cos, sin))
+
+
+def test_in_order_decode_group_returns_sdpa_rows_directly():
+    gen = torch.Generator().manual_seed(5)
+    kc, vc = torch.randn(16, 4, 2, 16, generator=gen), torch.randn(16, 4, 2, 16, generator=gen)
+    tables = torch.tensor([[0, 1, 2], [5, 6, 7], [9, 10, 11]], dtype=torch.int32)
+    q = torch.randn(3, 8, 16, generator=gen)
+    plan = build_plan(tables, [1, 1, 1], [9, 10, 11], 4, None)
+    assert len(plan.decodes) == 1 and plan.decodes[0].in_order and plan.decodes[0].rows.tolist() == [0, 1, 2]
+    fast = paged_attention(q, kc, vc, plan)
+    plan.decodes[0].in_order = False  # the scatter path
+    torch.testing.assert_close(fast, paged_attention(q, kc, vc, plan), atol=0, rtol=0)
+    k = kc.view(-1, 2, 16)[:9].repeat_interleave(4, dim=1)  # row 0 reads positions 0..8 of blocks 0-2
+    v = vc.view(-1, 2, 16)[:9].repeat_interleave(4, dim=1)
+    ref = torch.softmax(torch.einsum("hd,lhd->hl", q[0], k), dim=-1)
+    torch.testing.assert_close(fast[0], torch.einsum("hl,lhd->hd", ref, v), atol=1e-5, rtol=1e-5)
