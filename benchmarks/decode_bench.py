@@ -56,9 +56,13 @@ def make_batch(cfg: Gemma4TextConfig, starts: list[int], n_new: int, blocks_per_
     )  # fmt: skip
 
 
-def build(size: str, fused: bool, seed: int = 0) -> Gemma4ForCausalLM:
+def build(size: str, fused: bool, seed: int = 0, int8: bool = False) -> Gemma4ForCausalLM:
     cfg = Gemma4TextConfig.from_dict(demo_config(size))
     model = Gemma4ForCausalLM(cfg, torch.bfloat16).init_random_(seed)
+    if int8:  # the loader's quantization="int8" swap, then fusion as the model runner does it
+        from gemmaserve.model.quantize import quantize_model_int8_
+
+        quantize_model_int8_(model)
     if fused:
         model.fuse_()
     return model
@@ -119,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--prefill", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --ab")
+    p.add_argument("--int8", action="store_true", help="weight-only int8 (loader's quantization='int8')")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--baseline", action="store_true", help="unfused model, F.linear for few rows")
     g.add_argument("--ab", action="store_true", help="candidate and baseline interleaved in one process")
@@ -128,11 +133,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     if not args.ab:
-        model = build(args.size, fused=not args.baseline)
+        model = build(args.size, fused=not args.baseline, int8=args.int8)
         res = measure(model, batches, args.ctx, args.steps, args.prefill)
-        print(json.dumps({"variant": "baseline" if args.baseline else "candidate", "loadavg": load, **res}))
+        variant = ("baseline" if args.baseline else "candidate") + ("-int8" if args.int8 else "")
+        print(json.dumps({"variant": variant, "loadavg": load, **res}))
         return
-    models = {"baseline": build(args.size, False), "candidate": build(args.size, True)}
+    models = {"baseline": build(args.size, False, int8=args.int8), "candidate": build(args.size, True, int8=args.int8)}
     rounds: dict[str, list[dict]] = {k: [] for k in models}
     for _ in range(args.rounds):
         for name, m in models.items():
