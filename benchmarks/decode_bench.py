@@ -30,7 +30,7 @@ from gemmaserve.model.config import Gemma4TextConfig  # noqa: E402
 from gemmaserve.model.decoder import Gemma4ForCausalLM  # noqa: E402
 
 BLOCK = 16
-WXT_DEFAULT = linear_op.WXT_MAX_ROWS
+WXT_DEFAULT = getattr(linear_op, "WXT_MAX_ROWS", 0)  # 0 in trees before the W @ x^T path
 
 
 def make_batch(cfg: Gemma4TextConfig, starts: list[int], n_new: int, blocks_per_seq: int) -> ForwardBatch:
