@@ -65,7 +65,8 @@ class Gemma4Attention(nn.Module):
         else:
             q, k_raw = self.q_proj(x), self.k_proj(x)
             v_raw = self.v_proj(x) if self.has_v else None
-        q = apply_rope_signed(rms_norm(q.reshape(t, self.num_heads, d), self.q_norm.weight, eps), cos, sin)  # [T, Hq, D]
+        q = rms_norm(q.reshape(t, self.num_heads, d), self.q_norm.weight, eps)  # [T, Hq, D]
+        q = apply_rope_signed(q, cos, sin)
         k_raw = k_raw.reshape(t, self.num_kv_heads, d)  # [T, Hkv, D]
         if v_raw is None:
             # K=V: v is the weightless norm of k_proj's output and k that same norm times k_norm's

@@ -219,7 +219,8 @@ def test_fused_projections_equal_unfused(int8):
     b.fuse_()
     attn = b.layers[0].self_attn
     assert not hasattr(attn, "q_proj") and not hasattr(b.layers[0].mlp, "gate_proj")
-    assert isinstance(attn.qkv_proj, QuantLinear) == int8 and attn.qkv_proj(torch.zeros(1, 64, dtype=torch.bfloat16)).shape == (1, 4 * 16 + 2 * 2 * 16)
+    assert isinstance(attn.qkv_proj, QuantLinear) == int8
+    assert attn.qkv_proj(torch.zeros(1, 64, dtype=torch.bfloat16)).shape == (1, 4 * 16 + 2 * 2 * 16)  # q, k, v
     ids = _tokens(14, seed=13)
     outs = []
     for m in (a, b):
