@@ -10,7 +10,8 @@ from transformers import Gemma4TextConfig as HFConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from gemmaserve.ops.attention import build_plan, paged_attention, store_kv
-from gemmaserve.ops.moe import moe_experts, moe_gather, moe_gather_batched, moe_grouped
+import gemmaserve.ops.moe as moe_ops
+from gemmaserve.ops.moe import moe_experts, moe_gather, moe_gather_batched, moe_grouped, moe_padded
 from gemmaserve.ops.rope import (
     apply_rope,
     apply_rope_signed,
@@ -45,6 +46,7 @@ def test_moe_paths_agree(tokens):
     torch.testing.assert_close(moe_gather(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(moe_gather_batched(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(moe_grouped(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(moe_padded(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(moe_experts(x, gate_up, down, idx, w, 4), ref, atol=1e-5, rtol=1e-5)
 
 
@@ -56,8 +58,30 @@ def test_moe_paths_agree_bf16():
     idx = torch.stack([torch.randperm(16, generator=gen)[:4] for _ in range(24)])
     w = torch.softmax(torch.randn(24, 4, generator=gen), -1)
     a, b = moe_gather(x, gate_up, down, idx, w), moe_grouped(x, gate_up, down, idx, w)
-    assert a.dtype == b.dtype == torch.bfloat16
+    c = moe_padded(x, gate_up, down, idx, w)
+    assert a.dtype == b.dtype == c.dtype == torch.bfloat16
     torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(c.float(), b.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_moe_padded_skewed_routing_and_path_choice(monkeypatch):
+    """One expert takes every token (padding 8x): still exact; moe_experts picks padded only when
+    most experts are busy, so it matches whichever path it took."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(8, 32, generator=gen)
+    gate_up, down = torch.randn(4, 24, 32, generator=gen) * 0.2, torch.randn(4, 32, 12, generator=gen) * 0.2
+    idx = torch.tensor([[0, 1]] * 8)  # experts 2 and 3 idle: 50% active -> grouped
+    w = torch.rand(8, 2, generator=gen)
+    taken = []
+    monkeypatch.setattr(moe_ops, "moe_padded", lambda *a: taken.append("padded") or moe_padded(*a))
+    monkeypatch.setattr(moe_ops, "moe_grouped", lambda *a: taken.append("grouped") or moe_grouped(*a))
+    ref = _moe_loop(x, gate_up, down, idx, w)
+    torch.testing.assert_close(moe_padded(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(moe_experts(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
+    idx = torch.tensor([[0, 1], [2, 3]] * 4)  # all four busy -> padded
+    ref = _moe_loop(x, gate_up, down, idx, w)
+    torch.testing.assert_close(moe_experts(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
+    assert taken == ["grouped", "padded"]
 
 
 def _dense_attention(q, k, v, window):
