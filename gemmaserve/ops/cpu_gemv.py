@@ -1,0 +1,164 @@
+"""CPU bf16 GEMV for few-row (decode) matmuls: a gcc-built kernel that streams each weight row once."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_SRC = Path(__file__).parent / "csrc" / "gemv_bf16.cpp"
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+# Rows handled per weight pass; more rows still work (in groups of MAX_ROWS) but re-read the weight.
+MAX_ROWS = 8
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+_p = ctypes.c_void_p
+_i64 = ctypes.c_int64
+_int = ctypes.c_int
+
+
+def _cpu_id() -> str:
+    """The CPU's feature flags: a build cached for one CPU must not be loaded on another (SIGILL)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build_dir() -> Path:
+    """torch's extension cache dir (TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions/...)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory("gemmaserve_gemv", verbose=False))
+
+
+def _compile() -> ctypes.CDLL:
+    """Builds the .so once per (source, flags, CPU, torch) and loads it; raises on any failure."""
+    torch_lib = Path(torch.__file__).parent / "lib"
+    key = hashlib.sha256(
+        b"\0".join([_SRC.read_bytes(), " ".join(_FLAGS).encode(), _cpu_id().encode(), torch.__version__.encode()])
+    ).hexdigest()[:16]
+    so = _build_dir() / f"gemv_bf16_{key}.so"
+    if not so.exists():
+        cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+        if cxx is None:
+            raise RuntimeError("no C++ compiler (g++) on PATH")
+        # Link torch's own libgomp when it ships one so the kernel shares torch's OpenMP thread pool
+        # instead of starting a second set of spinning threads on the same cores.
+        gomp = ["-L", str(torch_lib), "-Wl,-rpath," + str(torch_lib)] if (torch_lib / "libgomp.so.1").exists() else []
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)
+        os.close(fd)
+        try:
+            cmd = [cxx, *_FLAGS, str(_SRC), "-o", tmp, *gomp]
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if res.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
+            os.replace(tmp, so)  # atomic: concurrent builders (other processes) never see half a file
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(so))
+    lib.gs_gemv_isa.restype = _int
+    lib.gs_gemv_bf16.argtypes = [_p, _i64, _i64, _p, _i64, _i64, _p, _int, _int]
+    lib.gs_gemv_bf16.restype = None
+    lib.gs_gemv_bf16_experts.argtypes = [_p, _i64, _i64, _i64, _p, _i64, _i64, _p, _i64, _p, _int, _int]
+    lib.gs_gemv_bf16_experts.restype = None
+    return lib
+
+
+def available() -> bool:
+    """Whether the kernel can be used: compiles on first call (thread-safe); a failure is logged once
+    and cached. GEMMASERVE_CPU_KERNELS=0 turns it off."""
+    global _lib, _tried
+    if os.environ.get("GEMMASERVE_CPU_KERNELS", "1") == "0":
+        return False
+    if _tried:
+        return _lib is not None
+    with _lock:
+        if not _tried:
+            try:
+                _lib = _compile()
+            except Exception as exc:  # noqa: BLE001 - any build/load problem means "use torch"
+                log.warning("CPU GEMV kernel unavailable, using torch matmul: %s", exc)
+                _lib = None
+            _tried = True
+    return _lib is not None
+
+
+def isa() -> str:
+    """The instruction path the build took: 'avx512bf16', 'avx512' or 'portable' ('' if unavailable)."""
+    if not available():
+        return ""
+    return ("portable", "avx512", "avx512bf16")[_lib.gs_gemv_isa()]
+
+
+def _check_w(w: torch.Tensor, ndim: int) -> None:
+    if w.dim() != ndim or w.dtype != torch.bfloat16 or w.device.type != "cpu" or not w.is_contiguous():
+        raise ValueError(f"weight must be a contiguous {ndim}-D bf16 CPU tensor, got {w.dtype} {tuple(w.shape)}")
+
+
+def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x [..., K] -> [M, K] bf16 with unit stride on K (copies only when it must)."""
+    if x.dtype != torch.bfloat16 or x.device.type != "cpu" or x.shape[-1] != k:
+        raise ValueError(f"x must be bf16 CPU [..., {k}], got {x.dtype} {tuple(x.shape)}")
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < k):
+        x2 = x2.contiguous()
+    return x2
+
+
+def gemv(w: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """x [..., K] @ w[N, K]^T -> [..., N] (bf16 or fp32 out), fp32 accumulation. Fast for up to
+    MAX_ROWS rows of x. w must be contiguous bf16 on CPU; call available() first."""
+    _check_w(w, 2)
+    n, k = w.shape
+    x2 = _rows(x, k)
+    m = x2.shape[0]
+    out = torch.empty(m, n, dtype=out_dtype)
+    if out_dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"out_dtype must be bf16 or fp32, got {out_dtype}")
+    if m and n:
+        if k == 0:
+            out.zero_()
+        else:
+            _lib.gs_gemv_bf16(w.data_ptr(), n, k, x2.data_ptr(), m, x2.stride(0), out.data_ptr(),
+                              int(out_dtype == torch.float32), torch.get_num_threads())
+    return out.reshape(*x.shape[:-1], n)
+
+
+def gemv_experts(w: torch.Tensor, expert_ids: torch.Tensor, x: torch.Tensor,
+                 out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """MoE gather: out[m, j] = w[expert_ids[m, j]] @ x[m] for w [E, N, K], expert_ids [M, topk],
+    x [M, K] -> [M, topk, N], in one call; tokens sharing an expert read it once."""
+    _check_w(w, 3)
+    e, n, k = w.shape
+    x2 = _rows(x, k)
+    if expert_ids.dim() != 2 or expert_ids.shape[0] != x2.shape[0]:
+        raise ValueError(f"expert_ids must be [M, topk] with M={x2.shape[0]}, got {tuple(expert_ids.shape)}")
+    ids = expert_ids.to(torch.int64).contiguous()
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= e):
+        raise ValueError(f"expert ids must lie in [0, {e})")
+    m, topk = ids.shape
+    if out_dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"out_dtype must be bf16 or fp32, got {out_dtype}")
+    out = torch.zeros(m, topk, n, dtype=out_dtype)
+    if ids.numel() and n and k:
+        _lib.gs_gemv_bf16_experts(w.data_ptr(), e, n, k, ids.data_ptr(), m, topk, x2.data_ptr(), x2.stride(0),
+                                  out.data_ptr(), int(out_dtype == torch.float32), torch.get_num_threads())
+    return out

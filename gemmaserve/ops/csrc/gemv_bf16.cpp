@@ -1,0 +1,203 @@
+// Few-row bf16 GEMV (out[m, n] = sum_k x[m, k] * w[n, k]) that streams each weight row once for all rows.
+// Plain C ABI (called through ctypes with raw pointers) so it builds with gcc alone: no torch headers,
+// no ninja, about a second to compile. Paths: AVX512-BF16 (dpbf16), AVX512F (shift to fp32 + FMA),
+// portable scalar; the preprocessor picks one from -march=native.
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+typedef uint16_t bf16_t;
+
+static inline float bf16_to_f32(bf16_t v) {
+    uint32_t u = (uint32_t)v << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// Round-to-nearest-even like torch's float -> bfloat16 cast; NaN stays a quiet NaN.
+static inline bf16_t f32_to_bf16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16_t)(u >> 16);
+}
+
+#if defined(__AVX512F__)
+// One step of 32 k-values: acc[r][m] += w[r, k:k+32] . x[m, k:k+32] (fp32 accumulate, 16 lanes).
+template <int R, int M>
+static inline void step32(__m512 (&acc)[R][M], const bf16_t* const (&wr)[R], const bf16_t* x,
+                          int64_t xs, int64_t k, __mmask32 mask) {
+#if defined(__AVX512BF16__)
+    __m512i wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_epi16(mask, wr[r] + k);
+    for (int m = 0; m < M; ++m) {
+        __m512i xv = _mm512_maskz_loadu_epi16(mask, x + m * xs + k);
+        for (int r = 0; r < R; ++r)
+            acc[r][m] = _mm512_dpbf16_ps(acc[r][m], (__m512bh)wv[r], (__m512bh)xv);
+    }
+#else
+    // Split 32 bf16 into even/odd halves widened to fp32 by shifting into the high 16 bits.
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000);
+    __m512 wlo[R], whi[R];
+    for (int r = 0; r < R; ++r) {
+        __m512i v = _mm512_maskz_loadu_epi16(mask, wr[r] + k);
+        wlo[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+        whi[r] = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
+    }
+    for (int m = 0; m < M; ++m) {
+        __m512i v = _mm512_maskz_loadu_epi16(mask, x + m * xs + k);
+        __m512 xlo = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+        __m512 xhi = _mm512_castsi512_ps(_mm512_and_si512(v, hi));
+        for (int r = 0; r < R; ++r) {
+            acc[r][m] = _mm512_fmadd_ps(wlo[r], xlo, acc[r][m]);
+            acc[r][m] = _mm512_fmadd_ps(whi[r], xhi, acc[r][m]);
+        }
+    }
+#endif
+}
+
+// R weight rows x M input rows -> res[r * M + m]. R independent rows keep enough FMA chains in flight.
+template <int R, int M>
+static inline void block(const bf16_t* w, int64_t K, const bf16_t* x, int64_t xs, float* res) {
+    __m512 acc[R][M];
+    for (int r = 0; r < R; ++r)
+        for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
+    const bf16_t* wr[R];
+    for (int r = 0; r < R; ++r) wr[r] = w + r * K;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        // ~1 KiB ahead per row stream: the hardware prefetcher alone stalls at row starts.
+        for (int r = 0; r < R; ++r) _mm_prefetch((const char*)(wr[r] + k) + 1024, _MM_HINT_T0);
+        step32<R, M>(acc, wr, x, xs, k, (__mmask32)0xffffffffu);
+    }
+    if (k < K) step32<R, M>(acc, wr, x, xs, k, (__mmask32)((1ull << (K - k)) - 1));
+    for (int r = 0; r < R; ++r)
+        for (int m = 0; m < M; ++m) res[r * M + m] = _mm512_reduce_add_ps(acc[r][m]);
+}
+#else
+template <int R, int M>
+static inline void block(const bf16_t* w, int64_t K, const bf16_t* x, int64_t xs, float* res) {
+    for (int r = 0; r < R; ++r)
+        for (int m = 0; m < M; ++m) {
+            float s = 0.f;
+            for (int64_t k = 0; k < K; ++k) s += bf16_to_f32(w[r * K + k]) * bf16_to_f32(x[m * xs + k]);
+            res[r * M + m] = s;
+        }
+}
+#endif
+
+static inline void store(void* out, int out_f32, int64_t idx, float v) {
+    if (out_f32) ((float*)out)[idx] = v;
+    else ((bf16_t*)out)[idx] = f32_to_bf16(v);
+}
+
+// Rows [n0, n1) of w for M input rows; out is [M, ldo] with row stride ldo.
+template <int M>
+static void rows_range(const bf16_t* w, int64_t K, const bf16_t* x, int64_t xs, void* out, int64_t ldo,
+                       int out_f32, int64_t n0, int64_t n1) {
+    constexpr int R = M <= 4 ? 4 : 2;  // R * M accumulators stay within the 32 zmm registers
+    float res[R * M];
+    int64_t n = n0;
+    for (; n + R <= n1; n += R) {
+        block<R, M>(w + n * K, K, x, xs, res);
+        for (int r = 0; r < R; ++r)
+            for (int m = 0; m < M; ++m) store(out, out_f32, m * ldo + n + r, res[r * M + m]);
+    }
+    for (; n < n1; ++n) {
+        block<1, M>(w + n * K, K, x, xs, res);
+        for (int m = 0; m < M; ++m) store(out, out_f32, m * ldo + n, res[m]);
+    }
+}
+
+typedef void (*rows_fn)(const bf16_t*, int64_t, const bf16_t*, int64_t, void*, int64_t, int, int64_t, int64_t);
+static const rows_fn kRows[9] = {nullptr, rows_range<1>, rows_range<2>, rows_range<3>, rows_range<4>,
+                                 rows_range<5>, rows_range<6>, rows_range<7>, rows_range<8>};
+
+// Split [0, N) into per-thread ranges aligned to 4 rows; small problems stay on the calling thread
+// because a fork/join costs more than reading a few KiB.
+static void run_rows(rows_fn fn, const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, int64_t xs,
+                     void* out, int64_t ldo, int out_f32, int nthreads) {
+    int nt = nthreads < 1 ? 1 : nthreads;
+    if (N * K < 65536 || N < 8) nt = 1;
+    if (nt == 1) {
+        fn(w, K, x, xs, out, ldo, out_f32, 0, N);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+        int64_t per = ((N + T - 1) / T + 3) / 4 * 4;
+        int64_t n0 = t * per, n1 = n0 + per < N ? n0 + per : N;
+        if (n0 < n1) fn(w, K, x, xs, out, ldo, out_f32, n0, n1);
+    }
+}
+
+extern "C" {
+
+// Which code path this build took: 2 = AVX512-BF16, 1 = AVX512F, 0 = portable.
+int gs_gemv_isa() {
+#if defined(__AVX512BF16__)
+    return 2;
+#elif defined(__AVX512F__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+// w [N, K] contiguous bf16, x [M, K] bf16 with row stride xs, out [M, N] (bf16 or fp32) contiguous.
+// Rows beyond 8 go in groups of 8 (each group re-reads w).
+void gs_gemv_bf16(const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, int64_t M, int64_t xs, void* out,
+                  int out_f32, int nthreads) {
+    const int esz = out_f32 ? 4 : 2;
+    for (int64_t m0 = 0; m0 < M; m0 += 8) {
+        int64_t mm = M - m0 < 8 ? M - m0 : 8;
+        run_rows(kRows[mm], w, N, K, x + m0 * xs, xs, (char*)out + m0 * N * esz, N, out_f32, nthreads);
+    }
+}
+
+// MoE gather: w [E, N, K] contiguous bf16, ids [M, topk] int64, x [M, K] (row stride xs),
+// out [M, topk, N]. Tokens that share an expert are computed together so each expert is read once.
+void gs_gemv_bf16_experts(const bf16_t* w, int64_t E, int64_t N, int64_t K, const int64_t* ids, int64_t M,
+                          int64_t topk, const bf16_t* x, int64_t xs, void* out, int out_f32, int nthreads) {
+    const int esz = out_f32 ? 4 : 2;
+    const int64_t P = M * topk;
+    // Each unique expert: the (token, slot) pairs that chose it, handled in groups of up to 8 tokens.
+    for (int64_t p = 0; p < P; ++p) {
+        int64_t e = ids[p];
+        bool seen = false;
+        for (int64_t q = 0; q < p; ++q) seen |= ids[q] == e;
+        if (seen || e < 0 || e >= E) continue;
+        int64_t pairs[8];
+        int cnt = 0;
+        for (int64_t q = p; q <= P; ++q) {
+            if (q < P && ids[q] != e) continue;
+            if (q < P) pairs[cnt++] = q;
+            if (cnt == 8 || (q == P && cnt > 0)) {
+                // Gather the tokens' x rows into a small contiguous buffer; results scatter per pair.
+                std::vector<bf16_t> xbuf(cnt * K);
+                bf16_t* xg = xbuf.data();
+                for (int i = 0; i < cnt; ++i) std::memcpy(xg + i * K, x + (pairs[i] / topk) * xs, K * 2);
+                if (cnt == 1) {
+                    run_rows(kRows[1], w + e * N * K, N, K, xg, K, (char*)out + pairs[0] * N * esz, N,
+                             out_f32, nthreads);
+                } else {
+                    // out rows are not evenly strided across pairs: compute into fp32 scratch, then copy.
+                    std::vector<float> tmp(cnt * N);
+                    run_rows(kRows[cnt], w + e * N * K, N, K, xg, K, tmp.data(), N, 1, nthreads);
+                    for (int i = 0; i < cnt; ++i)
+                        for (int64_t n = 0; n < N; ++n) store(out, out_f32, pairs[i] * N + n, tmp[i * N + n]);
+                }
+                cnt = 0;
+            }
+        }
+    }
+}
+
+}  // extern "C"

@@ -1,0 +1,175 @@
+"""Exactness of the CPU bf16 GEMV kernel against an fp32 matmul of the same bf16 inputs."""
+
+import os
+import platform
+import shutil
+import sys
+
+import pytest
+import torch
+
+from gemmaserve.ops import cpu_gemv
+
+# On x86_64 Linux with g++ the kernel must build; elsewhere the tests skip.
+MUST_BUILD = sys.platform == "linux" and platform.machine() == "x86_64" and shutil.which("g++") is not None
+
+
+@pytest.fixture(autouse=True)
+def _kernel(monkeypatch):
+    monkeypatch.delenv("GEMMASERVE_CPU_KERNELS", raising=False)
+    if MUST_BUILD:
+        assert cpu_gemv.available(), "CPU GEMV kernel failed to build (see the logged warning)"
+    elif not cpu_gemv.available():
+        pytest.skip("CPU GEMV kernel unavailable on this platform")
+
+
+def _ref(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return x.float() @ w.float().T
+
+
+def _close(out: torch.Tensor, ref: torch.Tensor, k: int) -> None:
+    # fp32 accumulation in another order: error grows ~ sqrt(K) ulp of the row's magnitude; the bf16
+    # output rounding adds one bf16 ulp (2^-8 relative).
+    scale = ref.abs().amax().clamp_min(1.0)
+    tol = (2 ** -8 if out.dtype == torch.bfloat16 else 1e-5) * scale + 1e-6 * k**0.5 * scale
+    assert (out.float() - ref).abs().max() <= tol
+
+
+@pytest.mark.parametrize("n,k", [(1, 512), (3, 704), (7, 1024), (64, 2816), (129, 33), (1000, 704),
+                                 (4099, 1024), (5000, 512), (17, 31), (5, 1)])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8])
+def test_gemv_matches_fp32_reference(n, k, m):
+    g = torch.Generator().manual_seed(n * 131 + k * 7 + m)
+    w = torch.randn(n, k, generator=g).bfloat16()
+    x = torch.randn(m, k, generator=g).bfloat16()
+    ref = _ref(w, x)
+    out32 = cpu_gemv.gemv(w, x, out_dtype=torch.float32)
+    assert out32.shape == (m, n) and out32.dtype == torch.float32
+    _close(out32, ref, k)
+    out16 = cpu_gemv.gemv(w, x)
+    assert out16.dtype == torch.bfloat16
+    # The bf16 result is exactly the fp32 kernel result rounded to nearest even.
+    assert torch.equal(out16, out32.bfloat16())
+
+
+@pytest.mark.parametrize("m", [4, 6, 7])
+def test_every_row_count_up_to_eight_is_exact_per_row(m):
+    # Each row of a multi-row call equals the single-row call: rows do not mix.
+    w = torch.randn(300, 704).bfloat16()
+    x = torch.randn(m, 704).bfloat16()
+    multi = cpu_gemv.gemv(w, x, out_dtype=torch.float32)
+    for i in range(m):
+        single = cpu_gemv.gemv(w, x[i], out_dtype=torch.float32)
+        assert single.shape == (300,)
+        torch.testing.assert_close(multi[i], single, rtol=0, atol=1e-4)
+
+
+def test_more_than_eight_rows_and_leading_dims():
+    w = torch.randn(257, 1024).bfloat16()
+    x = torch.randn(2, 11, 1024).bfloat16()
+    out = cpu_gemv.gemv(w, x, out_dtype=torch.float32)
+    assert out.shape == (2, 11, 257)
+    _close(out, _ref(w, x.reshape(-1, 1024)).reshape(2, 11, 257), 1024)
+
+
+def test_non_contiguous_x_is_handled():
+    w = torch.randn(96, 512).bfloat16()
+    base = torch.randn(512, 6).bfloat16()
+    x = base.t()  # [6, 512] with stride (1, 6)
+    assert not x.is_contiguous()
+    _close(cpu_gemv.gemv(w, x, out_dtype=torch.float32), _ref(w, x), 512)
+    rows = torch.randn(4, 1024).bfloat16()[:, :512]  # row stride 1024 > K: used without a copy
+    _close(cpu_gemv.gemv(w, rows, out_dtype=torch.float32), _ref(w, rows), 512)
+
+
+def test_bad_inputs_are_rejected():
+    w = torch.randn(8, 64).bfloat16()
+    with pytest.raises(ValueError):
+        cpu_gemv.gemv(w.t().contiguous().t(), torch.randn(1, 8).bfloat16())  # non-contiguous weight
+    with pytest.raises(ValueError):
+        cpu_gemv.gemv(w.float(), torch.randn(1, 64))
+    with pytest.raises(ValueError):
+        cpu_gemv.gemv(w, torch.randn(1, 63).bfloat16())
+    with pytest.raises(ValueError):
+        cpu_gemv.gemv(w, torch.randn(1, 64).bfloat16(), out_dtype=torch.float16)
+
+
+def test_special_values_propagate():
+    w = torch.ones(4, 40).bfloat16()
+    x = torch.zeros(2, 40).bfloat16()
+    x[0, 39] = float("inf")  # in the K tail (40 = 32 + 8)
+    x[1, 0] = float("nan")
+    out = cpu_gemv.gemv(w, x)
+    assert torch.isinf(out[0]).all() and (out[0] > 0).all()
+    assert torch.isnan(out[1]).all()
+
+
+def test_thread_count_does_not_change_the_result():
+    w = torch.randn(3000, 1024).bfloat16()
+    x = torch.randn(2, 1024).bfloat16()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cpu_gemv.gemv(w, x, out_dtype=torch.float32)
+        torch.set_num_threads(2)
+        two = cpu_gemv.gemv(w, x, out_dtype=torch.float32)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("m,topk", [(1, 8), (3, 2), (5, 4)])
+def test_experts_gather_matches_per_expert_matmul(m, topk):
+    g = torch.Generator().manual_seed(m * 10 + topk)
+    e, n, k = 12, 200, 704
+    w = torch.randn(e, n, k, generator=g).bfloat16()
+    x = torch.randn(m, k, generator=g).bfloat16()
+    ids = torch.stack([torch.randperm(e, generator=g)[:topk] for _ in range(m)])
+    ids[-1, 0] = ids[0, 0]  # a shared expert across tokens
+    out = cpu_gemv.gemv_experts(w, ids, x, out_dtype=torch.float32)
+    assert out.shape == (m, topk, n)
+    for i in range(m):
+        for j in range(topk):
+            _close(out[i, j], _ref(w[int(ids[i, j])], x[i]), k)
+    out16 = cpu_gemv.gemv_experts(w, ids, x)
+    assert torch.equal(out16, out.bfloat16())
+
+
+def test_experts_many_tokens_share_one_expert():
+    # Ten tokens on the same expert exceed the 8-row group: two groups, same answers.
+    w = torch.randn(3, 64, 96).bfloat16()
+    x = torch.randn(10, 96).bfloat16()
+    ids = torch.tensor([[1, 2]] * 10)
+    out = cpu_gemv.gemv_experts(w, ids, x, out_dtype=torch.float32)
+    _close(out[:, 0], _ref(w[1], x), 96)
+    _close(out[:, 1], _ref(w[2], x), 96)
+
+
+def test_experts_rejects_out_of_range_ids():
+    w = torch.randn(4, 8, 32).bfloat16()
+    with pytest.raises(ValueError):
+        cpu_gemv.gemv_experts(w, torch.tensor([[4]]), torch.randn(1, 32).bfloat16())
+
+
+def test_env_var_disables(monkeypatch):
+    monkeypatch.setenv("GEMMASERVE_CPU_KERNELS", "0")
+    assert cpu_gemv.available() is False
+    monkeypatch.delenv("GEMMASERVE_CPU_KERNELS")
+    assert cpu_gemv.available() is True
+
+
+def test_build_failure_is_cached_and_reported_as_unavailable(monkeypatch, caplog):
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(cpu_gemv, "_compile", broken)
+    monkeypatch.setattr(cpu_gemv, "_tried", False)
+    monkeypatch.setattr(cpu_gemv, "_lib", None)
+    with caplog.at_level("WARNING"):
+        assert cpu_gemv.available() is False
+        assert cpu_gemv.available() is False
+    assert calls == [1]
+    assert "no compiler" in caplog.text
