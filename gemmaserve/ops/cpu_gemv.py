@@ -109,15 +109,15 @@ def isa() -> str:
 
 
 def _check_w(w: torch.Tensor, ndim: int) -> None:
-    if w.dim() != ndim or w.dtype != torch.bfloat16 or w.device.type != "cpu" or not w.is_contiguous():
+    if w.dim() != ndim or w.dtype != torch.bfloat16 or not w.is_cpu or not w.is_contiguous():
         raise ValueError(f"weight must be a contiguous {ndim}-D bf16 CPU tensor, got {w.dtype} {tuple(w.shape)}")
 
 
 def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
     """x [..., K] -> [M, K] bf16 with unit stride on K (copies only when it must)."""
-    if x.dtype != torch.bfloat16 or x.device.type != "cpu" or x.shape[-1] != k:
+    if x.dtype != torch.bfloat16 or not x.is_cpu or x.shape[-1] != k:
         raise ValueError(f"x must be bf16 CPU [..., {k}], got {x.dtype} {tuple(x.shape)}")
-    x2 = x.reshape(-1, k)
+    x2 = x if x.dim() == 2 else x.reshape(-1, k)
     if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < k):
         x2 = x2.contiguous()
     return x2
@@ -126,20 +126,27 @@ def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
 def gemv(w: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """x [..., K] @ w[N, K]^T -> [..., N] (bf16 or fp32 out), fp32 accumulation. Fast for up to
     MAX_ROWS rows of x. w must be contiguous bf16 on CPU; call available() first."""
+    # Kept to cheap attribute reads: the Python side costs ~3 us per call, ctypes ~1.3 us of it.
     _check_w(w, 2)
     n, k = w.shape
-    x2 = _rows(x, k)
-    m = x2.shape[0]
-    out = torch.empty(m, n, dtype=out_dtype)
-    if out_dtype not in (torch.bfloat16, torch.float32):
+    if out_dtype is not torch.bfloat16 and out_dtype is not torch.float32:
         raise ValueError(f"out_dtype must be bf16 or fp32, got {out_dtype}")
+    if x.dim() == 1:  # one row: skip the reshape/view round trip (each ~1 us)
+        if x.dtype != torch.bfloat16 or not x.is_cpu or x.shape[0] != k:
+            raise ValueError(f"x must be bf16 CPU [..., {k}], got {x.dtype} {tuple(x.shape)}")
+        x2, m, xs = (x if x.stride(0) == 1 else x.contiguous()), 1, k
+        out = torch.empty(n, dtype=out_dtype)  # [N]
+    else:
+        x2 = _rows(x, k)
+        m, xs = x2.shape[0], x2.stride(0)
+        out = torch.empty(m, n, dtype=out_dtype)  # [M, N]
     if m and n:
         if k == 0:
             out.zero_()
         else:
-            _lib.gs_gemv_bf16(w.data_ptr(), n, k, x2.data_ptr(), m, x2.stride(0), out.data_ptr(),
-                              int(out_dtype == torch.float32), torch.get_num_threads())
-    return out.reshape(*x.shape[:-1], n)
+            _lib.gs_gemv_bf16(w.data_ptr(), n, k, x2.data_ptr(), m, xs, out.data_ptr(),
+                              out_dtype is torch.float32, torch.get_num_threads())
+    return out if x.dim() <= 2 else out.view(*x.shape[:-1], n)
 
 
 def gemv_experts(w: torch.Tensor, expert_ids: torch.Tensor, x: torch.Tensor,

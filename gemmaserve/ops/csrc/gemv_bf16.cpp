@@ -31,7 +31,7 @@ static inline bf16_t f32_to_bf16(float f) {
 #if defined(__AVX512F__)
 // One step of 32 k-values: acc[r][m] += w[r, k:k+32] . x[m, k:k+32] (fp32 accumulate, 16 lanes).
 template <int R, int M>
-static inline void step32(__m512 (&acc)[R][M], const bf16_t* const (&wr)[R], const bf16_t* x,
+__attribute__((always_inline)) static inline void step32(__m512 (&acc)[R][M], const bf16_t* const (&wr)[R], const bf16_t* x,
                           int64_t xs, int64_t k, __mmask32 mask) {
 #if defined(__AVX512BF16__)
     __m512i wv[R];
@@ -64,7 +64,7 @@ static inline void step32(__m512 (&acc)[R][M], const bf16_t* const (&wr)[R], con
 
 // R weight rows x M input rows -> res[r * M + m]. R independent rows keep enough FMA chains in flight.
 template <int R, int M>
-static inline void block(const bf16_t* w, int64_t K, const bf16_t* x, int64_t xs, float* res) {
+__attribute__((always_inline)) static inline void block(const bf16_t* w, int64_t K, const bf16_t* x, int64_t xs, float* res) {
     __m512 acc[R][M];
     for (int r = 0; r < R; ++r)
         for (int m = 0; m < M; ++m) acc[r][m] = _mm512_setzero_ps();
@@ -82,7 +82,7 @@ static inline void block(const bf16_t* w, int64_t K, const bf16_t* x, int64_t xs
 }
 #else
 template <int R, int M>
-static inline void block(const bf16_t* w, int64_t K, const bf16_t* x, int64_t xs, float* res) {
+__attribute__((always_inline)) static inline void block(const bf16_t* w, int64_t K, const bf16_t* x, int64_t xs, float* res) {
     for (int r = 0; r < R; ++r)
         for (int m = 0; m < M; ++m) {
             float s = 0.f;
