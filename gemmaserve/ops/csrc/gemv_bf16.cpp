@@ -12,6 +12,10 @@
 
 typedef uint16_t bf16_t;
 
+#ifndef GS_PF
+#define GS_PF 512  // prefetch distance in bytes (0 = none)
+#endif
+
 static inline float bf16_to_f32(bf16_t v) {
     uint32_t u = (uint32_t)v << 16;
     float f;
@@ -72,8 +76,9 @@ __attribute__((always_inline)) static inline void block(const bf16_t* w, int64_t
     for (int r = 0; r < R; ++r) wr[r] = w + r * K;
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
-        // ~1 KiB ahead per row stream: the hardware prefetcher alone stalls at row starts.
-        for (int r = 0; r < R; ++r) _mm_prefetch((const char*)(wr[r] + k) + 1024, _MM_HINT_T0);
+        // A fixed distance ahead per row stream: the hardware prefetcher alone stalls at row starts.
+        if (GS_PF > 0)
+            for (int r = 0; r < R; ++r) _mm_prefetch((const char*)(wr[r] + k) + GS_PF, _MM_HINT_T0);
         step32<R, M>(acc, wr, x, xs, k, (__mmask32)0xffffffffu);
     }
     if (k < K) step32<R, M>(acc, wr, x, xs, k, (__mmask32)((1ull << (K - k)) - 1));
