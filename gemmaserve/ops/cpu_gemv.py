@@ -102,10 +102,10 @@ def available() -> bool:
 
 
 def isa() -> str:
-    """The instruction path the build took: 'avx512bf16', 'avx512' or 'portable' ('' if unavailable)."""
+    """The instruction path the build took: 'amx+avx512bf16', 'avx512bf16', 'avx512' or 'portable' ('' if unavailable)."""
     if not available():
         return ""
-    return ("portable", "avx512", "avx512bf16")[_lib.gs_gemv_isa()]
+    return ("portable", "avx512", "avx512bf16", "amx+avx512bf16")[_lib.gs_gemv_isa()]
 
 
 def _check_w(w: torch.Tensor, ndim: int) -> None:

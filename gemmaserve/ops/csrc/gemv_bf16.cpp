@@ -9,9 +9,16 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#if defined(__AMX_BF16__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 typedef uint16_t bf16_t;
 
+#ifndef GS_AMX_MIN_ROWS
+#define GS_AMX_MIN_ROWS 2  // fewer rows stay on AVX512 (memory-bound either way, less setup)
+#endif
 #ifndef GS_PF
 #define GS_PF 512  // prefetch distance in bytes (0 = none)
 #endif
@@ -143,11 +150,102 @@ static void run_rows(rows_fn fn, const bf16_t* w, int64_t N, int64_t K, const bf
     }
 }
 
+
+#if defined(__AMX_BF16__)
+// AMX path: C^T[n, m] = W[n, :] . X[m, :] with W as the A tile (16 rows x 32 k, read in place with
+// row stride K) and X^T packed once per call as the VNNI B tile, so weights need no repacking.
+// Linux hands out AMX state only on request (arch_prctl ARCH_REQ_XCOMP_PERM, process-wide).
+static int g_amx = 0;  // 0 unknown, 1 granted, -1 refused
+
+static bool amx_ok() {
+    if (g_amx == 0) g_amx = syscall(SYS_arch_prctl, 0x1023 /*ARCH_REQ_XCOMP_PERM*/, 18 /*XTILEDATA*/) == 0 ? 1 : -1;
+    return g_amx == 1;
+}
+
+struct alignas(64) TileCfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+// Rows [n0, n1) of w, (n1 - n0) a multiple of 16; K a multiple of 32; xb = packed X^T [K/2][M][2].
+static void amx_rows(const bf16_t* w, int64_t K, const bf16_t* xb, int M, void* out, int64_t ldo, int out_f32,
+                     int64_t n0, int64_t n1) {
+    TileCfg cfg;
+    std::memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 2; ++t) {  // tmm0/1: C [16 n x M] fp32; tmm2/3: A [16 n x 32 k] bf16
+        cfg.rows[t] = 16; cfg.colsb[t] = (uint16_t)(M * 4);
+        cfg.rows[2 + t] = 16; cfg.colsb[2 + t] = 64;
+    }
+    cfg.rows[4] = 16; cfg.colsb[4] = (uint16_t)(M * 4);  // tmm4: B [16 k-pairs x M x 2] bf16
+    _tile_loadconfig(&cfg);
+    float cbuf[2][16 * 16];
+    const int64_t ws = K * 2, bs = M * 4;
+    int64_t n = n0;
+    for (; n + 32 <= n1; n += 32) {
+        _tile_zero(0);
+        _tile_zero(1);
+        const bf16_t* a0 = w + n * K;
+        const bf16_t* a1 = a0 + 16 * K;
+        for (int64_t k = 0; k < K; k += 32) {
+            _tile_loadd(4, xb + k * M, bs);
+            _tile_loadd(2, a0 + k, ws);
+            _tile_loadd(3, a1 + k, ws);
+            _tile_dpbf16ps(0, 2, 4);
+            _tile_dpbf16ps(1, 3, 4);
+        }
+        _tile_stored(0, cbuf[0], bs);
+        _tile_stored(1, cbuf[1], bs);
+        for (int t = 0; t < 2; ++t)
+            for (int i = 0; i < 16; ++i)
+                for (int m = 0; m < M; ++m) store(out, out_f32, m * ldo + n + t * 16 + i, cbuf[t][i * M + m]);
+    }
+    if (n < n1) {  // one last block of 16 rows
+        _tile_zero(0);
+        for (int64_t k = 0; k < K; k += 32) {
+            _tile_loadd(4, xb + k * M, bs);
+            _tile_loadd(2, w + n * K + k, ws);
+            _tile_dpbf16ps(0, 2, 4);
+        }
+        _tile_stored(0, cbuf[0], bs);
+        for (int i = 0; i < 16; ++i)
+            for (int m = 0; m < M; ++m) store(out, out_f32, m * ldo + n + i, cbuf[0][i * M + m]);
+    }
+    _tile_release();
+}
+
+// All of w for M <= 8 rows through AMX (rows past the last multiple of 16 go through rows_range).
+static void amx_gemv(rows_fn fn, const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, int64_t xs, int M,
+                     void* out, int64_t ldo, int out_f32, int nthreads) {
+    std::vector<bf16_t> pack(K * M);  // [K/2][M][2]
+    for (int64_t kp = 0; kp < K / 2; ++kp)
+        for (int m = 0; m < M; ++m) {
+            pack[(kp * M + m) * 2] = x[m * xs + 2 * kp];
+            pack[(kp * M + m) * 2 + 1] = x[m * xs + 2 * kp + 1];
+        }
+    const bf16_t* xb = pack.data();
+    const int64_t N16 = N / 16 * 16;
+    int nt = nthreads < 1 ? 1 : nthreads;
+    if (N * K < 65536 || N16 < 64) nt = 1;
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+        int64_t per = ((N16 + T - 1) / T + 31) / 32 * 32;
+        int64_t n0 = t * per, n1 = n0 + per < N16 ? n0 + per : N16;
+        if (n0 < n1) amx_rows(w, K, xb, M, out, ldo, out_f32, n0, n1);
+        if (t == T - 1 && N16 < N) fn(w, K, x, xs, out, ldo, out_f32, N16, N);
+    }
+}
+#endif
+
 extern "C" {
 
-// Which code path this build took: 2 = AVX512-BF16, 1 = AVX512F, 0 = portable.
+// Which code path this build took: 3 = AMX-BF16 (+ AVX512-BF16), 2 = AVX512-BF16, 1 = AVX512F, 0 = portable.
 int gs_gemv_isa() {
-#if defined(__AVX512BF16__)
+#if defined(__AMX_BF16__) && defined(__AVX512BF16__)
+    return amx_ok() ? 3 : 2;
+#elif defined(__AVX512BF16__)
     return 2;
 #elif defined(__AVX512F__)
     return 1;
@@ -163,6 +261,12 @@ void gs_gemv_bf16(const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, int64_
     const int esz = out_f32 ? 4 : 2;
     for (int64_t m0 = 0; m0 < M; m0 += 8) {
         int64_t mm = M - m0 < 8 ? M - m0 : 8;
+#if defined(__AMX_BF16__)
+        if (mm >= GS_AMX_MIN_ROWS && K % 32 == 0 && N >= 16 && amx_ok()) {
+            amx_gemv(kRows[mm], w, N, K, x + m0 * xs, xs, (int)mm, (char*)out + m0 * N * esz, N, out_f32, nthreads);
+            continue;
+        }
+#endif
         run_rows(kRows[mm], w, N, K, x + m0 * xs, xs, (char*)out + m0 * N * esz, N, out_f32, nthreads);
     }
 }
