@@ -43,9 +43,15 @@ def _cpu_id() -> str:
 
 def _build_dir() -> Path:
     """torch's extension cache dir (TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions/...)."""
-    from torch.utils.cpp_extension import _get_build_directory
+    try:  # private helper: honours TORCH_EXTENSIONS_DIR and names the python/torch/cuda flavour
+        from torch.utils.cpp_extension import _get_build_directory
 
-    return Path(_get_build_directory("gemmaserve_gemv", verbose=False))
+        return Path(_get_build_directory("gemmaserve_gemv", verbose=False))
+    except Exception:  # noqa: BLE001 - its signature is not a public contract
+        root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+        path = Path(root) / "gemmaserve_gemv"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
 
 def _compile() -> ctypes.CDLL:

@@ -173,3 +173,16 @@ def test_build_failure_is_cached_and_reported_as_unavailable(monkeypatch, caplog
         assert cpu_gemv.available() is False
     assert calls == [1]
     assert "no compiler" in caplog.text
+
+
+def test_tile_path_shapes_and_special_values():
+    # K a multiple of 32 with 2..8 rows takes the AMX path where the CPU has it; N = 16*k + 5 leaves
+    # rows for the vector path, and an inf must come out as inf (not NaN from padding).
+    w = torch.randn(53, 64).bfloat16()
+    x = torch.randn(3, 64).bfloat16()
+    ref = _ref(w, x)
+    _close(cpu_gemv.gemv(w, x, out_dtype=torch.float32), ref, 64)
+    w[50, 7] = float("inf")
+    x[:, 7] = 1.0
+    out = cpu_gemv.gemv(w, x, out_dtype=torch.float32)
+    assert torch.isinf(out[:, 50]).all() and not torch.isnan(out).any()

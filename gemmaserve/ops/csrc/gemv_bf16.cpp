@@ -239,6 +239,18 @@ static void amx_gemv(rows_fn fn, const bf16_t* w, int64_t N, int64_t K, const bf
 }
 #endif
 
+// One group of mm <= 8 rows: AMX where it applies, else the AVX512/portable row kernel.
+static void gemv_group(const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, int64_t xs, int mm, void* out,
+                       int64_t ldo, int out_f32, int nthreads) {
+#if defined(__AMX_BF16__)
+    if (mm >= GS_AMX_MIN_ROWS && K % 32 == 0 && N >= 16 && amx_ok()) {
+        amx_gemv(kRows[mm], w, N, K, x, xs, mm, out, ldo, out_f32, nthreads);
+        return;
+    }
+#endif
+    run_rows(kRows[mm], w, N, K, x, xs, out, ldo, out_f32, nthreads);
+}
+
 extern "C" {
 
 // Which code path this build took: 3 = AMX-BF16 (+ AVX512-BF16), 2 = AVX512-BF16, 1 = AVX512F, 0 = portable.
@@ -261,13 +273,7 @@ void gs_gemv_bf16(const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, int64_
     const int esz = out_f32 ? 4 : 2;
     for (int64_t m0 = 0; m0 < M; m0 += 8) {
         int64_t mm = M - m0 < 8 ? M - m0 : 8;
-#if defined(__AMX_BF16__)
-        if (mm >= GS_AMX_MIN_ROWS && K % 32 == 0 && N >= 16 && amx_ok()) {
-            amx_gemv(kRows[mm], w, N, K, x + m0 * xs, xs, (int)mm, (char*)out + m0 * N * esz, N, out_f32, nthreads);
-            continue;
-        }
-#endif
-        run_rows(kRows[mm], w, N, K, x + m0 * xs, xs, (char*)out + m0 * N * esz, N, out_f32, nthreads);
+        gemv_group(w, N, K, x + m0 * xs, xs, (int)mm, (char*)out + m0 * N * esz, N, out_f32, nthreads);
     }
 }
 
@@ -299,7 +305,7 @@ void gs_gemv_bf16_experts(const bf16_t* w, int64_t E, int64_t N, int64_t K, cons
                 } else {
                     // out rows are not evenly strided across pairs: compute into fp32 scratch, then copy.
                     std::vector<float> tmp(cnt * N);
-                    run_rows(kRows[cnt], w + e * N * K, N, K, xg, K, tmp.data(), N, 1, nthreads);
+                    gemv_group(w + e * N * K, N, K, xg, K, cnt, tmp.data(), N, 1, nthreads);
                     for (int i = 0; i < cnt; ++i)
                         for (int64_t n = 0; n < N; ++n) store(out, out_f32, pairs[i] * N + n, tmp[i * N + n]);
                 }
