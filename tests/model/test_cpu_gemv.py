@@ -36,7 +36,7 @@ def _close(out: torch.Tensor, ref: torch.Tensor, k: int) -> None:
 
 
 @pytest.mark.parametrize("n,k", [(1, 512), (3, 704), (7, 1024), (64, 2816), (129, 33), (1000, 704),
-                                 (4099, 1024), (5000, 512), (17, 31), (5, 1)])
+                                 (4099, 1024), (5000, 512), (17, 31), (5, 1), (3001, 1000)])
 @pytest.mark.parametrize("m", [1, 2, 3, 5, 8])
 def test_gemv_matches_fp32_reference(n, k, m):
     g = torch.Generator().manual_seed(n * 131 + k * 7 + m)
