@@ -96,7 +96,7 @@ def render(out_dir: Path) -> str:
                 f"| {name} | {_fmt(s['output_throughput'], 1)} | {_fmt(s['request_throughput'], 3)} "
                 f"| {_fmt(s['ttft_ms']['median'])} / {_fmt(s['ttft_ms']['p99'])} | {_fmt(s['tpot_ms']['median'], 1)} "
                 f"| {_fmt(s['itl_ms']['median'], 1)} / {_fmt(s['itl_ms']['p99'], 1)} | {_fmt(s['e2el_ms']['median'])} "
-                f"| {s['failed']} |"
+                f"| {int(s['failed'])} |"
             )
     lines.append("")
 
