@@ -37,8 +37,10 @@ demo-model: $(DEMO)/config.json
 serve: $(VENV)/.installed $(if $(MODEL),,$(DEMO)/config.json)
 	$(BIN)/gemmaserve serve --model $(or $(MODEL),$(DEMO)) --host $(HOST) --port $(PORT)
 
+# One torch thread per test process unless the caller says otherwise: the tests use tiny models,
+# where two OpenMP threads spinning on a shared 2-core machine made steps ~50x slower.
 test: $(VENV)/.dev-installed
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) $(DEMO)
