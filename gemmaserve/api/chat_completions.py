@@ -51,7 +51,8 @@ class _Ctx:
         out = run.last
         ids = out.token_ids if out is not None else []
         tok = self.state.tokenizer
-        reasoning = count_reasoning_tokens(ids, marker_id(tok, CHANNEL_START), marker_id(tok, CHANNEL_END))
+        reasoning = count_reasoning_tokens(ids, marker_id(tok, CHANNEL_START), marker_id(tok, CHANNEL_END),
+                                           self.prep.starts_in_reasoning)
         return TokenCounts(len(self.prep.prompt_ids), len(ids), out.num_cached_tokens if out else 0, reasoning)
 
     def record(self, run: EngineRun, finish: str | None, native: str | None, *, streamed: bool, cancelled: bool):

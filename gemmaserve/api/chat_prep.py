@@ -142,12 +142,15 @@ def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat
         req, max_tokens=max_tokens, vocab_size=engine.vocab_size,
         defaults=getattr(tok, "generation_defaults", {}) or {}, logprobs=logprobs,
     )
+    # A prefill such as "<|channel>thought\n" leaves the channel open: the first output tokens
+    # are thinking, to be capped and counted as such.
+    starts_in_reasoning = prompt_ends_in_reasoning(text)
     if plan.budget is not None:
-        params.constraints.append(
-            ThinkingBudget(plan.budget, marker_id(tok, CHANNEL_START), marker_id(tok, CHANNEL_END)))
+        params.constraints.append(ThinkingBudget(plan.budget, marker_id(tok, CHANNEL_START),
+                                                 marker_id(tok, CHANNEL_END), starts_in_reasoning))
     constraint = _constraint_for(state, req, render_tools, parallel, plan.enabled)
     if constraint is not None:
         params.constraints.append(constraint)
     if req.tool_choice == "none" and tool_dicts:
         params.logit_bias.setdefault(marker_id(tok, TOOL_CALL_START), -100.0)
-    return PreparedChat(prompt_ids, params, plan, render_tools, parallel, prompt_ends_in_reasoning(text), text)
+    return PreparedChat(prompt_ids, params, plan, render_tools, parallel, starts_in_reasoning, text)

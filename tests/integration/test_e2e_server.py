@@ -192,9 +192,6 @@ def test_reasoning_budget_and_count(client):
     assert opened >= 1
 
 
-@pytest.mark.xfail(strict=True, reason="api/chat_prep.py builds ThinkingBudget without starts_in_reasoning, and "
-                   "chat_completions counts reasoning tokens without it: a prompt that leaves the thought channel "
-                   "open (assistant prefill) is neither capped nor counted")
 def test_reasoning_budget_holds_when_the_prompt_opens_the_channel(client):
     msgs = MSGS + [{"role": "assistant", "content": "<|channel>thought\n"}]
     resp = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=30, seed=0,
