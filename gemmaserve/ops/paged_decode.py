@@ -1,0 +1,104 @@
+"""Decode-only attention over the paged KV cache with shapes fixed by (batch B, key width L): every
+address is computed on the device, so a step can be captured in a CUDA graph and replayed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class DecodePlan:
+    """Where each of B single-token rows reads its keys, for one attention kind. Duck-typed by
+    ops.attention.paged_attention (it calls attend) and the decoder layer (static = True selects
+    the capture-safe MoE). Built once per step and kind, shared by the kind's layers."""
+
+    slots: torch.Tensor  # [B, L] int64 flat cache slots (masked-out keys repeat an assigned slot)
+    mask: torch.Tensor  # [B, 1, 1, L] bool, True = visible; every row has at least one visible key
+    static: bool = True
+
+    def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float) -> torch.Tensor:
+        return paged_decode(q, k_cache, v_cache, self, scale)
+
+
+def build_decode_plan(
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_size: int,
+    window: int | None,
+    width: int,
+    pad_slot: int,
+) -> DecodePlan:
+    """block_tables [B, nb] int (logical block -> cache block; nb * block_size >= width), seq_lens [B]
+    int (tokens in cache after this step; 0 marks a padding row). The one query of row b sits at
+    position seq_lens[b] - 1 and sees the last min(seq_len, window) keys; the caller picks
+    width >= that for every row. No host sync, no data-dependent shape.
+
+    Masked-out keys and padding rows read slots that hold finite values (the newest key of the row,
+    or pad_slot, where padding rows write their own K/V this step), so NaN or stale memory in
+    released (-1) or unassigned blocks never reaches the softmax: 0 * NaN would still be NaN."""
+    device = block_tables.device
+    tables = block_tables.long()
+    lens = seq_lens.long()
+    hi = lens.clamp(min=1)  # [B] one past the newest key; padding rows pretend to hold one key
+    n_keys = hi if window is None else hi.clamp(max=window)  # [B]
+    ar = torch.arange(width, device=device)[None, :]  # [1, L]
+    valid = ar < n_keys[:, None]  # [B, L]
+    newest = (hi - 1)[:, None]  # [B, 1] always in an assigned block (written this step)
+    pos = torch.where(valid, newest - n_keys[:, None] + 1 + ar, newest)  # [B, L] oldest visible first
+    blocks = tables.gather(1, pos // block_size)  # [B, L]
+    slots = blocks * block_size + pos % block_size  # [B, L]
+    # A -1 block can only show up here through an upstream bug; index_select with a negative index
+    # would fault the device (and a check would need a host sync), so it reads the scratch slot.
+    real = (lens[:, None] > 0) & (blocks >= 0)  # [B, L]
+    slots = torch.where(real, slots, torch.full_like(slots, pad_slot))
+    return DecodePlan(slots=slots, mask=valid[:, None, None, :])
+
+
+def paged_decode(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: DecodePlan, scale: float = 1.0
+) -> torch.Tensor:
+    """q [B, Hq, D] (one query per row) -> [B, Hq, D]; caches [num_blocks, block_size, Hkv, D].
+    GQA without repeating KV heads: the G = Hq / Hkv query heads of a KV head become its G query
+    rows. Same arithmetic as ops.attention's decode groups (fp32 softmax inside SDPA)."""
+    b, hq, d = q.shape
+    hkv = k_cache.shape[-2]
+    group = hq // hkv
+    flat = plan.slots.reshape(-1)  # [B*L]
+    k = k_cache.view(-1, hkv, d).index_select(0, flat).view(b, -1, hkv, d).to(q.dtype).transpose(1, 2)  # [B, Hkv, L, D]
+    v = v_cache.view(-1, hkv, d).index_select(0, flat).view(b, -1, hkv, d).to(q.dtype).transpose(1, 2)  # [B, Hkv, L, D]
+    qd = q.view(b, hkv, group, d)  # [B, Hkv, G, D]
+    o = F.scaled_dot_product_attention(qd, k, v, attn_mask=plan.mask, scale=scale)  # [B, Hkv, G, D]
+    return o.reshape(b, hq, d)
+
+
+def moe_capacity(
+    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
+) -> torch.Tensor:
+    """Capture-safe MoE for decode graphs: ops.moe.moe_padded with the capacity fixed at T (a token
+    picks an expert at most once, so no expert gets more than T rows) instead of the busiest
+    expert's count, which would need a host sync. Two batched matmuls over all E experts; the routing
+    weight is applied before the down projection as in moe_padded, the K contributions are summed
+    in a fixed order (one rounding, where moe_padded rounds after each add).
+
+    x [T, H]; gate_up [E, 2I, H]; down [E, H, I]; topk_idx [T, K] int64; topk_w [T, K] fp32 -> [T, H]."""
+    t, k = topk_idx.shape
+    e, _, h = gate_up.shape
+    flat = topk_idx.reshape(-1)  # [T*K]
+    order = torch.argsort(flat, stable=True)  # [T*K] pair ids grouped by expert
+    es = flat[order]  # [T*K] expert of each sorted pair
+    counts = torch.bincount(flat, minlength=e)  # [E]
+    rank = torch.arange(t * k, device=x.device) - (torch.cumsum(counts, 0) - counts)[es]  # [T*K] slot in its expert
+    dest = es * t + rank  # [T*K] padded row of each sorted pair
+    tokens = order // k  # [T*K] token of each sorted pair
+    xp = x.new_zeros(e * t, h).index_copy_(0, dest, x.index_select(0, tokens))  # [E*T, H]
+    wp = x.new_zeros(e * t).index_copy_(0, dest, topk_w.reshape(-1)[order].to(x.dtype))  # [E*T]
+    gate, up = torch.bmm(gate_up, xp.view(e, t, h).transpose(1, 2)).chunk(2, dim=1)  # [E, I, T] each
+    act = F.gelu(gate, approximate="tanh") * up * wp.view(e, 1, t)  # [E, I, T]; padding rows stay 0
+    y = torch.bmm(down, act).transpose(1, 2).reshape(e * t, h)  # [E*T, H]
+    # Unsort into (token, k) pairs and sum over k: unlike index_add_ (atomics on CUDA) the order of
+    # the additions is fixed, so a replayed graph and an eager run give the same bits.
+    pairs = torch.empty_like(xp[: t * k]).index_copy_(0, order, y.index_select(0, dest))  # [T*K, H]
+    return pairs.view(t, k, h).sum(dim=1)
