@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -36,6 +37,9 @@ class ForwardBatch:
     # Host-side copies for the CPU attention path, so it need not sync on device tensors.
     query_lens_cpu: list[int]
     seq_lens_cpu: list[int]
+    # Per attention kind, a fixed-shape decode plan built on the device (ops.paged_decode.DecodePlan)
+    # by the CUDA-graph runner; None = the model builds ops.attention plans from the host lists.
+    decode_plans: dict[str, Any] | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -14,6 +14,7 @@ from gemmaserve.model.moe import Gemma4Experts, Gemma4Router
 from gemmaserve.ops.attention import AttentionPlan, build_plan
 from gemmaserve.ops.linear import linear
 from gemmaserve.ops.norm import rms_norm
+from gemmaserve.ops.paged_decode import moe_capacity
 from gemmaserve.ops.rope import default_inv_freq, proportional_inv_freq, rope_cos_sin, signed_sin
 
 
@@ -61,7 +62,12 @@ class Gemma4DecoderLayer(nn.Module):
         if self.enable_moe:
             d = rms_norm(d, self.post_feedforward_layernorm_1.weight, eps)
             w, idx = self.router(r)  # the router sees the post-attention residual
-            m = self.experts(rms_norm(r, self.pre_feedforward_layernorm_2.weight, eps), idx, w)
+            xm = rms_norm(r, self.pre_feedforward_layernorm_2.weight, eps)
+            if getattr(plan, "static", False) and hasattr(self.experts, "gate_up_proj"):
+                # A graph-captured decode step: the expert path without host syncs (ops.paged_decode).
+                m = moe_capacity(xm, self.experts.gate_up_proj, self.experts.down_proj, idx, w)
+            else:
+                m = self.experts(xm, idx, w)
             d = d + rms_norm(m, self.post_feedforward_layernorm_2.weight, eps)
         return (r + rms_norm(d, self.post_feedforward_layernorm.weight, eps)) * self.layer_scalar
 
@@ -133,13 +139,15 @@ class Gemma4ForCausalLM(nn.Module):
         cfg = self.config
         w = self.embed_tokens.weight
         h = F.embedding(batch.input_ids, w) * self.embed_scale.to(w.dtype)  # [T, H]
-        plans: dict[str, AttentionPlan] = {}
+        # A graph runner's decode step brings device-built plans (engine.cuda_graph); others are built here.
+        plans: dict = dict(batch.decode_plans or {})
         rope: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for spec in cfg.attention_kinds():
             meta = batch.kinds[spec.kind]
-            plans[spec.kind] = build_plan(
-                meta.block_tables, batch.query_lens_cpu, batch.seq_lens_cpu, batch.block_size, spec.window
-            )
+            if spec.kind not in plans:
+                plans[spec.kind] = build_plan(
+                    meta.block_tables, batch.query_lens_cpu, batch.seq_lens_cpu, batch.block_size, spec.window
+                )
             cos, sin = rope_cos_sin(batch.positions, getattr(self, f"{spec.kind}_inv_freq"), w.dtype)
             rope[spec.kind] = (cos, signed_sin(sin))  # [T, 1, D] each, shared by the kind's layers
         last = len(self.layers) - 1

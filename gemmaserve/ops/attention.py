@@ -128,6 +128,8 @@ def paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionPlan, scale: float = 1.0
 ) -> torch.Tensor:
     """q [T, Hq, D] -> [T, Hq, D]; softmax in fp32 inside SDPA; GQA head h uses KV head h // (Hq/Hkv)."""
+    if getattr(plan, "static", False):  # ops.paged_decode.DecodePlan: fixed shapes for CUDA graphs
+        return plan.attend(q, k_cache, v_cache, scale)
     hkv, d = k_cache.shape[-2:]
     hq = q.shape[1]
     group = hq // hkv
