@@ -72,15 +72,15 @@ def _prompt_ids(engine, args: argparse.Namespace) -> list[int]:
     if tok is None:
         raise ValueError(f"{args.model} has no tokenizer.json")
     if args.chat:
-        from gemmaserve.chat import ChatRenderer
+        from gemmaserve.chat import ChatRenderer, PromptEncoder
 
         if not tok.chat_template:
             raise ValueError(f"{args.model} has no chat template")
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": args.prompt}
         ]
-        text = ChatRenderer(tok.chat_template).render(messages, enable_thinking=args.thinking)
-        return tok.encode(text)  # the template writes <bos> itself
+        # The template writes <bos> itself; control-token strings in --prompt/--system stay text.
+        return PromptEncoder(ChatRenderer(tok.chat_template), tok).encode(messages, enable_thinking=args.thinking).ids
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
     return bos + tok.encode(args.prompt)
 

@@ -55,7 +55,12 @@ async def _load(state: ServerState) -> None:
         log.exception("model loading failed")
         state.load_error = f"{type(exc).__name__}: {exc}"
         return
-    state.tokenizer, state.renderer = tokenizer, renderer
+    try:
+        await asyncio.to_thread(state.set_chat, tokenizer, renderer)
+    except Exception as exc:
+        log.exception("prompt encoder could not be built")
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        return
     try:
         # Built now so the first JSON-mode request does not pay for the token trie.
         state.grammar = await asyncio.to_thread(GrammarCompiler, tokenizer)

@@ -21,7 +21,7 @@ from gemmaserve.api.sampling import (
 from gemmaserve.api.state import ServerState
 from gemmaserve.chat.constraints import ThinkingBudget
 from gemmaserve.chat.parser import prompt_ends_in_reasoning
-from gemmaserve.chat.render import ChatFormatError
+from gemmaserve.chat.prompt import ChatPrompt
 from gemmaserve.protocol.chat import ChatCompletionRequest, NamedToolChoice
 from gemmaserve.structured import GrammarCompiler, SchemaError, json_object_constraint, json_schema_constraint, tool_call_constraint
 from gemmaserve.types import SamplingParams
@@ -62,7 +62,7 @@ def _with_name(msg: dict[str, Any]) -> dict[str, Any]:
     return msg
 
 
-def _render(state: ServerState, req: ChatCompletionRequest, tools: list[dict] | None, thinking: bool) -> str:
+def _encode(state: ServerState, req: ChatCompletionRequest, tools: list[dict] | None, thinking: bool) -> ChatPrompt:
     messages = [_with_name(m.model_dump(exclude_unset=True)) for m in req.messages or []]
     prefill = ""
     if messages and messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls"):
@@ -72,10 +72,12 @@ def _render(state: ServerState, req: ChatCompletionRequest, tools: list[dict] | 
             raise APIError(400, "messages must contain more than a trailing assistant message",
                            "invalid_request", {"param": "messages"})
     try:
-        text = state.renderer.render(messages, tools=tools, enable_thinking=thinking, add_generation_prompt=True)
-    except ChatFormatError as exc:
+        # Control-token strings the client typed ("<turn|>", "<|tool_call>") stay plain text: a
+        # user must not forge a system turn or a tool call. The prefill continues the model's own
+        # turn, so its markers are real (e.g. "<|channel>thought\n" opens the thought channel).
+        return state.prompt_encoder.encode(messages, tools, enable_thinking=thinking, suffix=prefill)
+    except ValueError as exc:  # ChatFormatError, or no free placeholder characters left
         raise APIError(400, str(exc), "invalid_prompt", {"param": "messages"}) from None
-    return text + prefill
 
 
 def _constraint_for(state: ServerState, req: ChatCompletionRequest, tool_dicts: list[dict] | None,
@@ -130,11 +132,12 @@ def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat
     render_tools = None if req.tool_choice == "none" else tool_dicts
     thinking = thinking_enabled(req) if req.messages is not None else False
     if req.messages is not None:
-        text = _render(state, req, render_tools, thinking)
-        prompt_ids = tok.encode(text)
+        prompt = _encode(state, req, render_tools, thinking)
+        text, prompt_ids, starts_in_reasoning = prompt.text, prompt.ids, prompt.ends_in_reasoning
     else:
         text = req.prompt or ""
         prompt_ids = encode_raw_prompt(tok, text)
+        starts_in_reasoning = prompt_ends_in_reasoning(text)
     max_tokens = completion_limit(req, len(prompt_ids), engine.max_model_len)
     plan = plan_reasoning(req, max_tokens) if req.messages is not None else ReasoningPlan(False, False, None)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
@@ -142,9 +145,8 @@ def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat
         req, max_tokens=max_tokens, vocab_size=engine.vocab_size,
         defaults=getattr(tok, "generation_defaults", {}) or {}, logprobs=logprobs,
     )
-    # A prefill such as "<|channel>thought\n" leaves the channel open: the first output tokens
-    # are thinking, to be capped and counted as such.
-    starts_in_reasoning = prompt_ends_in_reasoning(text)
+    # When the prompt leaves the channel open (a prefill such as "<|channel>thought\n") the first
+    # output tokens are thinking, to be capped and counted as such.
     if plan.budget is not None:
         params.constraints.append(ThinkingBudget(plan.budget, marker_id(tok, CHANNEL_START),
                                                  marker_id(tok, CHANNEL_END), starts_in_reasoning))

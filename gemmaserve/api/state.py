@@ -61,12 +61,15 @@ class ServerState:
 
     tokenizer: gemmaserve.tokenizer.Tokenizer (encode/decode/token_to_id/generation_defaults/...).
     renderer: gemmaserve.chat.ChatRenderer (or anything with the same `.render`).
+    prompt_encoder: gemmaserve.chat.PromptEncoder over those two, which keeps control-token
+    strings in client text as text; built once with them (`set_chat`, or at construction).
     """
 
     config: ServerConfig
     engine: EngineClient | None = None
     tokenizer: Any = None
     renderer: Any = None
+    prompt_encoder: Any = None
     load_error: str | None = None
     grammar: Any = None  # structured.GrammarCompiler for this tokenizer, built on first use
     generations: GenerationStore = field(default_factory=GenerationStore)
@@ -78,6 +81,16 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.generations = GenerationStore(self.config.max_stored_generations)
+        if self.prompt_encoder is None and self.tokenizer is not None and self.renderer is not None:
+            self.set_chat(self.tokenizer, self.renderer)
+
+    def set_chat(self, tokenizer: Any, renderer: Any) -> None:
+        """Install the tokenizer and template, and the prompt encoder built from them (it copies
+        the tokenizer once, so this is load-time work, not per-request work)."""
+        from gemmaserve.chat.prompt import PromptEncoder
+
+        self.tokenizer, self.renderer = tokenizer, renderer
+        self.prompt_encoder = PromptEncoder(renderer, tokenizer)
 
     @property
     def ready(self) -> bool:
