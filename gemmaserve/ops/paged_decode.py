@@ -89,8 +89,9 @@ def moe_capacity(
     flat = topk_idx.reshape(-1)  # [T*K]
     order = torch.argsort(flat, stable=True)  # [T*K] pair ids grouped by expert
     es = flat[order]  # [T*K] expert of each sorted pair
-    counts = torch.bincount(flat, minlength=e)  # [E]
-    rank = torch.arange(t * k, device=x.device) - (torch.cumsum(counts, 0) - counts)[es]  # [T*K] slot in its expert
+    # Rank within the expert = index in the sorted list - index of the expert's first pair. Not via
+    # bincount: on CUDA it reads the input's max back to the host to size its output.
+    rank = torch.arange(t * k, device=x.device) - torch.searchsorted(es, es)  # [T*K] slot in its expert
     dest = es * t + rank  # [T*K] padded row of each sorted pair
     tokens = order // k  # [T*K] token of each sorted pair
     xp = x.new_zeros(e * t, h).index_copy_(0, dest, x.index_select(0, tokens))  # [E*T, H]
