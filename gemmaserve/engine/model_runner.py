@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
+from gemmaserve.engine.cuda_graph import DEFAULT_MAX_GRAPH_LEN, MIN_GRAPH_WIDTH, DecodeGraphRunner, graphs_supported
 from gemmaserve.engine.scheduler import ScheduledRequest
 from gemmaserve.model.batch import ForwardBatch, KindMetadata
 from gemmaserve.model.config import Gemma4TextConfig
@@ -14,7 +15,11 @@ from gemmaserve.model.config import Gemma4TextConfig
 class ModelRunner:
     """Turns the scheduler's choice into model input. `model` is anything with
     `forward(batch, kv_caches) -> [num_sample, V] float32` and
-    `allocate_kv_caches(num_blocks, block_size, dtype, device)` (Gemma4ForCausalLM)."""
+    `allocate_kv_caches(num_blocks, block_size, dtype, device)` (Gemma4ForCausalLM).
+
+    Pure-decode steps go through a DecodeGraphRunner when `static_decode` is on (default: on a CUDA
+    device unless `enforce_eager`, as vLLM names it): replayed CUDA graphs, or with enforce_eager /
+    on CPU the same fixed-shape code run directly. Prefill and mixed steps always run eagerly."""
 
     def __init__(
         self,
@@ -25,6 +30,13 @@ class ModelRunner:
         kv_dtype: torch.dtype,
         device: torch.device | str,
         sampler: Any,
+        *,
+        max_num_seqs: int = 32,
+        max_model_len: int | None = None,
+        enforce_eager: bool = False,
+        static_decode: bool | None = None,
+        max_graph_len: int = DEFAULT_MAX_GRAPH_LEN,
+        min_graph_width: int = MIN_GRAPH_WIDTH,
     ):
         # Fused projections once the weights are final (loaded, maybe int8): fewer matmuls per step.
         if hasattr(model, "fuse_"):
@@ -34,8 +46,25 @@ class ModelRunner:
         self.block_size = block_size
         self.device = torch.device(device)
         self.kinds = [s.kind for s in config.attention_kinds()]
-        self.kv_caches = model.allocate_kv_caches(num_blocks, block_size, kv_dtype, self.device)
         self.sampler = sampler
+        if static_decode is None:
+            static_decode = self.device.type == "cuda" and not enforce_eager and graphs_supported(model)
+        self.graphs: DecodeGraphRunner | None = None
+        if not static_decode:
+            self.kv_caches = model.allocate_kv_caches(num_blocks, block_size, kv_dtype, self.device)
+            return
+        # One scratch block per kind past the manager's blocks: the graph's padding rows write and
+        # read only there, so no request's KV is ever touched by them.
+        with_scratch = {k: n + 1 for k, n in num_blocks.items()}
+        self.kv_caches = model.allocate_kv_caches(with_scratch, block_size, kv_dtype, self.device)
+        longest = max_model_len or min(config.max_position_embeddings, max(num_blocks.values()) * block_size)
+        capture = self.device.type == "cuda" and not enforce_eager
+        self.graphs = DecodeGraphRunner(
+            model, self.kv_caches, config, block_size, dict(num_blocks), max_num_seqs, longest, self.device,
+            capture=capture, max_graph_len=max_graph_len, min_graph_width=min_graph_width,
+        )
+        if capture:
+            self.graphs.capture()
 
     def prepare(self, scheduled: Sequence[ScheduledRequest]) -> ForwardBatch:
         # Plain Python ints and one torch.tensor() per field: per-request tensor ops cost more
@@ -84,10 +113,40 @@ class ModelRunner:
         )
 
     def _dev(self, t: torch.Tensor) -> torch.Tensor:
-        return t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
+        # From pinned memory a non_blocking copy really is asynchronous (from pageable memory it
+        # would be staged synchronously); the caching host allocator holds the block until it ran.
+        return t if self.device.type == "cpu" else t.pin_memory().to(self.device, non_blocking=True)
+
+    def _static_step(self, scheduled: Sequence[ScheduledRequest]) -> dict[str, Any] | None:
+        """The graph runner's inputs for a pure-decode step that fits a bucket, else None."""
+        if self.graphs is None or not scheduled or any(s.num_new_tokens != 1 for s in scheduled):
+            return None
+        positions = [s.start for s in scheduled]
+        seq_lens = [p + 1 for p in positions]
+        if self.graphs.bucket(len(scheduled), max(seq_lens)) is None:
+            return None
+        bs = self.block_size
+        tables = {k: [s.request.block_tables[k] for s in scheduled] for k in self.kinds}
+        slots = {k: [t[p // bs] * bs + p % bs for t, p in zip(tables[k], positions)] for k in self.kinds}
+        for kind in self.kinds:
+            assert min(slots[kind]) >= 0, "a new token was mapped to a released block"
+        return {
+            "input_ids": [s.request.all_token_ids[s.start] for s in scheduled],
+            "positions": positions,
+            "seq_lens": seq_lens,
+            "slots": slots,
+            "tables": tables,
+        }
 
     def execute(self, scheduled: Sequence[ScheduledRequest]) -> torch.Tensor:
         """Run one step; float32 logits [num_sample, V] in the order of the sampling requests."""
+        step = self._static_step(scheduled)
+        if step is not None:
+            logits = self.graphs.run(step)  # [num_seqs, V]
+            sampled = [i for i, s in enumerate(scheduled) if s.samples]
+            if len(sampled) == len(scheduled):
+                return logits
+            return logits[torch.tensor(sampled, dtype=torch.int64, device=logits.device)]
         batch = self.prepare(scheduled)
         with torch.inference_mode():
             return self.model.forward(batch, self.kv_caches)

@@ -1,0 +1,216 @@
+"""Decode steps replayed from CUDA graphs: static input buffers per (batch, key-width) bucket, one
+capture per bucket, and an eager mode that runs the same static-buffer code without capture."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from gemmaserve.model.batch import ForwardBatch, KindMetadata, KVCaches
+from gemmaserve.model.config import Gemma4TextConfig
+from gemmaserve.ops.paged_decode import build_decode_plan
+
+log = logging.getLogger(__name__)
+
+# Key widths (tokens) start here and double: the attention of a step reads width keys per row, so a
+# 300-token context replays the 512 graph, not one sized for max_model_len.
+MIN_GRAPH_WIDTH = 256
+# Widest captured graph (tokens); longer contexts run eagerly. Each width is one more graph per
+# batch size, and full layers gather [B, width, Hkv, D] K and V per layer inside the graph's pool.
+DEFAULT_MAX_GRAPH_LEN = 8192
+
+
+def batch_buckets(max_num_seqs: int) -> list[int]:
+    """1, 2, 4, ... up to max_num_seqs, which is always included (it need not be a power of two)."""
+    sizes, b = [], 1
+    while b < max_num_seqs:
+        sizes.append(b)
+        b *= 2
+    return sizes + [max_num_seqs]
+
+
+def width_buckets(block_size: int, max_len: int, min_width: int = MIN_GRAPH_WIDTH) -> list[int]:
+    """Powers of two times min_width (rounded up to a block multiple), the last one max_len
+    rounded up to a block multiple."""
+    top = -(-max_len // block_size) * block_size
+    widths, w = [], -(-min_width // block_size) * block_size
+    while w < top:
+        widths.append(w)
+        w *= 2
+    return widths + [top]
+
+
+def graphs_supported(model: Any) -> bool:
+    """A step is capturable only if nothing in it reads device values back to the host: the
+    weight-only int8 expert path does (its grouped loop), the plain expert tensors do not."""
+    return all(not getattr(layer, "enable_moe", False) or hasattr(layer.experts, "gate_up_proj")
+               for layer in getattr(model, "layers", []))
+
+
+class DecodeGraphRunner:
+    """Runs pure-decode steps (one new token per request) at fixed shapes. Every bucket (B, W) owns
+    views into one flat int64 device buffer (input ids, positions, seq lens, slot mappings and block
+    tables per attention kind), filled by a single host-to-device copy per step. Padding rows
+    (seq_len 0) write their K/V into a scratch block no request owns and read only that block.
+
+    capture=True records one CUDA graph per bucket (largest first, sharing one memory pool as vLLM
+    does: buckets never replay concurrently, so later, smaller graphs reuse the pool's blocks);
+    capture=False calls the same closure directly, which is what the CPU tests exercise."""
+
+    def __init__(
+        self,
+        model: Any,
+        kv_caches: KVCaches,
+        config: Gemma4TextConfig,
+        block_size: int,
+        scratch_blocks: dict[str, int],
+        max_num_seqs: int,
+        max_model_len: int,
+        device: torch.device | str,
+        capture: bool,
+        max_graph_len: int = DEFAULT_MAX_GRAPH_LEN,
+        min_graph_width: int = MIN_GRAPH_WIDTH,
+    ) -> None:
+        self.model = model
+        self.kv_caches = kv_caches
+        self.block_size = block_size
+        self.device = torch.device(device)
+        self.capture_enabled = capture
+        self.specs = config.attention_kinds()
+        self.scratch = {s.kind: scratch_blocks[s.kind] for s in self.specs}
+        self.batch_sizes = batch_buckets(max_num_seqs)
+        self.widths = width_buckets(block_size, min(max_model_len, max_graph_len), min_graph_width)
+        nk = len(self.specs)
+        most = max(b * (3 + nk) + b * nk * (w // block_size) for b in self.batch_sizes for w in self.widths)
+        self.buf = torch.zeros(most, dtype=torch.int64, device=self.device)  # every bucket's inputs
+        bmax = self.batch_sizes[-1]
+        self.rows = torch.arange(bmax + 1, device=self.device)  # query_start_loc and logits_indices
+        self.logits = torch.zeros(bmax, config.vocab_size, dtype=torch.float32, device=self.device)  # [Bmax, V]
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._eager: dict[tuple[int, int], Any] = {}  # bucket -> closure, capture=False
+
+    # -- buckets ------------------------------------------------------------------------------
+    def bucket(self, num_seqs: int, max_seq_len: int) -> tuple[int, int] | None:
+        """The smallest (B, W) that holds the step, or None (run it eagerly instead)."""
+        b = next((b for b in self.batch_sizes if b >= num_seqs), None)
+        w = next((w for w in self.widths if w >= max_seq_len), None)
+        return None if b is None or w is None else (b, w)
+
+    def _views(self, b: int, w: int) -> dict[str, Any]:
+        """The bucket's slices of the flat buffer; the same addresses every step (graphs need that)."""
+        nb = w // self.block_size
+        off = 0
+
+        def take(n: int) -> torch.Tensor:
+            nonlocal off
+            off += n
+            return self.buf[off - n : off]
+
+        views: dict[str, Any] = {"input_ids": take(b), "positions": take(b), "seq_lens": take(b)}
+        views["slots"] = {s.kind: take(b) for s in self.specs}  # [B] each
+        views["tables"] = {s.kind: take(b * nb).view(b, nb) for s in self.specs}  # [B, nb] each
+        return views
+
+    def _host_inputs(self, b: int, w: int, step: dict[str, Any]) -> list[int]:
+        """The flat buffer's contents for a step, in _views' order, padded to b rows."""
+        n, nb, bs = len(step["input_ids"]), w // self.block_size, self.block_size
+        pad = b - n
+        flat = list(step["input_ids"]) + [0] * pad
+        flat += list(step["positions"]) + [0] * pad
+        flat += list(step["seq_lens"]) + [0] * pad  # 0 marks a padding row
+        for s in self.specs:
+            flat += list(step["slots"][s.kind]) + [self.scratch[s.kind] * bs] * pad
+        for s in self.specs:
+            fill = self.scratch[s.kind]
+            for row in step["tables"][s.kind]:
+                # Blocks past seq_len (never read) may exceed the bucket's width: cut them.
+                flat += row[:nb] + [fill] * (nb - len(row[:nb]))
+            flat += [fill] * (nb * pad)
+        return flat
+
+    def _forward_fn(self, b: int, w: int):
+        """The step as a closure over the bucket's static views: the plans are built on the device
+        inside it, so a graph replays the addressing along with the model."""
+        v = self._views(b, w)
+        windows = {s.kind: s.window for s in self.specs}
+
+        def step() -> None:
+            plans = {
+                kind: build_decode_plan(
+                    v["tables"][kind], v["seq_lens"], self.block_size, windows[kind],
+                    w if windows[kind] is None else min(w, windows[kind]), self.scratch[kind] * self.block_size,
+                )
+                for kind in windows
+            }
+            batch = ForwardBatch(
+                input_ids=v["input_ids"],  # [B]
+                positions=v["positions"],  # [B]
+                query_start_loc=self.rows[: b + 1],  # [B + 1] one token per row
+                seq_lens=v["seq_lens"],  # [B]
+                kinds={k: KindMetadata(v["tables"][k], v["slots"][k]) for k in windows},
+                logits_indices=self.rows[:b],  # [B] every row, padding included; run() slices
+                block_size=self.block_size,
+                query_lens_cpu=[1] * b,
+                seq_lens_cpu=[0] * b,  # unused: the plans come built
+                decode_plans=plans,
+            )
+            self.logits[:b].copy_(self.model.forward(batch, self.kv_caches))  # [B, V]
+
+        return step
+
+    # -- capture and replay -----------------------------------------------------------------
+    def capture(self) -> None:
+        """Record every bucket's graph (CUDA only). Inputs are all padding rows while capturing,
+        so the warm-up and capture runs write nothing but the scratch blocks."""
+        pool = torch.cuda.graph_pool_handle()
+        keys = sorted(((b, w) for b in self.batch_sizes for w in self.widths), reverse=True)
+        with torch.inference_mode():
+            for b, w in keys:
+                fn = self._forward_fn(b, w)
+                empty = {"input_ids": [], "positions": [], "seq_lens": [],
+                         "slots": {s.kind: [] for s in self.specs}, "tables": {s.kind: [] for s in self.specs}}
+                self._load(b, w, empty)
+                # Warm-up on a side stream (cuBLAS handles, lazily compiled kernels) as capture wants.
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    fn()
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    fn()
+                self.graphs[(b, w)] = graph
+        torch.cuda.synchronize(self.device)
+        log.info("captured %d decode graphs: batch %s x width %s", len(keys), self.batch_sizes, self.widths)
+
+    def _load(self, b: int, w: int, step: dict[str, Any]) -> None:
+        host = torch.tensor(self._host_inputs(b, w, step), dtype=torch.int64)
+        if self.device.type == "cuda":
+            # Pinned memory makes the copy truly asynchronous; the caching host allocator keeps the
+            # block alive until the copy has run.
+            self.buf[: host.numel()].copy_(host.pin_memory(), non_blocking=True)
+        else:
+            self.buf[: host.numel()].copy_(host)
+
+    def run(self, step: dict[str, Any]) -> torch.Tensor:
+        """step: input_ids, positions, seq_lens (lists, one entry per request), slots and tables
+        (per kind: slot of each new token, block table list of each request). Returns float32
+        logits [num_seqs, V], a fresh tensor (the static buffer is overwritten by the next step)."""
+        n = len(step["input_ids"])
+        key = self.bucket(n, max(step["seq_lens"]))
+        if key is None:
+            raise ValueError(f"no decode graph holds {n} requests of up to {max(step['seq_lens'])} tokens")
+        self._load(*key, step)
+        graph = self.graphs.get(key)
+        with torch.inference_mode():
+            if graph is not None:
+                graph.replay()
+            elif self.capture_enabled:
+                raise RuntimeError(f"decode graph {key} was not captured")
+            else:
+                if key not in self._eager:
+                    self._eager[key] = self._forward_fn(*key)
+                self._eager[key]()
+            return self.logits[:n].clone()

@@ -1,0 +1,168 @@
+"""The CUDA-graph decode runner's static-buffer path, run eagerly on CPU: its logits equal the normal
+path's across decode steps padded to buckets, with requests joining, leaving and outgrowing a bucket."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from gemmaserve.demo import TEXT_CONFIGS
+from gemmaserve.engine.cuda_graph import DecodeGraphRunner, batch_buckets, graphs_supported, width_buckets
+from gemmaserve.engine.model_runner import ModelRunner
+from gemmaserve.engine.scheduler import ScheduledRequest
+from gemmaserve.model.config import FULL, SLIDING, Gemma4TextConfig
+from gemmaserve.model.decoder import Gemma4ForCausalLM
+
+BS = 4
+NUM_BLOCKS = 40
+WINDOW = 8
+
+
+def test_buckets():
+    assert batch_buckets(1) == [1]
+    assert batch_buckets(32) == [1, 2, 4, 8, 16, 32]
+    assert batch_buckets(48) == [1, 2, 4, 8, 16, 32, 48]
+    assert width_buckets(16, 8192) == [256, 512, 1024, 2048, 4096, 8192]
+    assert width_buckets(16, 1000) == [256, 512, 1008]
+    assert width_buckets(16, 100) == [112]
+    assert width_buckets(4, 40, min_width=6) == [8, 16, 32, 40]
+
+
+@pytest.fixture(scope="module")
+def model():
+    raw = dict(TEXT_CONFIGS["tiny"], sliding_window=WINDOW)
+    cfg = Gemma4TextConfig.from_dict(raw)
+    return Gemma4ForCausalLM(cfg, dtype=torch.float32).init_random_(seed=3, std=0.1).fuse_()
+
+
+class _Sim:
+    """Block tables for fake requests (what the scheduler and KV manager do in the engine):
+    sliding blocks wholly out of the window are released (-1) and, like every block nobody owns,
+    hold NaN in both runners' caches, so reading one would poison the logits."""
+
+    def __init__(self, runners: list[ModelRunner], cfg: Gemma4TextConfig) -> None:
+        self.runners, self.cfg = runners, cfg
+        self.free = {k: list(range(NUM_BLOCKS)) for k in (SLIDING, FULL)}
+        self.reqs: dict[str, SimpleNamespace] = {}
+        for r in runners:
+            for k, v in r.kv_caches:
+                k.fill_(float("nan"))
+                v.fill_(float("nan"))
+
+    def _poison(self, kind: str, blk: int) -> None:
+        for r in self.runners:
+            for i, t in enumerate(self.cfg.layer_types):
+                if t == kind:
+                    r.kv_caches[i][0][blk].fill_(float("nan"))
+                    r.kv_caches[i][1][blk].fill_(float("nan"))
+
+    def add(self, rid: str, prompt: list[int]) -> None:
+        self.reqs[rid] = SimpleNamespace(all_token_ids=list(prompt), num_computed_tokens=0,
+                                         block_tables={SLIDING: [], FULL: []}, num_tokens=len(prompt))
+
+    def finish(self, rid: str) -> None:
+        req = self.reqs.pop(rid)
+        for kind, table in req.block_tables.items():
+            for blk in table:
+                if blk >= 0:
+                    self._poison(kind, blk)
+                    self.free[kind].append(blk)
+
+    def schedule(self, plan: dict[str, int]) -> list[ScheduledRequest]:
+        """plan: request -> new tokens this step; allocates and releases blocks first."""
+        out = []
+        for rid, n in plan.items():
+            req = self.reqs[rid]
+            end = req.num_computed_tokens + n
+            oldest = req.num_computed_tokens - WINDOW + 1  # oldest key this step's first query sees
+            table = req.block_tables[SLIDING]
+            for b, blk in enumerate(table):
+                if blk >= 0 and (b + 1) * BS <= oldest:
+                    self._poison(SLIDING, blk)
+                    self.free[SLIDING].append(blk)
+                    table[b] = -1
+            for kind, table in req.block_tables.items():
+                while len(table) * BS < end:
+                    table.append(self.free[kind].pop(0))
+            out.append(ScheduledRequest(req, n))
+        return out
+
+    def advance(self, scheduled: list[ScheduledRequest], gen: torch.Generator) -> None:
+        for s in scheduled:
+            s.request.num_computed_tokens += s.num_new_tokens
+            if s.samples:
+                s.request.all_token_ids.append(int(torch.randint(3, 512, (1,), generator=gen)))
+                s.request.num_tokens += 1
+
+
+def _runner(model, static: bool, **kw) -> ModelRunner:
+    return ModelRunner(model, model.config, {SLIDING: NUM_BLOCKS, FULL: NUM_BLOCKS}, BS, torch.float32, "cpu",
+                       sampler=None, static_decode=static, max_num_seqs=8, max_model_len=64, **kw)
+
+
+def test_static_decode_matches_normal_path_as_requests_join_and_leave(model):
+    eager = _runner(model, static=False)
+    static = _runner(model, static=True, max_graph_len=32, min_graph_width=8)
+    assert eager.graphs is None and static.graphs is not None
+    assert static.graphs.widths == [8, 16, 32] and static.graphs.batch_sizes == [1, 2, 4, 8]
+    sim = _Sim([eager, static], model.config)
+    gen = torch.Generator().manual_seed(0)
+    prompt = lambda n: torch.randint(3, 512, (n,), generator=gen).tolist()  # noqa: E731
+    # step -> (joins with prompt lengths, leaves); every other request decodes one token a step.
+    joins = {0: {"a": 5}, 2: {"b": 11, "c": 3}, 5: {"d": 2, "e": 7, "f": 1}, 9: {"g": 4}}
+    leaves = {7: ["c"], 10: ["a", "e"], 13: ["b"]}
+    used_static = 0
+    for t in range(16):
+        for rid in leaves.get(t, []):
+            sim.finish(rid)
+        for rid, n in joins.get(t, {}).items():
+            sim.add(rid, prompt(n))
+        plan = {rid: r.num_tokens - r.num_computed_tokens for rid, r in sim.reqs.items()}
+        scheduled = sim.schedule(plan)
+        expected = eager.execute(scheduled)
+        is_static = static._static_step(scheduled) is not None
+        used_static += is_static
+        got = static.execute(scheduled)
+        assert got.shape == expected.shape == (len(scheduled), 512)
+        assert torch.isfinite(expected).all()
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5, msg=f"step {t}")
+        sim.advance(scheduled, gen)
+    # Pure-decode steps of 1, 2, 3, 4, 5 and 6 requests at contexts up to ~24 tokens took the static
+    # path at several buckets; prefill and mixed steps did not.
+    assert used_static >= 6
+    assert {b for b, _ in static.graphs._eager} >= {1, 4, 8}
+    assert {w for _, w in static.graphs._eager} >= {8, 16, 32}
+
+
+def test_contexts_past_the_widest_graph_run_eagerly(model):
+    eager = _runner(model, static=False)
+    static = _runner(model, static=True, max_graph_len=16, min_graph_width=8)
+    sim = _Sim([eager, static], model.config)
+    gen = torch.Generator().manual_seed(1)
+    sim.add("x", torch.randint(3, 512, (13,), generator=gen).tolist())
+    kinds = []
+    for _ in range(6):  # context 13 -> 18: crosses the widest graph (16 keys)
+        r = sim.reqs["x"]
+        scheduled = sim.schedule({"x": r.num_tokens - r.num_computed_tokens})
+        kinds.append(static._static_step(scheduled) is not None)
+        torch.testing.assert_close(static.execute(scheduled), eager.execute(scheduled), atol=1e-5, rtol=1e-5)
+        sim.advance(scheduled, gen)
+    assert kinds == [False, True, True, True, False, False]  # prefill, seq 14..16 static, 17, 18 eager
+
+
+def test_scratch_block_is_outside_the_managers_blocks(model):
+    static = _runner(model, static=True)
+    k, _ = static.kv_caches[0]
+    assert k.shape[0] == NUM_BLOCKS + 1 and static.graphs.scratch == {SLIDING: NUM_BLOCKS, FULL: NUM_BLOCKS}
+    assert _runner(model, static=False).kv_caches[0][0].shape[0] == NUM_BLOCKS
+    # On CPU graphs are off unless asked for; a runner without capture never records one.
+    assert _runner(model, static=None).graphs is None
+    assert isinstance(static.graphs, DecodeGraphRunner) and not static.graphs.capture_enabled
+
+
+def test_int8_experts_are_not_capturable(model):
+    assert graphs_supported(model)
+    layer = SimpleNamespace(enable_moe=True, experts=SimpleNamespace())  # QuantExperts has no gate_up_proj
+    assert not graphs_supported(SimpleNamespace(layers=[layer]))
