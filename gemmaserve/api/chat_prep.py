@@ -81,7 +81,7 @@ def _encode(state: ServerState, req: ChatCompletionRequest, tools: list[dict] | 
 
 
 def _constraint_for(state: ServerState, req: ChatCompletionRequest, tool_dicts: list[dict] | None,
-                    parallel: bool, after_thinking: bool):
+                    parallel: bool, after_thinking: bool, in_thought: bool):
     choice = req.tool_choice
     fmt = req.response_format
     forced_tool = choice == "required" or isinstance(choice, NamedToolChoice)
@@ -99,20 +99,20 @@ def _constraint_for(state: ServerState, req: ChatCompletionRequest, tool_dicts: 
     tok = state.grammar
     try:
         if choice == "required":
-            return tool_call_constraint(tok, tool_dicts, "required", parallel, after_thinking)
+            return tool_call_constraint(tok, tool_dicts, "required", parallel, after_thinking, in_thought)
         if isinstance(choice, NamedToolChoice):
             name = choice.function["name"]
             if name not in {t["function"]["name"] for t in tool_dicts or []}:
                 raise APIError(400, f"tool_choice names '{name}', which is not in 'tools'", "invalid_request",
                                {"param": "tool_choice"})
-            return tool_call_constraint(tok, tool_dicts, {"name": name}, parallel, after_thinking)
+            return tool_call_constraint(tok, tool_dicts, {"name": name}, parallel, after_thinking, in_thought)
         assert fmt is not None
         if fmt.type == "json_object":
-            return json_object_constraint(tok, after_thinking)
+            return json_object_constraint(tok, after_thinking, in_thought)
         if fmt.type == "json_schema":
             assert fmt.json_schema is not None
             schema = fmt.json_schema.json_schema if fmt.json_schema.json_schema is not None else {}
-            return json_schema_constraint(tok, schema, bool(fmt.json_schema.strict), after_thinking)
+            return json_schema_constraint(tok, schema, bool(fmt.json_schema.strict), after_thinking, in_thought)
     except SchemaError as exc:
         raise APIError(400, f"Invalid schema: {exc}", "invalid_request", {"param": "response_format"}) from None
     raise APIError(400, f"response_format type '{fmt.type}' is not supported by this endpoint",
@@ -150,7 +150,9 @@ def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat
     if plan.budget is not None:
         params.constraints.append(ThinkingBudget(plan.budget, marker_id(tok, CHANNEL_START),
                                                  marker_id(tok, CHANNEL_END), starts_in_reasoning))
-    constraint = _constraint_for(state, req, render_tools, parallel, plan.enabled)
+    # A prompt that left the thought channel open starts the grammar after <channel|>, not inside
+    # the thought (where the JSON would land in `reasoning`).
+    constraint = _constraint_for(state, req, render_tools, parallel, plan.enabled, starts_in_reasoning)
     if constraint is not None:
         params.constraints.append(constraint)
     if req.tool_choice == "none" and tool_dicts:

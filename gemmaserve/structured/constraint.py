@@ -25,6 +25,9 @@ class GrammarConstraint:
     first token may also be `<|channel>`; inside the channel everything but `thinking_blocked_ids`
     runs free (ending the turn, or opening a tool call, inside the thought would skip the
     structured answer); the grammar applies from the token after `<channel|>`. If the first token is not `<|channel>` the grammar applies at once.
+    With `starts_in_reasoning=True` the prompt itself left the channel open (an assistant prefill
+    "<|channel>thought\n"): the request starts inside the thought, and the grammar applies after
+    the first `<channel|>`.
 
     Grammars built by this package end with explicit end tokens (`end_ids`), so once the grammar is
     complete the matcher only allows those; if generation continues anyway (ignore_eos) the end
@@ -41,9 +44,10 @@ class GrammarConstraint:
         channel_start_id: int | None = None,
         channel_end_id: int | None = None,
         thinking_blocked_ids: Sequence[int] | None = None,
+        starts_in_reasoning: bool = False,
     ) -> None:
-        if thinking and (channel_start_id is None or channel_end_id is None):
-            raise ValueError("thinking=True needs channel_start_id and channel_end_id")
+        if (thinking or starts_in_reasoning) and (channel_start_id is None or channel_end_id is None):
+            raise ValueError("thinking=True or starts_in_reasoning=True needs channel_start_id and channel_end_id")
         if matcher.is_error():
             raise ConstraintError(f"grammar matcher failed to start: {matcher.get_error()}")
         self._matcher = matcher
@@ -54,7 +58,8 @@ class GrammarConstraint:
         self._channel_end = channel_end_id
         # Ids masked inside the thought channel (default: the end ids).
         self._blocked = list(self._end_ids if thinking_blocked_ids is None else thinking_blocked_ids)
-        self._phase = _START if thinking else _CONSTRAINED
+        self._initial = _THINKING if starts_in_reasoning else _START if thinking else _CONSTRAINED
+        self._phase = self._initial
         self._seen = 0  # output ids consumed so far (the thinking part included)
         self._n_words = (vocab_size + 31) // 32
         self._bitmask = torch.zeros(self._n_words, dtype=torch.int32)  # [ceil(V/32)] llguidance bits
@@ -70,7 +75,7 @@ class GrammarConstraint:
         if n < self._seen:
             # The caller's list got shorter (never in normal decoding): replay from the start.
             self._matcher.reset()
-            self._phase = _START if self._thinking else _CONSTRAINED
+            self._phase = self._initial
             self._seen = 0
         for i in range(self._seen, n):
             self._step(i, int(output_token_ids[i]))

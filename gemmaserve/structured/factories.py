@@ -10,20 +10,25 @@ from gemmaserve.structured.gemma_grammar import tool_call_lark
 from gemmaserve.structured.json_grammar import json_object_lark, json_schema_lark
 
 
-def json_object_constraint(tokenizer: Any, start_after_thinking: bool = False) -> GrammarConstraint:
+def json_object_constraint(
+    tokenizer: Any, start_after_thinking: bool = False, starts_in_reasoning: bool = False
+) -> GrammarConstraint:
     """response_format {"type": "json_object"}: the answer is one JSON object, then `<turn|>`/`<eos>`.
 
     `tokenizer`: a GrammarCompiler (keep one per model: it caches the token trie and compiled
     grammars) or a gemmaserve Tokenizer / tokenizers.Tokenizer (builds a throwaway compiler).
     `start_after_thinking`: thinking is on, so the grammar starts after a leading thought channel.
+    `starts_in_reasoning`: the prompt already opened that channel (an assistant prefill
+    "<|channel>thought\n"), so the grammar starts after the first `<channel|>`.
     """
     compiler = as_compiler(tokenizer)
     ends = _answer_end_ids(compiler)
-    return _constraint(compiler, json_object_lark(end_ids=ends), ends, start_after_thinking)
+    return _constraint(compiler, json_object_lark(end_ids=ends), ends, start_after_thinking, starts_in_reasoning)
 
 
 def json_schema_constraint(
-    tokenizer: Any, schema: Any, strict: bool | None = False, start_after_thinking: bool = False
+    tokenizer: Any, schema: Any, strict: bool | None = False, start_after_thinking: bool = False,
+    starts_in_reasoning: bool = False,
 ) -> GrammarConstraint:
     """response_format {"type": "json_schema"}: the answer is JSON valid under `schema`.
 
@@ -33,7 +38,7 @@ def json_schema_constraint(
     compiler = as_compiler(tokenizer)
     ends = _answer_end_ids(compiler)
     grammar = json_schema_lark(schema, strict=bool(strict), end_ids=ends)
-    return _constraint(compiler, grammar, ends, start_after_thinking)
+    return _constraint(compiler, grammar, ends, start_after_thinking, starts_in_reasoning)
 
 
 def tool_call_constraint(
@@ -42,6 +47,7 @@ def tool_call_constraint(
     mode: Literal["required"] | Mapping[str, Any] = "required",
     parallel: bool = True,
     start_after_thinking: bool = False,
+    starts_in_reasoning: bool = False,
 ) -> GrammarConstraint:
     """tool_choice "required" or a named function: the answer is Gemma 4 tool-call syntax.
 
@@ -64,10 +70,12 @@ def tool_call_constraint(
     m = compiler.markers
     ends = [m.tool_response_start, m.turn_end, m.eos]
     grammar = tool_call_lark(chosen, parallel=parallel, markers=m, end_ids=ends)
-    return _constraint(compiler, grammar, ends, start_after_thinking)
+    return _constraint(compiler, grammar, ends, start_after_thinking, starts_in_reasoning)
 
 
-def _constraint(compiler: GrammarCompiler, grammar: str, ends: list[int], thinking: bool) -> GrammarConstraint:
+def _constraint(
+    compiler: GrammarCompiler, grammar: str, ends: list[int], thinking: bool, starts_in_reasoning: bool
+) -> GrammarConstraint:
     m = compiler.markers
     return GrammarConstraint(
         compiler.matcher(grammar),
@@ -79,6 +87,7 @@ def _constraint(compiler: GrammarCompiler, grammar: str, ends: list[int], thinki
         # Inside the thought: no turn end / stop token, and no tool call (the parsers would take
         # `<|tool_call>` as the end of the thought, unconstrained).
         thinking_blocked_ids=[m.eos, m.turn_end, m.tool_response_start, m.tool_call_start, m.tool_call_end],
+        starts_in_reasoning=starts_in_reasoning,
     )
 
 

@@ -365,8 +365,6 @@ def test_tool_result_round_trip_renders_the_conversation(client, offline):
     assert [c.token for c in resp.choices[0].logprobs.content] == [lp.token for lp in want.logprobs]
 
 
-@pytest.mark.xfail(strict=True, reason="structured constraints take after_thinking but not 'prompt already inside the "
-                   "thought channel': the grammar starts the JSON inside the open channel, so it lands in reasoning")
 def test_json_answer_when_the_prompt_opens_the_channel(client):
     msgs = MSGS + [{"role": "assistant", "content": "<|channel>thought\n"}]
     for seed in (0, 2):

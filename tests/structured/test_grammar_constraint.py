@@ -92,6 +92,30 @@ def test_thinking_then_random_answer_still_validates(compiler, tokenizer, genera
         assert json.loads(tokenizer.decode(ids[len(thought):-1]))["ok"] in (True, False)
 
 
+@pytest.mark.parametrize("thinking", [True, False])
+def test_prompt_opened_channel_starts_inside_the_thought(compiler, tokenizer, thinking):
+    # An assistant prefill "<|channel>thought\n": output token 0 is already thinking, and the
+    # grammar applies after the first <channel|> (with or without the template's thinking switch).
+    m = compiler.markers
+    blocked = {m.eos, m.turn_end, m.tool_response_start, m.tool_call_start, m.tool_call_end}
+    makers = [lambda **kw: json_schema_constraint(compiler, SCHEMA, strict=True, **kw),
+              lambda **kw: json_object_constraint(compiler, **kw),
+              lambda **kw: tool_call_constraint(compiler, [{"name": "f"}], "required", **kw)]
+    for make in makers:
+        c = make(start_after_thinking=thinking, starts_in_reasoning=True)
+        thought = tokenizer.encode("{not json yet")
+        assert set(range(VOCAB)) - set(_allowed(c, [])) == blocked
+        assert set(range(VOCAB)) - set(_allowed(c, thought)) == blocked
+        closed = thought + [m.channel_end]
+        assert _allowed(c, closed) == _allowed(make(), [])
+        assert _allowed(c, closed[:2]) == _allowed(make(starts_in_reasoning=True), closed[:2])  # replay
+    c = json_schema_constraint(compiler, SCHEMA, strict=True, starts_in_reasoning=True)
+    done = tokenizer.encode("hm") + [m.channel_end] + tokenizer.encode('{"ok":true}')
+    assert _allowed(c, done) == sorted([m.turn_end, m.eos])
+    with pytest.raises(ValueError, match="channel"):
+        GrammarConstraint(compiler.matcher("start: \"a\"\n"), VOCAB, end_ids=[1], starts_in_reasoning=True)
+
+
 def test_without_thinking_channel_is_not_allowed_first(compiler):
     m = compiler.markers
     assert m.channel_start not in _allowed(json_object_constraint(compiler, start_after_thinking=False), [])
