@@ -166,3 +166,26 @@ def test_int8_experts_are_not_capturable(model):
     assert graphs_supported(model)
     layer = SimpleNamespace(enable_moe=True, experts=SimpleNamespace())  # QuantExperts has no gate_up_proj
     assert not graphs_supported(SimpleNamespace(layers=[layer]))
+
+
+def test_26b_a4b_shape_static_decode_builds_on_the_model_device():
+    # The real shape on the meta device: every buffer, plan and activation must be created on the
+    # model's device (a stray CPU tensor would raise when mixed with meta ones), at the widest graph
+    # and the largest batch, without allocating 50 GB.
+    cfg = Gemma4TextConfig.from_dict(TEXT_CONFIGS["26b-a4b"])
+    model = Gemma4ForCausalLM(cfg, dtype=torch.bfloat16, device="meta")
+    runner = ModelRunner(model, cfg, {SLIDING: 300, FULL: 1200}, 16, torch.bfloat16, "meta", sampler=None,
+                         static_decode=True, max_num_seqs=64, max_model_len=32768)
+    graphs = runner.graphs
+    assert graphs.batch_sizes == [1, 2, 4, 8, 16, 32, 64] and graphs.widths == [256, 512, 1024, 2048, 4096, 8192]
+    assert graphs.buf.device.type == "meta" and runner.kv_caches[5][0].shape == (1201, 16, 2, 512)
+    assert runner.kv_caches[0][0].shape == (301, 16, 8, 256)
+    for lens in ([7], [100] * 33 + [8000]):  # buckets (1, 256) and (64, 8192)
+        reqs = [SimpleNamespace(all_token_ids=list(range(n)), num_computed_tokens=n - 1, num_tokens=n,
+                                block_tables={SLIDING: [i % 300 for i in range((n + 15) // 16)],
+                                              FULL: [i % 1200 for i in range((n + 15) // 16)]}) for n in lens]
+        scheduled = [ScheduledRequest(r, 1) for r in reqs]
+        assert runner._static_step(scheduled) is not None
+        out = runner.execute(scheduled)
+        assert out.device.type == "meta" and out.shape == (len(lens), 262144) and out.dtype == torch.float32
+    assert set(graphs._eager) == {(1, 256), (64, 8192)}
