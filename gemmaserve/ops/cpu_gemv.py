@@ -156,16 +156,17 @@ def gemv(w: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype = torch.bfloat
 
 
 def gemv_experts(w: torch.Tensor, expert_ids: torch.Tensor, x: torch.Tensor,
-                 out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+                 out_dtype: torch.dtype = torch.bfloat16, check: bool = True) -> torch.Tensor:
     """MoE gather: out[m, j] = w[expert_ids[m, j]] @ x[m] for w [E, N, K], expert_ids [M, topk],
-    x [M, K] -> [M, topk, N], in one call; tokens sharing an expert read it once."""
+    x [M, K] -> [M, topk, N], in one call; tokens sharing an expert read it once. check=False skips
+    the id range check (two host syncs) for ids that come straight from a top-k over E columns."""
     _check_w(w, 3)
     e, n, k = w.shape
     x2 = _rows(x, k)
     if expert_ids.dim() != 2 or expert_ids.shape[0] != x2.shape[0]:
         raise ValueError(f"expert_ids must be [M, topk] with M={x2.shape[0]}, got {tuple(expert_ids.shape)}")
     ids = expert_ids.to(torch.int64).contiguous()
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= e):
+    if check and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= e):
         raise ValueError(f"expert ids must lie in [0, {e})")
     m, topk = ids.shape
     if out_dtype not in (torch.bfloat16, torch.float32):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gemmaserve.ops import cpu_gemv
 from gemmaserve.ops.linear import linear
 
 # Token count at or above which the grouped path is used: benchmarks/ops_moe.py on the bench shape
@@ -20,6 +21,9 @@ GROUPED_MIN_TOKENS = 3
 # 8.33/6.52. Prefill sizes stay grouped: padding to the busiest expert multiplies the FLOPs.
 PADDED_MAX_TOKENS = 64
 PADDED_MIN_ACTIVE = 0.75
+# Up to this many tokens, bf16 on CPU, the GEMV kernel's expert gather (ops/cpu_gemv.py) replaces every
+# path above: two calls per layer, each chosen expert read once for all tokens that chose it; 0 = off.
+GEMV_MAX_TOKENS = 8
 
 
 def _act(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -60,6 +64,19 @@ def moe_gather(
             acc = y if acc is None else acc + y
         out[ti] = acc[0]
     return out
+
+
+def moe_gather_gemv(
+    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
+) -> torch.Tensor:
+    """The gather path on the CPU GEMV kernel: one call for every (token, expert) gate_up product, one
+    for every down product (fp32 out), then the routing-weighted sum in fp32 and one bf16 rounding.
+    Same contract as moe_gather; needs bf16 contiguous expert tensors and cpu_gemv.available()."""
+    t, k = topk_idx.shape
+    gate, up = cpu_gemv.gemv_experts(gate_up, topk_idx, x, check=False).chunk(2, dim=-1)  # [T, K, I] each
+    act = _act(gate, up).view(t * k, -1)  # [T*K, I]
+    y = cpu_gemv.gemv_experts(down, topk_idx.view(t * k, 1), act, torch.float32, check=False)  # [T*K, 1, H]
+    return torch.bmm(topk_w[:, None, :], y.view(t, k, -1)).view(t, -1).to(x.dtype)  # [T, H]
 
 
 def moe_gather_batched(
@@ -142,6 +159,16 @@ def moe_experts(
     """Pick the path by token count and, on CPU, the share of experts chosen (see GROUPED_MIN_TOKENS,
     PADDED_MAX_TOKENS)."""
     t = x.shape[0]
+    if (
+        t <= GEMV_MAX_TOKENS
+        and x.dtype is torch.bfloat16
+        and x.device.type == "cpu"
+        and gate_up.dtype is torch.bfloat16
+        and gate_up.is_contiguous()
+        and down.is_contiguous()
+        and cpu_gemv.available()
+    ):
+        return moe_gather_gemv(x, gate_up, down, topk_idx, topk_w)
     if t >= grouped_min_tokens:
         if x.device.type == "cpu" and t <= PADDED_MAX_TOKENS:
             e = gate_up.shape[0]
