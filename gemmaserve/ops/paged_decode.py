@@ -8,6 +8,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from gemmaserve.ops.moe import moe_gather_batched
+
+# Relative memory traffic of the two capture-safe MoE forms: the gather form reads each chosen
+# expert's weights, writes an indexed copy and reads that again (about 3 passes per (token, expert)
+# pair); the capacity form reads all E experts once. So gather while 3 * T * K < E: on 26B-A4B
+# (128 experts, top-8) that is up to 5 tokens, where reading all experts would cost 16x at T=1.
+GATHER_PASSES = 3
+
 
 @dataclass
 class DecodePlan:
@@ -72,6 +80,17 @@ def paged_decode(
     qd = q.view(b, hkv, group, d)  # [B, Hkv, G, D]
     o = F.scaled_dot_product_attention(qd, k, v, attn_mask=plan.mask, scale=scale)  # [B, Hkv, G, D]
     return o.reshape(b, hq, d)
+
+
+def moe_static(
+    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
+) -> torch.Tensor:
+    """The MoE of a graph-captured decode step: no host sync, the form picked from shapes alone
+    (see GATHER_PASSES). Same contract as ops.moe.moe_experts."""
+    t, k = topk_idx.shape
+    if GATHER_PASSES * t * k < gate_up.shape[0]:
+        return moe_gather_batched(x, gate_up, down, topk_idx, topk_w)
+    return moe_capacity(x, gate_up, down, topk_idx, topk_w)
 
 
 def moe_capacity(

@@ -8,7 +8,7 @@ import torch
 
 from gemmaserve.ops.attention import build_plan, paged_attention
 from gemmaserve.ops.moe import moe_grouped, moe_padded
-from gemmaserve.ops.paged_decode import DecodePlan, build_decode_plan, moe_capacity, paged_decode
+from gemmaserve.ops.paged_decode import DecodePlan, build_decode_plan, moe_capacity, moe_static, paged_decode
 
 BS = 4
 NUM_BLOCKS = 48
@@ -116,3 +116,24 @@ def test_moe_capacity_matches_grouped_and_padded(t):
     got = moe_capacity(x, gate_up, down, idx, w)
     torch.testing.assert_close(got, moe_grouped(x, gate_up, down, idx, w), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got, moe_padded(x, gate_up, down, idx, w), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("t", [1, 2, 3, 8])
+def test_moe_static_picks_gather_for_few_tokens(t, monkeypatch):
+    gen = torch.Generator().manual_seed(10 + t)
+    e, k, h, i = 32, 4, 16, 8  # gather while 3 * t * 4 < 32: t <= 2
+    x = torch.randn(t, h, generator=gen)
+    gate_up = torch.randn(e, 2 * i, h, generator=gen) * 0.2
+    down = torch.randn(e, h, i, generator=gen) * 0.2
+    idx = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(t)])
+    w = torch.rand(t, k, generator=gen)
+    calls = []
+    import gemmaserve.ops.paged_decode as pd
+
+    monkeypatch.setattr(pd, "moe_gather_batched", lambda *a: calls.append("gather") or moe_grouped(*a))
+    monkeypatch.setattr(pd, "moe_capacity", lambda *a: calls.append("capacity") or moe_capacity(*a))
+    got = moe_static(x, gate_up, down, idx, w)
+    assert calls == (["gather"] if t <= 2 else ["capacity"])
+    torch.testing.assert_close(got, moe_grouped(x, gate_up, down, idx, w), atol=1e-5, rtol=1e-5)
+    monkeypatch.undo()
+    torch.testing.assert_close(moe_static(x, gate_up, down, idx, w), got, atol=1e-5, rtol=1e-5)
