@@ -14,7 +14,7 @@ from gemmaserve.model.moe import Gemma4Experts, Gemma4Router
 from gemmaserve.ops.attention import AttentionPlan, build_plan
 from gemmaserve.ops.linear import linear
 from gemmaserve.ops.norm import rms_norm
-from gemmaserve.ops.paged_decode import moe_capacity
+from gemmaserve.ops.paged_decode import moe_static
 from gemmaserve.ops.rope import default_inv_freq, proportional_inv_freq, rope_cos_sin, signed_sin
 
 
@@ -65,7 +65,7 @@ class Gemma4DecoderLayer(nn.Module):
             xm = rms_norm(r, self.pre_feedforward_layernorm_2.weight, eps)
             if getattr(plan, "static", False) and hasattr(self.experts, "gate_up_proj"):
                 # A graph-captured decode step: the expert path without host syncs (ops.paged_decode).
-                m = moe_capacity(xm, self.experts.gate_up_proj, self.experts.down_proj, idx, w)
+                m = moe_static(xm, self.experts.gate_up_proj, self.experts.down_proj, idx, w)
             else:
                 m = self.experts(xm, idx, w)
             d = d + rms_norm(m, self.post_feedforward_layernorm_2.weight, eps)
