@@ -13,7 +13,7 @@ from gemmaserve.api.auth import require_auth
 from gemmaserve.api.chat_output import DeltaStream, chat_logprobs, whole_message
 from gemmaserve.api.chat_prep import PreparedChat, prepare_chat
 from gemmaserve.api.errors import APIError, engine_error_to_api
-from gemmaserve.api.guards import check_model, check_provider, ensure_ready
+from gemmaserve.api.guards import admit, respond, run_to_end
 from gemmaserve.api.run import (
     TIMEOUT,
     EngineRun,
@@ -21,10 +21,9 @@ from gemmaserve.api.run import (
     new_tool_call_id,
     normalised_reason,
     record_generation,
-    unless_disconnected,
 )
 from gemmaserve.api.sampling import CHANNEL_END, CHANNEL_START, marker_id
-from gemmaserve.api.sse import DONE, KEEPALIVE, SSEResponse, sse_data
+from gemmaserve.api.sse import DONE, KEEPALIVE, sse_data
 from gemmaserve.api.state import ServerState
 from gemmaserve.api.usage import TokenCounts
 from gemmaserve.chat.constraints import count_reasoning_tokens
@@ -84,39 +83,20 @@ def _native(out: RequestOutput | None, has_tool_calls: bool) -> str | None:
 @router.post("/api/v1/chat/completions", dependencies=[Depends(require_auth)])
 @router.post("/v1/chat/completions", dependencies=[Depends(require_auth)])
 async def chat_completions(req: ChatCompletionRequest, request: Request):
-    state: ServerState = request.app.state.gs
-    check_model(state, req)
-    check_provider(state, req)
-    ensure_ready(state)
+    state = admit(request, req)
     # Rendering, tokenizing and grammar compilation are CPU work: keep them off the event loop
     # so other streams keep flowing while a long prompt is prepared.
     prep = await asyncio.to_thread(prepare_chat, state, req)
     ctx = _Ctx(state, req, prep, request)
     run = EngineRun(state, prep.prompt_ids, prep.params, ctx.gen_id)
-    if not req.stream:
-        try:
-            return await unless_disconnected(request, _whole(ctx, run))
-        finally:
-            await run.close()
-    try:
-        # Errors the engine raises up front (queue full, prompt too long) still get their status:
-        # nothing has been sent yet. Past the first keep-alive they go in-band.
-        first = await run.next(timeout=state.config.keepalive_interval_s)
-    except EngineError as exc:
-        await run.close()
-        raise engine_error_to_api(exc) from None
-    except BaseException:
-        await run.close()
-        raise
-    return SSEResponse(_stream(ctx, run, first), headers={"X-Generation-Id": ctx.gen_id})
+    return await respond(request, run, stream=bool(req.stream), whole=lambda: _whole(ctx, run),
+                         frames=lambda first: _stream(ctx, run, first),
+                         keepalive_s=state.config.keepalive_interval_s, gen_id=ctx.gen_id)
 
 
 async def _whole(ctx: _Ctx, run: EngineRun) -> JSONResponse:
-    out: Any = None
     try:
-        out = await run.next()
-        while out is not None and not out.finished:
-            out = await run.next()
+        await run_to_end(run)
     except EngineError as exc:
         if run.last is not None:  # it had started: keep its record
             ctx.record(run, "error", "error", streamed=False, cancelled=False)

@@ -10,18 +10,16 @@ from fastapi.responses import JSONResponse
 
 from gemmaserve.api.auth import require_auth
 from gemmaserve.api.errors import APIError, engine_error_to_api
-from gemmaserve.api.guards import check_model, check_provider, ensure_ready
+from gemmaserve.api.guards import admit, respond, run_to_end
 from gemmaserve.api.run import (
     TIMEOUT,
     EngineRun,
     new_generation_id,
     normalised_reason,
     record_generation,
-    unless_disconnected,
 )
 from gemmaserve.api.sampling import build_sampling_params, completion_limit, encode_raw_prompt
-from gemmaserve.api.sse import DONE, KEEPALIVE, SSEResponse, sse_data
-from gemmaserve.api.state import ServerState
+from gemmaserve.api.sse import DONE, KEEPALIVE, sse_data
 from gemmaserve.api.usage import TokenCounts
 from gemmaserve.protocol.completions import CompletionRequest
 from gemmaserve.types import EngineError, FinishReason, TokenLogprob
@@ -48,10 +46,7 @@ def text_logprobs(items: list[TokenLogprob] | None, offset0: int) -> dict[str, A
 @router.post("/api/v1/completions", dependencies=[Depends(require_auth)])
 @router.post("/v1/completions", dependencies=[Depends(require_auth)])
 async def completions(req: CompletionRequest, request: Request):
-    state: ServerState = request.app.state.gs
-    check_model(state, req)
-    check_provider(state, req)
-    ensure_ready(state)
+    state = admit(request, req)
     engine, tok = state.engine, state.tokenizer
     assert engine is not None
     if isinstance(req.prompt, str):
@@ -85,9 +80,7 @@ async def completions(req: CompletionRequest, request: Request):
 
     async def whole() -> JSONResponse:
         try:
-            out = await run.next()
-            while out is not None and not out.finished:
-                out = await run.next()
+            await run_to_end(run)
         except EngineError as exc:
             raise engine_error_to_api(exc) from None
         last = run.last
@@ -102,21 +95,7 @@ async def completions(req: CompletionRequest, request: Request):
                                "metadata": {"error_type": "server"}}
         return JSONResponse(body([choice], usage=usage), headers={"X-Generation-Id": gen_id})
 
-    if not req.stream:
-        try:
-            return await unless_disconnected(request, whole())
-        finally:
-            await run.close()
-    try:
-        first = await run.next(timeout=state.config.keepalive_interval_s)
-    except EngineError as exc:
-        await run.close()
-        raise engine_error_to_api(exc) from None
-    except BaseException:
-        await run.close()
-        raise
-
-    async def stream() -> AsyncIterator[bytes]:
+    async def stream(first: Any) -> AsyncIterator[bytes]:
         out, finish, native, cancelled = first, None, None, True
         offset = len(prefix)
         try:
@@ -155,4 +134,5 @@ async def completions(req: CompletionRequest, request: Request):
             if cancelled:
                 record(finish, native, True, True)
 
-    return SSEResponse(stream(), headers={"X-Generation-Id": gen_id})
+    return await respond(request, run, stream=bool(req.stream), whole=whole, frames=stream,
+                         keepalive_s=state.config.keepalive_interval_s, gen_id=gen_id)

@@ -1,10 +1,19 @@
-"""Checks every generation endpoint runs first: the model name, and whether the engine is up."""
+"""What every generation endpoint runs first (model name, provider, engine up) and how it starts
+answering (a whole body, or a stream whose first output decides the status)."""
 
 from __future__ import annotations
 
-from gemmaserve.api.errors import APIError
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gemmaserve.api.errors import APIError, engine_error_to_api
+from gemmaserve.api.run import EngineRun, unless_disconnected
+from gemmaserve.api.sse import SSEResponse
 from gemmaserve.api.state import ServerState
 from gemmaserve.protocol.common import SamplingFields
+from gemmaserve.types import EngineError
 
 
 def check_model(state: ServerState, req: SamplingFields) -> None:
@@ -61,6 +70,15 @@ def check_provider(state: ServerState, req: SamplingFields) -> None:
                        {"param": reason})
 
 
+def admit(request: Request, req: SamplingFields) -> ServerState:
+    """The app's state, once the model, provider preferences and engine readiness all pass."""
+    state: ServerState = request.app.state.gs
+    check_model(state, req)
+    check_provider(state, req)
+    ensure_ready(state)
+    return state
+
+
 def ensure_ready(state: ServerState) -> None:
     if state.load_error is not None:
         raise APIError(503, f"The model failed to load: {state.load_error}", "provider_unavailable")
@@ -70,3 +88,41 @@ def ensure_ready(state: ServerState) -> None:
     if not state.engine.is_ready:
         raise APIError(503, "The inference engine is not ready.", "provider_unavailable",
                        headers={"Retry-After": "5"})
+
+
+async def respond(
+    request: Request,
+    run: EngineRun,
+    *,
+    stream: bool,
+    whole: Callable[[], Awaitable[Response]],
+    frames: Callable[[Any], AsyncIterator[bytes]],
+    keepalive_s: float,
+    gen_id: str,
+) -> Response:
+    """Answer with `whole()` (cancelled if the client leaves), or with an SSE stream of
+    `frames(first)`, where `first` is the first output or TIMEOUT after `keepalive_s`. The run is
+    closed (its request aborted unless finished) on every path that does not hand it to the stream."""
+    if not stream:
+        try:
+            return await unless_disconnected(request, whole())
+        finally:
+            await run.close()
+    try:
+        # Errors the engine raises up front (queue full, prompt too long) still get their status:
+        # nothing has been sent yet. Past the first keep-alive they go in-band.
+        first = await run.next(timeout=keepalive_s)
+    except EngineError as exc:
+        await run.close()
+        raise engine_error_to_api(exc) from None
+    except BaseException:
+        await run.close()
+        raise
+    return SSEResponse(frames(first), headers={"X-Generation-Id": gen_id})
+
+
+async def run_to_end(run: EngineRun) -> None:
+    """Consume outputs until the request finishes (run.last then holds the final one)."""
+    out = await run.next()
+    while out is not None and not out.finished:
+        out = await run.next()
