@@ -6,26 +6,16 @@ import argparse
 import sys
 from typing import Sequence
 
+from gemmaserve.config import add_engine_args
 from gemmaserve.model.hub import ModelNotFoundError
 from gemmaserve.types import EngineError, SamplingParams
 
 DEMO_SIZES = ("tiny", "small", "bench", "26b-a4b")
 
 
-def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint directory or hub id")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--dummy-weights", action="store_true", help="random weights; reads config.json only")
-    p.add_argument("--quantization", default=None, choices=["int8"])
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
-
-
 def add_generate_parser(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate text for one prompt, streaming to stdout")
-    _add_engine_args(p)
+    add_engine_args(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user turn with the chat template")
     p.add_argument("--system", default=None, help="system message (with --chat)")
@@ -86,20 +76,10 @@ def _prompt_ids(engine, args: argparse.Namespace) -> list[int]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from gemmaserve.config import engine_config_from_kwargs
+    from gemmaserve.config import engine_config_from_args
     from gemmaserve.engine.engine import Engine
 
-    cfg = engine_config_from_kwargs(
-        model=args.model,
-        dtype=args.dtype,
-        device=args.device,
-        max_model_len=args.max_model_len,
-        dummy_weights=args.dummy_weights,
-        quantization=args.quantization,
-        block_size=args.block_size,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        max_num_seqs=1,
-    )
+    cfg = engine_config_from_args(args, max_num_seqs=1)
     engine = Engine.from_config(cfg)
     defaults = getattr(engine.tokenizer, "generation_defaults", None) or {}
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -141,8 +142,40 @@ def engine_config_from_kwargs(**kwargs) -> EngineConfig:
     )
 
 
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """The engine options every command that loads a model takes (`generate`, `serve`), with
+    vLLM's names; `engine_config_from_args` maps them."""
+    p.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--dummy-weights", action="store_true", help="random weights; reads config.json only")
+    p.add_argument("--quantization", default=None, choices=["int8"])
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--kv-cache-memory-gb", type=float, default=None, help="KV cache size (default: by device)")
+    p.add_argument("--no-prefix-caching", action="store_true")
+
+
+def engine_config_from_args(args: argparse.Namespace, **extra: Any) -> EngineConfig:
+    """An EngineConfig from `add_engine_args` options; `extra` adds command-specific fields (e.g.
+    max_num_seqs, max_waiting, seed) or overrides one (model: the resolved path), each placed as
+    engine_config_from_kwargs places it."""
+    gb = args.kv_cache_memory_gb
+    fields: dict[str, Any] = dict(
+        model=str(args.model), dtype=args.dtype, device=args.device, max_model_len=args.max_model_len,
+        dummy_weights=args.dummy_weights, quantization=args.quantization, block_size=args.block_size,
+        max_num_batched_tokens=args.max_num_batched_tokens, memory_bytes=int(gb * 2**30) if gb else None,
+        enable_prefix_caching=not args.no_prefix_caching,
+    )
+    return engine_config_from_kwargs(**{**fields, **extra})
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["CacheConfig", "SchedulerConfig", "EngineConfig", "engine_config_from_kwargs", "parse_dtype", "cdiv"]
+__all__ = [
+    "CacheConfig", "SchedulerConfig", "EngineConfig", "add_engine_args", "engine_config_from_args",
+    "engine_config_from_kwargs", "parse_dtype", "cdiv",
+]

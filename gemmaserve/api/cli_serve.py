@@ -9,6 +9,7 @@ import sys
 
 from gemmaserve.api.auth import hash_key, load_key_hashes
 from gemmaserve.api.state import BASE_MODEL_ID, ServerConfig, ServerState
+from gemmaserve.config import add_engine_args, engine_config_from_args
 
 log = logging.getLogger("gemmaserve.serve")
 
@@ -16,7 +17,7 @@ log = logging.getLogger("gemmaserve.serve")
 def add_serve_parser(subparsers) -> None:
     """Register `serve` and `hash-key`; each sets `func(args) -> int` for main() to call."""
     p = subparsers.add_parser("serve", help="serve the OpenRouter-compatible HTTP API")
-    p.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    add_engine_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     keys = p.add_mutually_exclusive_group()
@@ -25,17 +26,8 @@ def add_serve_parser(subparsers) -> None:
                       "(make them with `gemmaserve hash-key`)")
     p.add_argument("--served-model-name", default=BASE_MODEL_ID,
                    help=f"model id clients may send and /models lists (default {BASE_MODEL_ID})")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--dummy-weights", action="store_true", help="random weights; reads config.json only")
-    p.add_argument("--quantization", default=None, choices=[None, "int8"])
     p.add_argument("--max-num-seqs", type=int, default=32)
-    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--max-waiting", type=int, default=256, help="queued requests beyond this get 429")
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--kv-cache-memory-gb", type=float, default=None)
-    p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt-price", type=float, default=0.06, help="USD per million prompt tokens")
     p.add_argument("--completion-price", type=float, default=0.33, help="USD per million completion tokens")
@@ -86,7 +78,6 @@ def _engine_loader(args: argparse.Namespace):
 
     def load():
         from gemmaserve.chat.render import ChatRenderer
-        from gemmaserve.config import CacheConfig, EngineConfig, SchedulerConfig
         from gemmaserve.engine.async_engine import AsyncEngine
         from gemmaserve.model.hub import resolve_model_path
         from gemmaserve.tokenizer import Tokenizer
@@ -97,16 +88,8 @@ def _engine_loader(args: argparse.Namespace):
         if not template:
             raise ValueError(f"{path} has no chat template (chat_template.jinja or tokenizer_config.json)")
         renderer = ChatRenderer(template)
-        cache = CacheConfig(
-            block_size=args.block_size,
-            memory_bytes=int(args.kv_cache_memory_gb * 2**30) if args.kv_cache_memory_gb else None,
-            enable_prefix_caching=not args.no_prefix_caching,
-        )
-        sched = SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                                max_waiting=args.max_waiting)
-        cfg = EngineConfig(model=str(path), dtype=args.dtype, device=args.device, max_model_len=args.max_model_len,
-                           seed=args.seed, quantization=args.quantization, dummy_weights=args.dummy_weights,
-                           cache=cache, scheduler=sched)
+        cfg = engine_config_from_args(args, model=str(path), seed=args.seed, max_num_seqs=args.max_num_seqs,
+                                      max_waiting=args.max_waiting)
         engine = AsyncEngine.from_config(cfg)
         return engine, engine.tokenizer, renderer
 
