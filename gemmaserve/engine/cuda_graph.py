@@ -10,7 +10,7 @@ import torch
 
 from gemmaserve.model.batch import ForwardBatch, KindMetadata, KVCaches
 from gemmaserve.model.config import Gemma4TextConfig
-from gemmaserve.ops.paged_decode import build_decode_plan
+from gemmaserve.ops.paged_decode import build_decode_plan, window_first_block
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ class DecodeGraphRunner:
         self.scratch = {s.kind: scratch_blocks[s.kind] for s in self.specs}
         self.batch_sizes = batch_buckets(max_num_seqs)
         self.widths = width_buckets(block_size, min(max_model_len, max_graph_len), min_graph_width)
-        nk = len(self.specs)
-        most = max(b * (3 + nk) + b * nk * (w // block_size) for b in self.batch_sizes for w in self.widths)
+        most = max(b * (3 + len(self.specs)) + b * sum(self._table_width(w).values())
+                   for b in self.batch_sizes for w in self.widths)
         self.buf = torch.zeros(most, dtype=torch.int64, device=self.device)  # every bucket's inputs
         bmax = self.batch_sizes[-1]
         self.rows = torch.arange(bmax + 1, device=self.device)  # query_start_loc and logits_indices
@@ -98,9 +98,16 @@ class DecodeGraphRunner:
         w = next((w for w in self.widths if w >= max_seq_len), None)
         return None if b is None or w is None else (b, w)
 
+    def _table_width(self, w: int) -> dict[str, int]:
+        """Block-table columns per kind at key width w. Windowed kinds send tables that start at the
+        window's first block (ops.paged_decode window_tables): at most cdiv(window, bs) + 1 columns,
+        which keeps the per-step copy small for long sequences."""
+        nb, bs = w // self.block_size, self.block_size
+        return {s.kind: nb if s.window is None else min(nb, -(-s.window // bs) + 1) for s in self.specs}
+
     def _views(self, b: int, w: int) -> dict[str, Any]:
         """The bucket's slices of the flat buffer; the same addresses every step (graphs need that)."""
-        nb = w // self.block_size
+        nb = self._table_width(w)
         off = 0
 
         def take(n: int) -> torch.Tensor:
@@ -110,12 +117,12 @@ class DecodeGraphRunner:
 
         views: dict[str, Any] = {"input_ids": take(b), "positions": take(b), "seq_lens": take(b)}
         views["slots"] = {s.kind: take(b) for s in self.specs}  # [B] each
-        views["tables"] = {s.kind: take(b * nb).view(b, nb) for s in self.specs}  # [B, nb] each
+        views["tables"] = {s.kind: take(b * nb[s.kind]).view(b, nb[s.kind]) for s in self.specs}  # [B, nb] each
         return views
 
     def _host_inputs(self, b: int, w: int, step: dict[str, Any]) -> list[int]:
         """The flat buffer's contents for a step, in _views' order, padded to b rows."""
-        n, nb, bs = len(step["input_ids"]), w // self.block_size, self.block_size
+        n, widths, bs = len(step["input_ids"]), self._table_width(w), self.block_size
         pad = b - n
         flat = list(step["input_ids"]) + [0] * pad
         flat += list(step["positions"]) + [0] * pad
@@ -123,10 +130,12 @@ class DecodeGraphRunner:
         for s in self.specs:
             flat += list(step["slots"][s.kind]) + [self.scratch[s.kind] * bs] * pad
         for s in self.specs:
-            fill = self.scratch[s.kind]
-            for row in step["tables"][s.kind]:
+            fill, nb = self.scratch[s.kind], widths[s.kind]
+            for row, seq_len in zip(step["tables"][s.kind], step["seq_lens"]):
+                first = 0 if s.window is None else window_first_block(seq_len, s.window, bs)
                 # Blocks past seq_len (never read) may exceed the bucket's width: cut them.
-                flat += row[:nb] + [fill] * (nb - len(row[:nb]))
+                part = row[first : first + nb]
+                flat += part + [fill] * (nb - len(part))
             flat += [fill] * (nb * pad)
         return flat
 
@@ -141,6 +150,7 @@ class DecodeGraphRunner:
                 kind: build_decode_plan(
                     v["tables"][kind], v["seq_lens"], self.block_size, windows[kind],
                     w if windows[kind] is None else min(w, windows[kind]), self.scratch[kind] * self.block_size,
+                    window_tables=windows[kind] is not None,
                 )
                 for kind in windows
             }

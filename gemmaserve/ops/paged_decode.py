@@ -38,11 +38,16 @@ def build_decode_plan(
     window: int | None,
     width: int,
     pad_slot: int,
+    window_tables: bool = False,
 ) -> DecodePlan:
-    """block_tables [B, nb] int (logical block -> cache block; nb * block_size >= width), seq_lens [B]
-    int (tokens in cache after this step; 0 marks a padding row). The one query of row b sits at
-    position seq_lens[b] - 1 and sees the last min(seq_len, window) keys; the caller picks
-    width >= that for every row. No host sync, no data-dependent shape.
+    """block_tables [B, nb] int (logical block -> cache block), seq_lens [B] int (tokens in cache
+    after this step; 0 marks a padding row). The one query of row b sits at position
+    seq_lens[b] - 1 and sees the last min(seq_len, window) keys; the caller picks width >= that for
+    every row. No host sync, no data-dependent shape.
+
+    With window_tables (windowed kinds only) row b's table starts at logical block
+    window_first_block(seq_len, window, block_size) instead of 0, so it needs only
+    cdiv(window, block_size) + 1 columns however long the sequence: less to copy each step.
 
     Masked-out keys and padding rows read slots that hold finite values (the newest key of the row,
     or pad_slot, where padding rows write their own K/V this step), so NaN or stale memory in
@@ -56,13 +61,22 @@ def build_decode_plan(
     valid = ar < n_keys[:, None]  # [B, L]
     newest = (hi - 1)[:, None]  # [B, 1] always in an assigned block (written this step)
     pos = torch.where(valid, newest - n_keys[:, None] + 1 + ar, newest)  # [B, L] oldest visible first
-    blocks = tables.gather(1, pos // block_size)  # [B, L]
+    col = pos // block_size  # [B, L] logical block
+    if window_tables:
+        col = col - ((hi - n_keys) // block_size)[:, None]  # the table starts at the oldest key's block
+    blocks = tables.gather(1, col)  # [B, L]
     slots = blocks * block_size + pos % block_size  # [B, L]
     # A -1 block can only show up here through an upstream bug; index_select with a negative index
     # would fault the device (and a check would need a host sync), so it reads the scratch slot.
     real = (lens[:, None] > 0) & (blocks >= 0)  # [B, L]
     slots = torch.where(real, slots, torch.full_like(slots, pad_slot))
     return DecodePlan(slots=slots, mask=valid[:, None, None, :])
+
+
+def window_first_block(seq_len: int, window: int, block_size: int) -> int:
+    """Host twin of build_decode_plan's window_tables offset: the logical block of the oldest key
+    the newest query of a seq_len-token sequence sees (padding rows, seq_len 0, start at 0)."""
+    return max(0, max(seq_len, 1) - window) // block_size
 
 
 def paged_decode(

@@ -8,7 +8,14 @@ import torch
 
 from gemmaserve.ops.attention import build_plan, paged_attention
 from gemmaserve.ops.moe import moe_grouped, moe_padded
-from gemmaserve.ops.paged_decode import DecodePlan, build_decode_plan, moe_capacity, moe_static, paged_decode
+from gemmaserve.ops.paged_decode import (
+    DecodePlan,
+    build_decode_plan,
+    moe_capacity,
+    moe_static,
+    paged_decode,
+    window_first_block,
+)
 
 BS = 4
 NUM_BLOCKS = 48
@@ -58,7 +65,10 @@ def _padded_tables(tables: list[list[int]], rows: int, width: int, fill: int) ->
         ([2, 6], 5, 2, 64, 12),  # a window that is not a block multiple
     ],
 )
-def test_paged_decode_matches_eager_paged_attention(lens, window, hkv, d, width):
+@pytest.mark.parametrize("window_tables", [False, True])
+def test_paged_decode_matches_eager_paged_attention(lens, window, hkv, d, width, window_tables):
+    if window_tables and window is None:
+        pytest.skip("window tables are for windowed kinds")
     hq = 16
     kc, vc, tables = _setup(lens, window, hkv, d, seed=len(lens) + d + width)
     s = len(lens)
@@ -71,10 +81,14 @@ def test_paged_decode_matches_eager_paged_attention(lens, window, hkv, d, width)
     pad_rows = 3
     b = s + pad_rows
     wide = max(nb, (width + BS - 1) // BS) + 2  # a bucket's table is wider than any row needs
+    if window_tables:  # each row's table starts at its window's first block, cdiv(window, BS) + 1 wide
+        wide = -(-window // BS) + 1
+        tables = [t[window_first_block(n, window, BS) :][:wide] for t, n in zip(tables, lens)]
+        assert all(-1 not in t for t in tables)
     static_tables = _padded_tables(tables, b, wide, PAD_BLOCK)
     static_tables[s:] = PAD_BLOCK
     seq_lens = torch.tensor(lens + [0] * pad_rows, dtype=torch.int32)
-    sp = build_decode_plan(static_tables, seq_lens, BS, window, width, PAD_BLOCK * BS)
+    sp = build_decode_plan(static_tables, seq_lens, BS, window, width, PAD_BLOCK * BS, window_tables)
     assert isinstance(sp, DecodePlan) and sp.static
     assert sp.slots.shape == (b, width) and sp.mask.shape == (b, 1, 1, width)
     assert int(sp.slots.min()) >= 0
