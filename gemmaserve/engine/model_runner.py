@@ -58,7 +58,8 @@ class ModelRunner:
         with_scratch = {k: n + 1 for k, n in num_blocks.items()}
         self.kv_caches = model.allocate_kv_caches(with_scratch, block_size, kv_dtype, self.device)
         longest = max_model_len or min(config.max_position_embeddings, max(num_blocks.values()) * block_size)
-        capture = self.device.type == "cuda" and not enforce_eager
+        # int8 experts read routing back to the host: their static steps can run, but not be captured.
+        capture = self.device.type == "cuda" and not enforce_eager and graphs_supported(model)
         self.graphs = DecodeGraphRunner(
             model, self.kv_caches, config, block_size, dict(num_blocks), max_num_seqs, longest, self.device,
             capture=capture, max_graph_len=max_graph_len, min_graph_width=min_graph_width,
