@@ -4,6 +4,7 @@ capture per bucket, and an eager mode that runs the same static-buffer code with
 from __future__ import annotations
 
 import logging
+from array import array
 from typing import Any
 
 import torch
@@ -196,7 +197,9 @@ class DecodeGraphRunner:
         log.info("captured %d decode graphs: batch %s x width %s", len(keys), self.batch_sizes, self.widths)
 
     def _load(self, b: int, w: int, step: dict[str, Any]) -> None:
-        host = torch.tensor(self._host_inputs(b, w, step), dtype=torch.int64)
+        # Through array('q'): torch.tensor() on a Python list is ~4x slower (2.0 vs 0.5 ms for 37k
+        # ints, the tables of 64 x 8000-token sequences), and this runs before every replay.
+        host = torch.frombuffer(array("q", self._host_inputs(b, w, step)), dtype=torch.int64)
         if self.device.type == "cuda":
             # Pinned memory makes the copy truly asynchronous; the caching host allocator keeps the
             # block alive until the copy has run.
