@@ -103,7 +103,7 @@ def _graph_decode(ours, prompts: dict[int, list[int]], decode: dict[int, list[in
     three logits lists [prefill rows + decode rows, V]."""
     from gemmaserve.engine.cuda_graph import DecodeGraphRunner
 
-    sim = _DeviceSim(ours, device, block_size=4)
+    sim = _DeviceSim(ours, device, block_size=4, dtype=ours.dtype)
     scratch = {k: sim.scratch for k in sim.free}
     runners = [
         DecodeGraphRunner(ours, sim.caches, ours.config, 4, scratch, 4, 64, device, capture=c, min_graph_width=16)
@@ -153,7 +153,7 @@ def test_cuda_graph_decode_matches_eager_and_transformers(fixture):
 WIDE_ATOL = 1e-3
 
 
-def _build_real_heads(window: int = 16):
+def _build_real_heads(window: int = 16, dtype: torch.dtype = torch.float32):
     """A tiny-width model with 26B-A4B's attention layout: full layers head_dim 512 with 2 KV heads
     (K=V), sliding layers head_dim 256 with 8 KV heads, 16 query heads; MoE top-2 of 8."""
     hf_cfg = HFConfig(
@@ -168,7 +168,7 @@ def _build_real_heads(window: int = 16):
     torch.manual_seed(0)
     ref = HFGemma4ForCausalLM(hf_cfg).eval()
     _perturb(ref, seed=2, router_gain=60.0)
-    ours = Gemma4ForCausalLM(Gemma4TextConfig.from_dict(hf_cfg.to_dict()), dtype=torch.float32)
+    ours = Gemma4ForCausalLM(Gemma4TextConfig.from_dict(hf_cfg.to_dict()), dtype=dtype)
     ours.load_state_dict({k.removeprefix("model."): v for k, v in ref.state_dict().items() if k != "lm_head.weight"})
     return ref, ours
 
@@ -192,8 +192,8 @@ def test_cuda_graph_head_dim_512_long_context_matches_transformers():
 
 
 def test_cuda_graph_bf16_replay_is_the_eager_static_path_bit_for_bit():
-    ref, ours = _build_real_heads(window=16)
-    ours = ours.to("cuda", torch.bfloat16)
+    ref, ours = _build_real_heads(window=16, dtype=torch.bfloat16)
+    ours = ours.cuda()  # bf16 weights and KV cache, fp32 RoPE tables and embed scale, as served
     ids = {0: _tokens(50, seed=50), 1: _tokens(9, seed=51), 2: _tokens(30, seed=52)}
     prompts = {s: v[:-4] for s, v in ids.items()}
     decode = {s: v[-4:] for s, v in ids.items()}
