@@ -116,7 +116,9 @@ class ModelRunner:
     def _dev(self, t: torch.Tensor) -> torch.Tensor:
         # From pinned memory a non_blocking copy really is asynchronous (from pageable memory it
         # would be staged synchronously); the caching host allocator holds the block until it ran.
-        return t if self.device.type == "cpu" else t.pin_memory().to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t if self.device.type == "cpu" else t.to(self.device)
 
     def _static_step(self, scheduled: Sequence[ScheduledRequest]) -> dict[str, Any] | None:
         """The graph runner's inputs for a pure-decode step that fits a bucket, else None."""

@@ -189,3 +189,18 @@ def test_26b_a4b_shape_static_decode_builds_on_the_model_device():
         out = runner.execute(scheduled)
         assert out.device.type == "meta" and out.shape == (len(lens), 262144) and out.dtype == torch.float32
     assert set(graphs._eager) == {(1, 256), (64, 8192)}
+
+
+def test_prepare_puts_the_batch_on_a_non_cpu_device_without_pinning():
+    # Pinned staging is for CUDA only; other devices (meta here, as for config-only models) get
+    # plain copies, and every field of the batch lands on the runner's device.
+    cfg = Gemma4TextConfig.from_dict(dict(TEXT_CONFIGS["tiny"], sliding_window=WINDOW))
+    model = Gemma4ForCausalLM(cfg, dtype=torch.bfloat16, device="meta")
+    runner = ModelRunner(model, cfg, {SLIDING: 8, FULL: 8}, BS, torch.bfloat16, "meta", sampler=None)
+    req = SimpleNamespace(all_token_ids=[5, 6, 7, 8, 9], num_computed_tokens=0, num_tokens=5,
+                          block_tables={SLIDING: [3, 4], FULL: [1, 2]})
+    batch = runner.prepare([ScheduledRequest(req, 5)])
+    fields = [batch.input_ids, batch.positions, batch.query_start_loc, batch.seq_lens, batch.logits_indices]
+    fields += [t for m in batch.kinds.values() for t in (m.block_tables, m.slot_mapping)]
+    assert all(t.device.type == "meta" for t in fields)
+    assert batch.query_lens_cpu == [5] and batch.seq_lens_cpu == [5]
