@@ -11,6 +11,7 @@ import torch
 import gemmaserve.engine.engine as engine_module
 from gemmaserve.config import CacheConfig, EngineConfig, SchedulerConfig
 from gemmaserve.demo import write_demo_model
+from gemmaserve.engine.cuda_graph import DecodeGraphRunner
 from gemmaserve.engine.engine import Engine
 from gemmaserve.engine.model_runner import ModelRunner
 from gemmaserve.model.config import FULL, SLIDING
@@ -100,3 +101,28 @@ class _CountingGraph:
     def replay(self) -> None:
         self.log.append(self.key)
         self.graph.replay()
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_static_decode_step_never_syncs_with_the_host(tiny, rows):
+    # What capture forbids, caught by name: any device->host sync inside the step raises here.
+    model, config = load_model(tiny, dtype=torch.bfloat16, device=DEVICE)
+    model.fuse_()
+    caches = model.allocate_kv_caches({SLIDING: 33, FULL: 33}, 4)
+    runner = DecodeGraphRunner(model, caches, config, 4, {SLIDING: 32, FULL: 32}, 4, 64, DEVICE, capture=False)
+    lens = [30, 7, 19][:rows]
+    tables = [list(range(i * 8, i * 8 + (n + 3) // 4)) for i, n in enumerate(lens)]
+    step = {"input_ids": [5] * rows, "positions": [n - 1 for n in lens], "seq_lens": lens,
+            "slots": {k: [t[(n - 1) // 4] * 4 + (n - 1) % 4 for t, n in zip(tables, lens)] for k in (SLIDING, FULL)},
+            "tables": {SLIDING: tables, FULL: tables}}
+    key = runner.bucket(rows, max(lens))
+    runner._load(*key, step)
+    fn = runner._forward_fn(*key)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.inference_mode():
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(runner.logits[:rows]).all()
