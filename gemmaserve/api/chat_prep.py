@@ -11,6 +11,7 @@ from gemmaserve.api.sampling import (
     CHANNEL_START,
     TOOL_CALL_START,
     ReasoningPlan,
+    add_top_a,
     build_sampling_params,
     encode_raw_prompt,
     completion_limit,
@@ -22,7 +23,7 @@ from gemmaserve.api.state import ServerState
 from gemmaserve.chat.constraints import ThinkingBudget
 from gemmaserve.chat.parser import prompt_ends_in_reasoning
 from gemmaserve.chat.prompt import ChatPrompt
-from gemmaserve.protocol.chat import ChatCompletionRequest, NamedToolChoice
+from gemmaserve.protocol.chat import ChatCompletionRequest, NamedToolChoice, ResponseFormat
 from gemmaserve.structured import GrammarCompiler, SchemaError, json_object_constraint, json_schema_constraint, tool_call_constraint
 from gemmaserve.types import SamplingParams
 
@@ -80,6 +81,32 @@ def _encode(state: ServerState, req: ChatCompletionRequest, tools: list[dict] | 
         raise APIError(400, str(exc), "invalid_prompt", {"param": "messages"}) from None
 
 
+def _compiler(state: ServerState) -> GrammarCompiler:
+    if state.grammar is None:
+        # One compiler per tokenizer: it caches the token trie and compiled grammars.
+        state.grammar = GrammarCompiler(state.tokenizer)
+    return state.grammar
+
+
+def format_constraint(state: ServerState, fmt: ResponseFormat | None, after_thinking: bool = False,
+                      in_thought: bool = False):
+    """response_format -> a grammar constraint (None for text or unset); both endpoints use it."""
+    if fmt is None or fmt.type == "text":
+        return None
+    tok = _compiler(state)
+    try:
+        if fmt.type == "json_object":
+            return json_object_constraint(tok, after_thinking, in_thought)
+        if fmt.type == "json_schema":
+            assert fmt.json_schema is not None
+            schema = fmt.json_schema.json_schema if fmt.json_schema.json_schema is not None else {}
+            return json_schema_constraint(tok, schema, bool(fmt.json_schema.strict), after_thinking, in_thought)
+    except SchemaError as exc:
+        raise APIError(400, f"Invalid schema: {exc}", "invalid_request", {"param": "response_format"}) from None
+    raise APIError(400, f"response_format type '{fmt.type}' is not supported by this endpoint",
+                   "invalid_request", {"param": "response_format"})
+
+
 def _constraint_for(state: ServerState, req: ChatCompletionRequest, tool_dicts: list[dict] | None,
                     parallel: bool, after_thinking: bool, in_thought: bool):
     choice = req.tool_choice
@@ -91,32 +118,19 @@ def _constraint_for(state: ServerState, req: ChatCompletionRequest, tool_dicts: 
     if forced_tool and fmt is not None and fmt.type != "text":
         raise APIError(400, "response_format cannot be combined with a forced tool_choice", "invalid_request",
                        {"param": "response_format"})
-    if not forced_tool and (fmt is None or fmt.type == "text"):
-        return None
-    if state.grammar is None:
-        # One compiler per tokenizer: it caches the token trie and compiled grammars.
-        state.grammar = GrammarCompiler(state.tokenizer)
-    tok = state.grammar
+    if not forced_tool:
+        return format_constraint(state, fmt, after_thinking, in_thought)
+    mode: Any = "required"
+    if isinstance(choice, NamedToolChoice):
+        name = choice.function["name"]
+        if name not in {t["function"]["name"] for t in tool_dicts or []}:
+            raise APIError(400, f"tool_choice names '{name}', which is not in 'tools'", "invalid_request",
+                           {"param": "tool_choice"})
+        mode = {"name": name}
     try:
-        if choice == "required":
-            return tool_call_constraint(tok, tool_dicts, "required", parallel, after_thinking, in_thought)
-        if isinstance(choice, NamedToolChoice):
-            name = choice.function["name"]
-            if name not in {t["function"]["name"] for t in tool_dicts or []}:
-                raise APIError(400, f"tool_choice names '{name}', which is not in 'tools'", "invalid_request",
-                               {"param": "tool_choice"})
-            return tool_call_constraint(tok, tool_dicts, {"name": name}, parallel, after_thinking, in_thought)
-        assert fmt is not None
-        if fmt.type == "json_object":
-            return json_object_constraint(tok, after_thinking, in_thought)
-        if fmt.type == "json_schema":
-            assert fmt.json_schema is not None
-            schema = fmt.json_schema.json_schema if fmt.json_schema.json_schema is not None else {}
-            return json_schema_constraint(tok, schema, bool(fmt.json_schema.strict), after_thinking, in_thought)
+        return tool_call_constraint(_compiler(state), tool_dicts, mode, parallel, after_thinking, in_thought)
     except SchemaError as exc:
-        raise APIError(400, f"Invalid schema: {exc}", "invalid_request", {"param": "response_format"}) from None
-    raise APIError(400, f"response_format type '{fmt.type}' is not supported by this endpoint",
-                   "invalid_request", {"param": "response_format"})
+        raise APIError(400, f"Invalid schema: {exc}", "invalid_request", {"param": "tools"}) from None
 
 
 def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat:
@@ -157,4 +171,5 @@ def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat
         params.constraints.append(constraint)
     if req.tool_choice == "none" and tool_dicts:
         params.logit_bias.setdefault(marker_id(tok, TOOL_CALL_START), -100.0)
+    add_top_a(params, req)
     return PreparedChat(prompt_ids, params, plan, render_tools, parallel, starts_in_reasoning, text)

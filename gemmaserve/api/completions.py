@@ -18,9 +18,11 @@ from gemmaserve.api.run import (
     normalised_reason,
     record_generation,
 )
-from gemmaserve.api.sampling import build_sampling_params, completion_limit, encode_raw_prompt
+from gemmaserve.api.chat_prep import format_constraint
+from gemmaserve.api.sampling import add_top_a, build_sampling_params, completion_limit, encode_raw_prompt
 from gemmaserve.api.sse import DONE, KEEPALIVE, sse_data
 from gemmaserve.api.usage import TokenCounts
+from gemmaserve.chat.parser import prompt_ends_in_reasoning
 from gemmaserve.protocol.completions import CompletionRequest
 from gemmaserve.types import EngineError, FinishReason, TokenLogprob
 
@@ -61,6 +63,12 @@ async def completions(req: CompletionRequest, request: Request):
     max_tokens = completion_limit(req, len(prompt_ids), engine.max_model_len)
     params = build_sampling_params(req, max_tokens=max_tokens, vocab_size=engine.vocab_size,
                                    defaults=getattr(tok, "generation_defaults", {}) or {}, logprobs=req.logprobs)
+    # A raw prompt has no template to turn thinking on: the answer starts at the first token,
+    # unless the prompt itself leaves the thought channel open.
+    constraint = format_constraint(state, req.response_format, in_thought=prompt_ends_in_reasoning(prompt_text))
+    if constraint is not None:
+        params.constraints.append(constraint)
+    add_top_a(params, req)
     created = int(time.time())
     gen_id = new_generation_id(created)
     run = EngineRun(state, prompt_ids, params, gen_id)

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gemmaserve.protocol.common import FieldError
 from gemmaserve.types import (
     EngineDeadError,
     EngineError,
@@ -103,7 +104,10 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if first.get("type") == "json_invalid":
         return "Invalid JSON in request body", None
     field = _field_path(tuple(first.get("loc", ())))
-    msg = str(first.get("msg", "invalid value"))
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    blamed = (first.get("ctx") or {}).get("error")
+    if not field and isinstance(blamed, FieldError):  # a cross-field check that names its field
+        field = blamed.param
     if not field:
         return f"Invalid request body: {msg}", None
     if first.get("type") == "missing":

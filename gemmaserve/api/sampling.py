@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
+
+import torch
 
 from gemmaserve.api.errors import APIError
 from gemmaserve.protocol.chat import ChatCompletionRequest
@@ -112,6 +114,29 @@ def _logit_bias(raw: dict[str, float] | None, vocab_size: int) -> dict[int, floa
     return out
 
 
+class TopA:
+    """OpenRouter's `top_a` as a TokenConstraint: ids whose probability is below
+    top_a * p_max**2 are dropped, so the cut is strict when the model is sure and loose when it is
+    not. It runs after the request's other constraints (a grammar or thinking budget must have
+    masked first, or it could keep only ids they forbid) and before temperature, where KoboldAI,
+    which introduced it, places it by default."""
+
+    def __init__(self, top_a: float) -> None:
+        self.top_a = top_a
+
+    def mask_logits(self, output_token_ids: Sequence[int], logits: torch.Tensor) -> None:
+        row = logits.view(-1)  # [V]
+        probs = torch.softmax(row.float(), dim=-1)  # [V]
+        # p_max >= top_a * p_max**2 for top_a <= 1: the most likely id always survives.
+        row.masked_fill_(probs < self.top_a * probs.max() ** 2, float("-inf"))
+
+
+def add_top_a(params: SamplingParams, req: SamplingFields) -> None:
+    """Append the top_a cut as the last constraint (0 or unset: no cut)."""
+    if req.top_a:
+        params.constraints.append(TopA(float(req.top_a)))
+
+
 def build_sampling_params(
     req: SamplingFields,
     *,
@@ -122,6 +147,10 @@ def build_sampling_params(
 ) -> SamplingParams:
     """Unset fields fall back to the checkpoint's generation_config, as an upstream engine would:
     OpenRouter forwards only what the client sent (spec §2.1)."""
+
+    if req.min_tokens > max_tokens:
+        raise APIError(400, f"Invalid value for 'min_tokens': {req.min_tokens} is more than the {max_tokens} tokens "
+                       "this request may generate", "invalid_request", {"param": "min_tokens"})
 
     def pick(name: str, neutral):
         value = getattr(req, name)

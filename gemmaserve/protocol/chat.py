@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gemmaserve.protocol.common import WIRE_CONFIG, SamplingFields
+from gemmaserve.protocol.common import WIRE_CONFIG, FieldError, SamplingFields
 
 FunctionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
 
@@ -183,14 +183,14 @@ class ChatCompletionRequest(SamplingFields):
     @model_validator(mode="after")
     def _consistent(self) -> "ChatCompletionRequest":
         if self.messages is None and self.prompt is None:
-            raise ValueError("either messages or prompt is required")
+            raise FieldError("messages", "either messages or prompt is required")
         if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("top_logprobs requires logprobs: true")
+            raise FieldError("top_logprobs", "top_logprobs requires logprobs: true")
         if (
             self.reasoning is not None
             and self.reasoning.effort is not None
             and self.reasoning_effort is not None
             and self.reasoning.effort != self.reasoning_effort
         ):
-            raise ValueError("reasoning.effort and reasoning_effort disagree; send one of them")
+            raise FieldError("reasoning_effort", "reasoning.effort and reasoning_effort disagree; send one of them")
         return self

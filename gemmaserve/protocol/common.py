@@ -9,6 +9,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # OpenRouter ignores top-level fields it does not know (spec §2.1), so every request model does too.
 WIRE_CONFIG = ConfigDict(extra="ignore", populate_by_name=True)
 
+# Plugins that need nothing from a single-model endpoint: structured output is grammar-enforced,
+# so the JSON that `response-healing` would repair is never malformed.
+HONOURED_PLUGINS = frozenset({"response-healing"})
+
+
+class FieldError(ValueError):
+    """A cross-field check that names the field to blame (the API reports it as `param`)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
@@ -40,6 +53,11 @@ class SamplingFields(BaseModel):
     user: str | None = None
     session_id: Annotated[str, Field(max_length=256)] | None = None
     provider: dict[str, Any] | None = None
+    # OpenRouter features this server cannot provide are refused rather than silently dropped.
+    plugins: list[dict[str, Any]] | None = None
+    transforms: list[str] | None = None  # legacy spelling of the context-compression plugin
+    web_search_options: dict[str, Any] | None = None
+    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = None
     # Extensions (vLLM-style) for benchmarks and tests.
     ignore_eos: bool = False
     min_tokens: Annotated[int, Field(ge=0)] = 0
@@ -53,11 +71,44 @@ class SamplingFields(BaseModel):
             raise ValueError("stop sequences must be non-empty strings")
         return v
 
+    @field_validator("plugins")
+    @classmethod
+    def _known_plugins(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for item in v or []:
+            pid = item.get("id")
+            if not isinstance(pid, str):
+                raise ValueError("each plugin needs a string 'id'")
+            if item.get("enabled") is not False and pid not in HONOURED_PLUGINS:
+                raise ValueError(f"the '{pid}' plugin is not available on this endpoint")
+        return v
+
+    @field_validator("transforms")
+    @classmethod
+    def _no_transforms(cls, v: list[str] | None) -> list[str] | None:
+        if v:
+            raise ValueError(f"transforms {v} are not available on this endpoint (send [] or omit the field)")
+        return v
+
+    @field_validator("web_search_options")
+    @classmethod
+    def _no_web_search(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            raise ValueError("web search is not available on this endpoint")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None and len(v) > 16:
+            raise ValueError(f"at most 16 metadata pairs are allowed, got {len(v)}")
+        return v
+
     @model_validator(mode="after")
     def _lengths_agree(self) -> "SamplingFields":
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             if self.max_tokens != self.max_completion_tokens:
-                raise ValueError("max_tokens and max_completion_tokens disagree; send one of them")
+                raise FieldError("max_completion_tokens",
+                                 "max_tokens and max_completion_tokens disagree; send one of them")
         return self
 
     @property

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
+from gemmaserve.protocol.chat import ResponseFormat
 from gemmaserve.protocol.common import WIRE_CONFIG, SamplingFields
 
 
@@ -17,8 +18,23 @@ class CompletionRequest(SamplingFields):
     prompt: str | list[int] | list[str] | list[list[int]]
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     echo: bool = False
-    suffix: str | None = None
-    best_of: Annotated[int, Field(ge=1, le=20)] | None = None
+    suffix: str | None = None  # fill-in-the-middle: Gemma 4 has no FIM format, so only "" or null
+    best_of: Annotated[int, Field(ge=1, le=20)] | None = None  # one candidate only: 1 or null
+    response_format: ResponseFormat | None = None
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, v: str | None) -> str | None:
+        if v:
+            raise ValueError("suffix (fill-in-the-middle) is not supported by this model")
+        return v
+
+    @field_validator("best_of")
+    @classmethod
+    def _one_candidate(cls, v: int | None) -> int | None:
+        if v is not None and v > 1:
+            raise ValueError("best_of > 1 is not supported: this endpoint generates one candidate")
+        return v
 
     @field_validator("prompt")
     @classmethod

@@ -61,10 +61,45 @@ def assert_envelope(r, status, error_type=None):
     ({"stop": ["ok", ""]}, "stop"),
     ({"min_tokens": -1}, "min_tokens"),
     ({"modalities": ["text", "image"]}, "modalities"),
+    # OpenRouter features this endpoint cannot provide are refused, not silently dropped.
+    ({"plugins": [{"id": "web"}]}, "plugins"),
+    ({"plugins": [{"id": "context-compression", "engine": "middle-out"}]}, "plugins"),
+    ({"plugins": [{"enabled": True}]}, "plugins"),
+    ({"transforms": ["middle-out"]}, "transforms"),
+    ({"web_search_options": {"search_context_size": "low"}}, "web_search_options"),
+    ({"metadata": {str(i): "v" for i in range(17)}}, "metadata"),
+    ({"metadata": {"k" * 65: "v"}}, "metadata"),
+    ({"metadata": {"k": "v" * 513}}, "metadata"),
+    ({"min_tokens": 9, "max_tokens": 8}, "min_tokens"),
 ])
 def test_bad_fields_are_400_naming_the_field(fake, patch, field):
     err = assert_envelope(post(fake, {"model": MODEL, "messages": MSGS, **patch}), 400, "invalid_request")
     assert field in err["message"]
+    assert field in err["metadata"]["param"]
+    assert "Value error" not in err["message"]  # pydantic's prefix is noise to a client
+
+
+@pytest.mark.parametrize("patch, param", [
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"reasoning": {"effort": "high"}, "reasoning_effort": "low"}, "reasoning_effort"),
+    ({"max_tokens": 5, "max_completion_tokens": 6}, "max_completion_tokens"),
+    ({"messages": None}, "messages"),
+])
+def test_cross_field_errors_name_their_param(fake, patch, param):
+    err = assert_envelope(post(fake, {"model": MODEL, "messages": MSGS, **patch}), 400, "invalid_request")
+    assert err["metadata"]["param"] == param and err["message"].startswith(f"Invalid value for '{param}': ")
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"suffix": "tail"}, "suffix"),
+    ({"best_of": 2}, "best_of"),
+    ({"plugins": [{"id": "web"}]}, "plugins"),
+    ({"top_a": 1.5}, "top_a"),
+    ({"response_format": {"type": "python"}}, "response_format"),
+])
+def test_legacy_completion_refusals_name_the_field(fake, patch, field):
+    err = assert_envelope(post(fake, {"model": MODEL, "prompt": "Hi", **patch}, path="/completions"), 400)
+    assert err["metadata"]["param"] == field
 
 
 @pytest.mark.parametrize("patch, words", [
@@ -84,10 +119,13 @@ def test_semantic_errors_are_400(fake, patch, words):
 
 
 def test_unknown_and_ignored_fields_are_accepted(fake):
-    body = {"model": MODEL, "messages": MSGS, "n": 3, "transforms": ["middle-out"], "usage": {"include": True},
-            "provider": {"order": ["x"]}, "plugins": [{"id": "web"}], "verbosity": "low", "frobnicate": {"a": [1]},
-            "stream_options": {"include_usage": False}, "metadata": {"k": "v"}, "route": "fallback", "top_a": 0.1,
-            "service_tier": "auto", "prediction": {"type": "content", "content": "x"}}
+    # Documented as ignored or as routing hints, or plugins that are off or need nothing here.
+    body = {"model": MODEL, "messages": MSGS, "n": 3, "transforms": [], "usage": {"include": True},
+            "provider": {"order": ["x"]}, "verbosity": "low", "frobnicate": {"a": [1]},
+            "plugins": [{"id": "web", "enabled": False}, {"id": "response-healing"}],
+            "stream_options": {"include_usage": False}, "metadata": {"k": "v"}, "route": "fallback",
+            "service_tier": "auto", "prediction": {"type": "content", "content": "x"}, "cache_control": {"type": "x"},
+            "trace": {"trace_id": "t"}, "prompt_cache_key": "k", "structured_outputs": True}
     r = post(fake, body)
     assert r.status_code == 200 and len(r.json()["choices"]) == 1
 

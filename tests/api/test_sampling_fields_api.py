@@ -1,0 +1,71 @@
+"""top_a (honoured as a logits cut after the other constraints) and legacy completions' response_format."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+import torch
+
+from gemmaserve.api.sampling import TopA
+from gemmaserve.chat.constraints import ThinkingBudget
+from gemmaserve.structured import GrammarConstraint
+
+MODEL = "google/gemma-4-26b-a4b-it"
+MSGS = [{"role": "user", "content": "Hi"}]
+
+
+def test_top_a_keeps_ids_at_or_above_a_times_pmax_squared():
+    probs = torch.tensor([0.5, 0.3, 0.125, 0.075])
+    logits = probs.log()
+    TopA(0.5).mask_logits([], logits)  # cut = 0.5 * 0.25 = 0.125: ids 0, 1, 2 stay
+    assert torch.isfinite(logits).tolist() == [True, True, True, False]
+    assert torch.allclose(logits[:3], probs[:3].log())  # survivors unchanged (renormalised later)
+    sure = torch.tensor([0.9, 0.05, 0.05]).log()
+    TopA(0.1).mask_logits([], sure)  # cut = 0.081
+    assert torch.isfinite(sure).tolist() == [True, False, False]
+
+
+def test_top_a_sees_only_what_earlier_constraints_allowed():
+    # ids 0 and 1 masked by a grammar: the cut is relative to the best *allowed* id, which survives.
+    logits = torch.tensor([[5.0, 4.0, 0.0, -1.0, -5.0]])  # allowed probs ~ [.727, .268, .005]: cut .529
+    logits[0, :2] = float("-inf")
+    TopA(1.0).mask_logits([], logits)
+    assert torch.isfinite(logits[0]).tolist() == [False, False, True, False, False]
+
+
+def test_top_a_reaches_the_engine_last(fake, demo_tokenizer):
+    client = openai.OpenAI(base_url=fake.url, api_key="unused", max_retries=0)
+    client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=8, response_format={"type": "json_object"},
+                                   extra_body={"top_a": 0.2, "reasoning": {"max_tokens": 3}})
+    constraints = fake.engine.calls[-1].params.constraints
+    assert [type(c) for c in constraints] == [ThinkingBudget, GrammarConstraint, TopA]
+    assert constraints[-1].top_a == 0.2
+    client.completions.create(model=MODEL, prompt="Hi", max_tokens=2, extra_body={"top_a": 0.7})
+    assert [(type(c), c.top_a) for c in fake.engine.calls[-1].params.constraints] == [(TopA, 0.7)]
+    client.completions.create(model=MODEL, prompt="Hi", max_tokens=2, extra_body={"top_a": 0})
+    assert fake.engine.calls[-1].params.constraints == []
+
+
+@pytest.mark.parametrize("fmt", [
+    {"type": "json_object"},
+    {"type": "json_schema", "json_schema": {"name": "r", "strict": True, "schema": {
+        "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"], "additionalProperties": False}}},
+])
+def test_legacy_completion_honours_response_format(fake, demo_tokenizer, fmt):
+    fake.engine.script = ['{"a": 1}']
+    r = httpx.post(fake.url + "/completions", json={"model": MODEL, "prompt": "JSON:", "response_format": fmt})
+    assert r.status_code == 200 and json.loads(r.json()["choices"][0]["text"]) == {"a": 1}
+    (grammar,) = fake.engine.calls[-1].params.constraints
+    assert isinstance(grammar, GrammarConstraint)
+    # The grammar applies from the first token (a raw prompt has no thought channel): it
+    # accepts the scripted answer, and refuses a token that cannot start JSON.
+    ids = demo_tokenizer.encode('{"a": 1}')
+    row = torch.zeros(demo_tokenizer.vocab_size)
+    grammar.mask_logits(ids, row)
+    assert torch.isfinite(row[demo_tokenizer.token_to_id("<turn|>")])
+    first = torch.zeros(demo_tokenizer.vocab_size)
+    grammar.mask_logits([], first)
+    assert not torch.isfinite(first[demo_tokenizer.encode("x")[0]]) and torch.isfinite(first[ids[0]])
