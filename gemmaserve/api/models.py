@@ -23,7 +23,7 @@ SUPPORTED_PARAMETERS = [
     "frequency_penalty", "include_reasoning", "logit_bias", "logprobs", "max_completion_tokens", "max_tokens",
     "min_p", "parallel_tool_calls", "presence_penalty", "reasoning", "reasoning_effort", "repetition_penalty",
     "response_format", "seed", "stop", "structured_outputs", "temperature", "tool_choice", "tools", "top_k",
-    "top_logprobs", "top_p",
+    "top_a", "top_logprobs", "top_p",
 ]
 
 
@@ -46,7 +46,10 @@ def _context_length(state: ServerState) -> int:
 
 
 def _architecture() -> dict[str, Any]:
-    return {"modality": "text+image+video->text", "input_modalities": ["image", "text", "video"],
+    # OpenRouter lists text+image+video input for this model, but this server has no vision front
+    # end and answers image/video parts with a 400: advertise what it accepts, so a client that
+    # filters on input_modalities does not send what will be refused.
+    return {"modality": "text->text", "input_modalities": ["text"],
             "output_modalities": ["text"], "tokenizer": "Gemma", "instruct_type": None}
 
 

@@ -24,11 +24,13 @@ def test_models_list_object(fake):
         assert m["id"] == MODEL and m["canonical_slug"] == "google/gemma-4-26b-a4b-it-20260403"
         assert m["context_length"] == 512  # the engine's max_model_len, not the model's 262,144
         assert m["pricing"]["prompt"] == "0.00000006" and m["pricing"]["completion"] == "0.00000033"
-        assert m["architecture"] == {"modality": "text+image+video->text", "input_modalities": ["image", "text", "video"],
+        # Text in only: image/video parts are refused with a 400 (no vision front end).
+        assert m["architecture"] == {"modality": "text->text", "input_modalities": ["text"],
                                      "output_modalities": ["text"], "tokenizer": "Gemma", "instruct_type": None}
         assert m["top_provider"] == {"context_length": 512, "max_completion_tokens": 512, "is_moderated": False}
-        assert {"tools", "tool_choice", "reasoning", "response_format", "structured_outputs", "top_k"} <= set(
+        assert {"tools", "tool_choice", "reasoning", "response_format", "structured_outputs", "top_k", "top_a"} <= set(
             m["supported_parameters"])
+        assert "web_search_options" not in m["supported_parameters"]  # refused with a 400
         assert m["default_parameters"] == {"temperature": 1.0, "top_p": 0.95, "top_k": 64}
         assert m["links"] == {"details": f"/api/v1/models/{MODEL}/endpoints"}
     ids = [m.id for m in openai.OpenAI(base_url=fake.url, api_key="x").models.list()]
@@ -42,7 +44,8 @@ def test_models_filters(fake):
     assert count(supported_parameters="tools,reasoning") == 1
     assert count(supported_parameters="tools,web_search_options") == 0
     assert count(output_modalities="image") == 0 and count(output_modalities="all") == 1
-    assert count(input_modalities="audio") == 0 and count(input_modalities="image,audio") == 1
+    assert count(input_modalities="audio") == 0 and count(input_modalities="image,audio") == 0
+    assert count(input_modalities="text,image") == 1
 
 
 def test_model_endpoints_and_single_model(fake):
