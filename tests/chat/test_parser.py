@@ -151,6 +151,12 @@ CASES = [
     ("ollama15539_call_after_empty_channel", f"<|tool_call>call:get_weather{{city:{Q}Bern{Q}}}<tool_call|>", TOOLS, False,
      out(None, None, ("get_weather", '{"city": "Bern"}'))),
     ("ollama17823_think_off_content", "Bonjour!<turn|>", None, False, out(None, "Bonjour!")),
+    # llama.cpp #22786: a call after some prose came back as plain content; it is a call.
+    ("llamacpp22786_call_after_text", f"Let me check.<|tool_call>call:get_weather{{city:{Q}Oslo{Q}}}<tool_call|>",
+     TOOLS, False, out(None, "Let me check.", ("get_weather", '{"city": "Oslo"}'))),
+    # Ollama #15241/#15315: a thought, then a call with typed arguments, then the turn end.
+    ("ollama15315_thought_then_call", f"<|channel>thought\nNeed it.<channel|><|tool_call>call:get_weather{{city:{Q}Kyiv{Q},days:3}}<tool_call|><turn|>",
+     TOOLS, False, out("Need it.", None, ("get_weather", '{"city": "Kyiv", "days": 3}'))),
 ]
 
 

@@ -121,6 +121,8 @@ CASES = [
      "<bos><|turn>system\n" + WEATHER_DECL + "<turn|>\n<|turn>user\nHi<turn|>\n" + GEN_OFF),
     ("nested_declaration", [{"role": "user", "content": "Hi"}], [WEATHER, SEARCH], False, True,
      "<bos><|turn>system\n" + WEATHER_DECL + SEARCH_DECL + "<turn|>\n<|turn>user\nHi<turn|>\n" + GEN_OFF),
+    # llama.cpp #25072: the thought a client sends back (reasoning_content) is rendered before the
+    # call it led to, so the tool-calling turn is well formed.
     ("worked_example", WORKED, [WEATHER], True, True, WORKED_TEXT),
     ("worked_example_no_gen_prompt_flag", WORKED, [WEATHER], True, False, WORKED_TEXT),
     ("call_without_result",
