@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, AsyncIterator
 
@@ -87,10 +88,16 @@ async def completions(req: CompletionRequest, request: Request):
                 "provider": state.config.provider_name, "system_fingerprint": None, "choices": choices, **extra}
 
     async def whole() -> JSONResponse:
+        # Every started request leaves a /generation record, as on the chat endpoint.
         try:
             await run_to_end(run)
         except EngineError as exc:
+            if run.last is not None:
+                record("error", "error", False, False)
             raise engine_error_to_api(exc) from None
+        except asyncio.CancelledError:  # the client left: the request was aborted
+            record(None, None, False, True)
+            raise
         last = run.last
         finish = normalised_reason(last, False)
         native = last.finish_reason.value if last and last.finish_reason else None

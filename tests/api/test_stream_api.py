@@ -189,6 +189,19 @@ def test_client_disconnect_aborts_whole_request(fake):
     assert fake.state.generations.get(rid)["cancelled"] is True
 
 
+def test_client_disconnect_aborts_whole_legacy_completion(fake):
+    fake.engine.script = [f" w{i}" for i in range(200)]
+    fake.engine.step_delay = 0.05
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(fake.url + "/completions", json={"model": MODEL, "prompt": "Once"}, timeout=0.5)
+    rid = fake.engine.calls[-1].request_id
+    assert wait_for(lambda: rid in fake.engine.aborted)
+    assert not fake.engine.active
+    assert wait_for(lambda: fake.state.generations.get(rid) is not None)
+    rec = fake.state.generations.get(rid)
+    assert rec["cancelled"] is True and rec["streamed"] is False and rec["tokens_completion"] > 0
+
+
 def test_provider_preferences_that_exclude_us_are_404(fake):
     for prefs in ({"only": ["deepinfra"]}, {"ignore": ["gemmaserve"]}, {"quantizations": ["fp8"]},
                   {"order": ["together"], "allow_fallbacks": False}, {"max_price": {"prompt": 0.01}}):
