@@ -44,10 +44,13 @@ def width_buckets(block_size: int, max_len: int, min_width: int = MIN_GRAPH_WIDT
 
 
 def graphs_supported(model: Any) -> bool:
-    """A step is capturable only if nothing in it reads device values back to the host: the
-    weight-only int8 expert path does (its grouped loop), the plain expert tensors do not."""
-    return all(not getattr(layer, "enable_moe", False) or hasattr(layer.experts, "gate_up_proj")
-               for layer in getattr(model, "layers", []))
+    """A step is capturable only if the model takes device-built decode plans (Gemma4ForCausalLM:
+    test doubles that read the host lists of a batch do not) and nothing in it reads device values
+    back to the host: the weight-only int8 expert path does (its grouped loop), plain experts not."""
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        return False
+    return all(not getattr(layer, "enable_moe", False) or hasattr(layer.experts, "gate_up_proj") for layer in layers)
 
 
 class DecodeGraphRunner:

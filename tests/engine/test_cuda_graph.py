@@ -166,6 +166,7 @@ def test_int8_experts_are_not_capturable(model):
     assert graphs_supported(model)
     layer = SimpleNamespace(enable_moe=True, experts=SimpleNamespace())  # QuantExperts has no gate_up_proj
     assert not graphs_supported(SimpleNamespace(layers=[layer]))
+    assert not graphs_supported(SimpleNamespace())  # a test double without decoder layers
 
 
 def test_26b_a4b_shape_static_decode_builds_on_the_model_device():
