@@ -105,3 +105,19 @@ def test_legacy_completion_token_prompt(real):
                                           extra_body={"ignore_eos": True})
     assert resp.usage.prompt_tokens == 4 and resp.usage.completion_tokens == 5
     assert resp.choices[0].finish_reason == "length"
+
+
+def test_legacy_completion_json_mode_on_token_ids_with_top_a(real):
+    # A token-id prompt, a JSON schema and top_a together on the real engine: the text validates.
+    ids = [real.engine.tokenizer.bos_token_id] + real.engine.tokenizer.encode("Answer in JSON:")
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "enum": [1, 2]}},
+              "required": ["ok", "n"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "r", "strict": True, "schema": schema}}
+    for seed in (1, 2):
+        resp = real.client.completions.create(model=MODEL, prompt=ids, max_tokens=200, seed=seed, extra_body={
+            "response_format": fmt, "top_a": 0.05, "min_tokens": 2})
+        choice = resp.choices[0]
+        assert choice.finish_reason == "stop", choice.text
+        obj = json.loads(choice.text)
+        assert set(obj) == {"ok", "n"} and isinstance(obj["ok"], bool) and obj["n"] in (1, 2)
+        assert resp.usage.prompt_tokens == len(ids) and resp.usage.completion_tokens >= 2
