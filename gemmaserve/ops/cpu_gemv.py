@@ -1,4 +1,4 @@
-"""CPU bf16 GEMV for few-row (decode) matmuls: a gcc-built kernel that streams each weight row once."""
+"""CPU bf16 decode kernels built with gcc: few-row GEMV (each weight row streamed once), RMSNorm, paged decode attention."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_SRC = Path(__file__).parent / "csrc" / "gemv_bf16.cpp"
+_SRCS = [Path(__file__).parent / "csrc" / name for name in ("gemv_bf16.cpp", "decode_bf16.cpp")]
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 # Rows handled per weight pass; more rows still work (in groups of MAX_ROWS) but re-read the weight.
 MAX_ROWS = 8
@@ -58,7 +58,7 @@ def _compile() -> ctypes.CDLL:
     """Builds the .so once per (source, flags, CPU, torch) and loads it; raises on any failure."""
     torch_lib = Path(torch.__file__).parent / "lib"
     key = hashlib.sha256(
-        b"\0".join([_SRC.read_bytes(), " ".join(_FLAGS).encode(), _cpu_id().encode(), torch.__version__.encode()])
+        b"\0".join([*(src.read_bytes() for src in _SRCS), " ".join(_FLAGS).encode(), _cpu_id().encode(), torch.__version__.encode()])
     ).hexdigest()[:16]
     so = _build_dir() / f"gemv_bf16_{key}.so"
     if not so.exists():
@@ -71,7 +71,7 @@ def _compile() -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)
         os.close(fd)
         try:
-            cmd = [cxx, *_FLAGS, str(_SRC), "-o", tmp, *gomp]
+            cmd = [cxx, *_FLAGS, *map(str, _SRCS), "-o", tmp, *gomp]
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if res.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
@@ -85,6 +85,10 @@ def _compile() -> ctypes.CDLL:
     lib.gs_gemv_bf16.restype = None
     lib.gs_gemv_bf16_experts.argtypes = [_p, _i64, _i64, _i64, _p, _i64, _i64, _p, _i64, _p, _int, _int]
     lib.gs_gemv_bf16_experts.restype = None
+    lib.gs_rms_norm_bf16.argtypes = [_p, _i64, _i64, _i64, _p, ctypes.c_float, _p]
+    lib.gs_rms_norm_bf16.restype = None
+    lib.gs_decode_attn_bf16.argtypes = [_p, _i64, _p, _p, _i64, _i64, _p, _i64, _p, _i64, _i64, ctypes.c_float, _p, _int]
+    lib.gs_decode_attn_bf16.restype = None
     return lib
 
 
@@ -175,4 +179,34 @@ def gemv_experts(w: torch.Tensor, expert_ids: torch.Tensor, x: torch.Tensor,
     if ids.numel() and n and k:
         _lib.gs_gemv_bf16_experts(w.data_ptr(), e, n, k, ids.data_ptr(), m, topk, x2.data_ptr(), x2.stride(0),
                                   out.data_ptr(), int(out_dtype == torch.float32), torch.get_num_threads())
+    return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """F.rms_norm for bf16 CPU x [..., D] (unit stride on D) and a bf16 [D] weight or None, in one call:
+    fp32 statistics, x * rsqrt(mean(x^2) + eps) * w rounded once (torch's summation order differs, so
+    a result can differ from F.rms_norm by one bf16 ulp)."""
+    d = x.shape[-1]
+    x2 = x if x.dim() == 2 else x.reshape(-1, d)
+    if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < d):
+        x2 = x2.contiguous()
+    out = torch.empty(x.shape, dtype=torch.bfloat16)  # [..., D]
+    _lib.gs_rms_norm_bf16(x2.data_ptr(), x2.shape[0], x2.stride(0), d,
+                          None if weight is None else weight.data_ptr(), eps, out.data_ptr())
+    return out
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor,
+                     n_keys: torch.Tensor, scale: float) -> torch.Tensor:
+    """One query row per sequence over the paged cache: q [S, Hq, D] bf16, caches [..., Hkv, D] bf16
+    contiguous, slots [S, L] int64 flat cache slots (the first n_keys[s] of row s are its keys, in any
+    order), n_keys [S] int64 (each >= 1) -> [S, Hq, D] bf16. Softmax over the keys in fp32."""
+    hkv, d = k_cache.shape[-2:]
+    s, hq = q.shape[0], q.shape[1]
+    if q.stride(2) != 1 or q.stride(1) != d:
+        q = q.contiguous()
+    out = torch.empty(s, hq, d, dtype=torch.bfloat16)  # [S, Hq, D]
+    _lib.gs_decode_attn_bf16(q.data_ptr(), q.stride(0), k_cache.data_ptr(), v_cache.data_ptr(), hkv, d,
+                             slots.data_ptr(), slots.stride(0), n_keys.data_ptr(), s, hq, scale, out.data_ptr(),
+                             torch.get_num_threads())
     return out

@@ -5,6 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gemmaserve.ops import cpu_gemv
+
+# bf16 CPU inputs of at most this many elements (decode rows; prefill stays on torch's threaded
+# kernel) use the gcc-built one-call RMSNorm: ~2 us against ~14 us for F.rms_norm's op chain. 0 = off.
+KERNEL_MAX_NUMEL = 65536
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """Normalise over the last dim in fp32 and cast back to x's dtype.
@@ -15,6 +21,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
     explicit fp32 round trip) in far fewer dispatched ops.
     """
     d = x.shape[-1]
+    if (
+        x.dtype is torch.bfloat16
+        and x.numel() <= KERNEL_MAX_NUMEL
+        and x.device.type == "cpu"
+        and (weight is None or (weight.dtype is torch.bfloat16 and weight.is_contiguous()))
+        and cpu_gemv.available()
+    ):
+        return cpu_gemv.rms_norm(x, weight, eps)
     if weight is None or weight.dtype == x.dtype:
         return F.rms_norm(x, (d,), weight, eps)
     return F.rms_norm(x.float(), (d,), weight.float(), eps).to(x.dtype)

@@ -7,13 +7,17 @@ import pytest
 import torch
 from parity_batch import PagedSim
 
+import gemmaserve.ops.attention as attn_op
 import gemmaserve.ops.linear as linear_op
 import gemmaserve.ops.moe as moe_op
+import gemmaserve.ops.norm as norm_op
 from gemmaserve.demo import demo_config
 from gemmaserve.model.config import Gemma4TextConfig
 from gemmaserve.model.decoder import Gemma4ForCausalLM
 from gemmaserve.ops import cpu_gemv
+from gemmaserve.ops.attention import build_plan, paged_attention
 from gemmaserve.ops.linear import linear
+from gemmaserve.ops.norm import rms_norm
 
 needs_kernel = pytest.mark.skipif(not cpu_gemv.available(), reason="CPU GEMV kernel unavailable")
 
@@ -89,41 +93,125 @@ def test_moe_gather_gemv_matches_reference_and_torch_path(t):
     assert torch.equal(moe_op.moe_experts(x, gate_up, down, idx, w), fast)
 
 
-def _tiny_bf16() -> Gemma4ForCausalLM:
+def _tiny_pair() -> tuple[Gemma4ForCausalLM, Gemma4ForCausalLM]:
+    """The tiny demo model in bf16 and the same weights in fp32 (the accuracy yardstick), both fused."""
     cfg = Gemma4TextConfig.from_dict(demo_config("tiny"))
-    return Gemma4ForCausalLM(cfg, torch.bfloat16).init_random_(3).fuse_()
+    m16 = Gemma4ForCausalLM(cfg, torch.bfloat16).init_random_(3).fuse_()
+    m32 = Gemma4ForCausalLM(cfg, torch.float32).fuse_()
+    m32.load_state_dict({k: v.float() for k, v in m16.state_dict().items()})
+    return m16, m32
 
 
-def _decode(model: Gemma4ForCausalLM, prompt: list[int], n: int) -> tuple[list[int], torch.Tensor]:
-    """Greedy decode of n tokens (one sequence, then the same as a 3-sequence batch's first row)."""
-    sim = PagedSim(model, block_size=4, num_blocks=64, dtype=torch.bfloat16)
-    logits = model(sim.batch([(0, prompt)]), sim.caches)
-    toks, rows = [], []
-    for _ in range(n):
-        tok = int(logits[0].argmax())
-        toks.append(tok)
-        logits = model(sim.batch([(0, [tok])]), sim.caches)
-        rows.append(logits[0])
-    return toks, torch.stack(rows)
+def _decode(model: Gemma4ForCausalLM, prompt: list[int], forced: list[int]) -> torch.Tensor:
+    """Prefill, then one decode step per forced token (the same inputs for every variant: a random
+    model's near-flat logits would let greedy choices diverge on one bf16 ulp). -> [len(forced), V]."""
+    sim = PagedSim(model, block_size=4, num_blocks=64, dtype=model.dtype)
+    model(sim.batch([(0, prompt)]), sim.caches)
+    return torch.cat([model(sim.batch([(0, [tok])]), sim.caches) for tok in forced])
 
 
 @needs_kernel
-def test_bf16_decode_with_kernels_tracks_torch_fallback(monkeypatch):
-    model = _tiny_bf16()
-    prompt = [2] + [(17 * j + 5) % model.config.vocab_size for j in range(1, 13)]
-    calls = {"gemv": 0, "gemv_experts": 0}
+def test_bf16_decode_with_kernels_is_as_accurate_as_torch_fallback(monkeypatch):
+    m16, m32 = _tiny_pair()
+    vocab = m16.config.vocab_size
+    prompt = [2] + [(17 * j + 5) % vocab for j in range(1, 13)]
+    forced = [(31 * j + 7) % vocab for j in range(10)]  # past the 16-token sliding window
+    ref = _decode(m32, prompt, forced)  # fp32 never takes a kernel path
+    calls = {"gemv": 0, "gemv_experts": 0, "rms_norm": 0, "decode_attention": 0}
     for name in calls:
         real = getattr(cpu_gemv, name)
         monkeypatch.setattr(cpu_gemv, name, lambda *a, _r=real, _n=name, **k: calls.__setitem__(_n, calls[_n] + 1) or _r(*a, **k))
-    fast_toks, fast = _decode(model, prompt, 6)
+    fast = _decode(m16, prompt, forced)
     # Per decode step and layer: qkv, o, router, gate_up, down and two expert calls, plus the LM head;
     # the prefill's last layer runs its feed-forward (4 GEMVs with the LM head) on the one sampled row.
-    n_layers = model.config.num_hidden_layers
-    assert calls == {"gemv": 6 * (5 * n_layers + 1) + 4, "gemv_experts": 6 * 2 * n_layers + 2}
-    monkeypatch.setattr(linear_op, "GEMV_MAX_ROWS", 0)
-    monkeypatch.setattr(moe_op, "GEMV_MAX_TOKENS", 0)
-    slow_toks, slow = _decode(model, prompt, 6)
-    assert fast_toks == slow_toks
-    # Both are bf16 models rounding at different points (summation order, one fewer MoE rounding).
-    assert float((fast - slow).abs().max()) < 0.05 * float(slow.abs().max())
-    assert float(torch.nn.functional.cosine_similarity(fast, slow, dim=-1).min()) > 0.999
+    # Norms: 7 per layer + q, k (+ v on sliding layers; K=V full layers norm k in fp32) + final.
+    n, layers = len(forced), m16.config.num_hidden_layers
+    n_sliding = m16.config.layer_types.count("sliding_attention")
+    assert calls["gemv"] == n * (5 * layers + 1) + 4 and calls["gemv_experts"] == n * 2 * layers + 2
+    assert calls["decode_attention"] == n * layers
+    assert calls["rms_norm"] >= n * (9 * layers + n_sliding + 1)
+    for mod, knob, off in [(linear_op, "GEMV_MAX_ROWS", 0), (moe_op, "GEMV_MAX_TOKENS", 0),
+                           (attn_op, "DECODE_KERNEL", False), (norm_op, "KERNEL_MAX_NUMEL", 0)]:
+        monkeypatch.setattr(mod, knob, off)
+    slow = _decode(m16, prompt, forced)
+    # A random bf16 model drifts far from fp32 either way (this one by ~0.1 of logits up to 0.6); the
+    # kernels (fp32 softmax and MoE sums, fewer roundings) must not drift further than torch's path.
+    fast_err, slow_err = float((fast - ref).abs().mean()), float((slow - ref).abs().mean())
+    assert fast_err <= 1.1 * slow_err, (fast_err, slow_err)
+    assert not torch.equal(fast, slow)  # the knobs did switch paths
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows,d,weighted", [(1, 1024, True), (8, 128, True), (3, 33, True), (5, 64, False)])
+def test_rms_norm_kernel_matches_torch(rows, d, weighted):
+    g = torch.Generator().manual_seed(rows * d)
+    x = (3 * torch.randn(rows, 2, d, generator=g)).bfloat16()[:, 1]  # strided rows
+    w = (1 + 0.3 * torch.randn(d, generator=g)).bfloat16() if weighted else None
+    out = cpu_gemv.rms_norm(x, w, 1e-6)
+    ref = torch.nn.functional.rms_norm(x, (d,), w, 1e-6)  # fp32 inside, one rounding
+    assert out.shape == x.shape and out.dtype == torch.bfloat16 and out.is_contiguous()
+    # Same formula; only the order of the sum of squares differs: at most one bf16 ulp, rarely.
+    ulp = torch.finfo(torch.bfloat16).eps * ref.float().abs()
+    assert bool(((out.float() - ref.float()).abs() <= ulp).all())
+    assert float((out != ref).float().mean()) < 0.02
+    assert torch.equal(rms_norm(x, w, 1e-6), out)  # the op dispatches here for small bf16 inputs
+
+
+def _attn_ref(q, kc, vc, slots, n_keys, scale):
+    """fp32 attention of each row's query heads over its first n_keys cached rows."""
+    hkv, d = kc.shape[-2:]
+    kf, vf = kc.reshape(-1, hkv, d).float(), vc.reshape(-1, hkv, d).float()
+    out = torch.empty(q.shape)
+    g = q.shape[1] // hkv
+    for s in range(q.shape[0]):
+        idx = slots[s, : int(n_keys[s])]
+        k, v = kf[idx].repeat_interleave(g, 1), vf[idx].repeat_interleave(g, 1)  # [L, Hq, D]
+        p = torch.softmax(torch.einsum("hd,lhd->hl", q[s].float(), k) * scale, dim=-1)
+        out[s] = torch.einsum("hl,lhd->hd", p, v)
+    return out
+
+
+@needs_kernel
+@pytest.mark.parametrize("hq,hkv,d", [(8, 2, 128), (8, 1, 256), (4, 4, 64), (6, 2, 32), (3, 1, 24), (16, 2, 16)])
+def test_decode_attention_kernel_matches_fp32(hq, hkv, d):
+    # G = 4, 8, 1, 3 (portable path), 3 with D % 16 != 0, 8 with D = 16.
+    g = torch.Generator().manual_seed(hq * 100 + d)
+    kc = torch.randn(40, 4, hkv, d, generator=g).bfloat16()
+    vc = torch.randn(40, 4, hkv, d, generator=g).bfloat16()
+    lens = [1, 17, 33, 160]
+    slots = torch.randint(0, 160, (4, 160), generator=g)  # any order, repeats allowed
+    n_keys = torch.tensor(lens)
+    q = torch.randn(4, hq, d, generator=g).bfloat16()
+    out = cpu_gemv.decode_attention(q, kc, vc, slots, n_keys, 0.3)
+    ref = _attn_ref(q, kc, vc, slots, n_keys, 0.3)
+    assert out.shape == (4, hq, d) and out.dtype == torch.bfloat16
+    err = (out.float() - ref).abs()
+    assert bool((err <= 2 ** -8 * ref.abs() + 1e-4).all()), float(err.max())
+
+
+@needs_kernel
+def test_paged_attention_kernel_agrees_with_torch_on_mixed_plans(monkeypatch):
+    # Two decode groups (key counts 600 vs 20: not within 2x) out of row order, beside a prefill.
+    g = torch.Generator().manual_seed(5)
+    bs, hkv, d, hq = 4, 2, 64, 8
+    kc = torch.randn(400, bs, hkv, d, generator=g).bfloat16()
+    vc = torch.randn(400, bs, hkv, d, generator=g).bfloat16()
+    tables = torch.arange(400, dtype=torch.int32).view(2, 200)
+    tables = torch.cat([tables, tables.flip(1), tables[:, 50:].repeat(1, 2)[:, :200]])  # [6, 200]
+    q_lens, seq_lens = [1, 5, 1, 1, 1, 1], [20, 30, 600, 22, 599, 21]
+    plan = build_plan(tables, q_lens, seq_lens, bs, None)
+    assert len(plan.decodes) == 2 and not any(grp.in_order for grp in plan.decodes)
+    q = torch.randn(sum(q_lens), hq, d, generator=g).bfloat16()
+    fast = paged_attention(q, kc, vc, plan)
+    monkeypatch.setattr(attn_op, "DECODE_KERNEL", False)
+    slow = paged_attention(q, kc, vc, plan)
+    assert torch.equal(fast[1:6], slow[1:6])  # prefill rows take the same torch path
+    err = (fast.float() - slow.float()).abs()
+    assert float(err.max()) <= 2 ** -6 * float(slow.float().abs().max())
+    # Window-limited plan: the kernel reads only the window's keys.
+    plan_w = build_plan(tables, q_lens, seq_lens, bs, 16)
+    monkeypatch.setattr(attn_op, "DECODE_KERNEL", True)
+    fast_w = paged_attention(q, kc, vc, plan_w)
+    monkeypatch.setattr(attn_op, "DECODE_KERNEL", False)
+    slow_w = paged_attention(q, kc, vc, plan_w)
+    assert float((fast_w.float() - slow_w.float()).abs().max()) <= 2 ** -6 * float(slow_w.float().abs().max())

@@ -1,0 +1,234 @@
+// bf16 decode-step kernels beside the GEMV (same build, same C ABI through ctypes): RMSNorm rows and
+// one-query-per-sequence attention read straight from the paged KV cache. Both replace a chain of
+// ~10 small torch ops (casts, reductions, gathers) whose dispatch cost dominates at decode sizes.
+// All arithmetic is fp32; every output is rounded to bf16 once.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+#include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+typedef uint16_t bf16_t;
+
+static inline float dec_bf16_to_f32(bf16_t v) {
+    uint32_t u = (uint32_t)v << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// Round-to-nearest-even like torch's float -> bfloat16 cast; NaN stays a quiet NaN.
+static inline bf16_t dec_f32_to_bf16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16_t)(u >> 16);
+}
+
+#if defined(__AVX512F__)
+static inline __m512 load16(const bf16_t* p) {  // 16 bf16 -> 16 fp32 (exact)
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+#endif
+
+// sum_i a[i] * bf16(b[i]) with a fp32, b bf16.
+static inline float dot_f32_bf16(const float* a, const bf16_t* b, int64_t n) {
+    int64_t i = 0;
+    float s = 0.f;
+#if defined(__AVX512F__)
+    __m512 acc = _mm512_setzero_ps();
+    for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load16(b + i), acc);
+    s = _mm512_reduce_add_ps(acc);
+#endif
+    for (; i < n; ++i) s += a[i] * dec_bf16_to_f32(b[i]);
+    return s;
+}
+
+// acc[i] += p * bf16(v[i]).
+static inline void axpy_bf16(float* acc, float p, const bf16_t* v, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    __m512 pv = _mm512_set1_ps(p);
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(pv, load16(v + i), _mm512_loadu_ps(acc + i)));
+#endif
+    for (; i < n; ++i) acc[i] += p * dec_bf16_to_f32(v[i]);
+}
+
+#if defined(__AVX512F__)
+// exp for x <= 0 (scores minus their max): Cephes expf's range reduction and polynomial, ~1 ulp.
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));  // below this exp is 0 in fp32 anyway
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+// sc[g*n + j] = qf[g] . k_j for G query rows (fp32, pre-scaled) against n cache rows; D % 16 == 0.
+template <int G>
+static void scores_v(const float* qf, const bf16_t* kc, int64_t hkv, int64_t h, int64_t d, const int64_t* sl,
+                     int64_t n, float* sc) {
+    for (int64_t j = 0; j < n; ++j) {
+        const bf16_t* kr = kc + (sl[j] * hkv + h) * d;
+        if (j + 1 < n) _mm_prefetch((const char*)(kc + (sl[j + 1] * hkv + h) * d), _MM_HINT_T0);
+        __m512 acc[G];
+        for (int g = 0; g < G; ++g) acc[g] = _mm512_setzero_ps();
+        for (int64_t c = 0; c < d; c += 16) {
+            __m512 kv = load16(kr + c);
+            for (int g = 0; g < G; ++g) acc[g] = _mm512_fmadd_ps(_mm512_loadu_ps(qf + g * d + c), kv, acc[g]);
+        }
+        for (int g = 0; g < G; ++g) sc[g * n + j] = _mm512_reduce_add_ps(acc[g]);
+    }
+}
+
+// acc[g, c0:c0+16*NC] = sum_j p[g, j] v_j[c0:...] for G rows, then times inv[g], rounded into out.
+template <int G, int NC>
+static void pv_v(const float* p, const float* inv, const bf16_t* vc, int64_t hkv, int64_t h, int64_t d,
+                 const int64_t* sl, int64_t n, int64_t c0, bf16_t* out) {
+    __m512 acc[G][NC];
+    for (int g = 0; g < G; ++g)
+        for (int c = 0; c < NC; ++c) acc[g][c] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; ++j) {
+        const bf16_t* vr = vc + (sl[j] * hkv + h) * d + c0;
+        __m512 v[NC];
+        for (int c = 0; c < NC; ++c) v[c] = load16(vr + 16 * c);
+        for (int g = 0; g < G; ++g) {
+            __m512 pj = _mm512_set1_ps(p[g * n + j]);
+            for (int c = 0; c < NC; ++c) acc[g][c] = _mm512_fmadd_ps(pj, v[c], acc[g][c]);
+        }
+    }
+    for (int g = 0; g < G; ++g)
+        for (int c = 0; c < NC; ++c) {
+            float tmp[16];
+            _mm512_storeu_ps(tmp, _mm512_mul_ps(acc[g][c], _mm512_set1_ps(inv[g])));
+            for (int i = 0; i < 16; ++i) out[g * d + c0 + 16 * c + i] = dec_f32_to_bf16(tmp[i]);
+        }
+}
+
+template <int G>
+static void attend_v(const float* qf, const bf16_t* kc, const bf16_t* vc, int64_t hkv, int64_t h, int64_t d,
+                     const int64_t* sl, int64_t n, float* sc, float* inv, bf16_t* out) {
+    scores_v<G>(qf, kc, hkv, h, d, sl, n, sc);
+    for (int g = 0; g < G; ++g) {
+        float* row = sc + g * n;
+        __m512 mv = _mm512_set1_ps(-INFINITY);
+        int64_t j = 0;
+        for (; j + 16 <= n; j += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(row + j));
+        float mx = _mm512_reduce_max_ps(mv);
+        for (; j < n; ++j) mx = std::max(mx, row[j]);
+        __m512 mxv = _mm512_set1_ps(mx), sv = _mm512_setzero_ps();
+        for (j = 0; j + 16 <= n; j += 16) {
+            __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(row + j), mxv));
+            _mm512_storeu_ps(row + j, e);
+            sv = _mm512_add_ps(sv, e);
+        }
+        if (j < n) {
+            __mmask16 m = (__mmask16)((1u << (n - j)) - 1);
+            __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + j), mxv));
+            _mm512_mask_storeu_ps(row + j, m, e);
+            sv = _mm512_add_ps(sv, _mm512_maskz_mov_ps(m, e));
+        }
+        inv[g] = 1.f / _mm512_reduce_add_ps(sv);
+    }
+    // G * NC accumulators + NC value registers stay within the 32 zmm registers.
+    constexpr int NC = G <= 4 ? 4 : 2;
+    int64_t c0 = 0;
+    for (; c0 + 16 * NC <= d; c0 += 16 * NC) pv_v<G, NC>(sc, inv, vc, hkv, h, d, sl, n, c0, out);
+    for (; c0 < d; c0 += 16) pv_v<G, 1>(sc, inv, vc, hkv, h, d, sl, n, c0, out);
+}
+#endif
+
+// Portable form of the same computation (any G and D).
+static void attend_scalar(const float* qf, const bf16_t* kc, const bf16_t* vc, int64_t hkv, int64_t h, int64_t d,
+                          const int64_t* sl, int64_t n, int64_t G, float* sc, bf16_t* out) {
+    for (int64_t j = 0; j < n; ++j) {
+        const bf16_t* kr = kc + (sl[j] * hkv + h) * d;
+        for (int64_t g = 0; g < G; ++g) sc[g * n + j] = dot_f32_bf16(qf + g * d, kr, d);
+    }
+    std::vector<float> acc(G * d, 0.f), inv(G);
+    for (int64_t g = 0; g < G; ++g) {
+        float* row = sc + g * n;
+        float mx = -INFINITY, sum = 0.f;
+        for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);
+        for (int64_t j = 0; j < n; ++j) sum += (row[j] = std::exp(row[j] - mx));
+        inv[g] = 1.f / sum;
+    }
+    for (int64_t j = 0; j < n; ++j) {
+        const bf16_t* vr = vc + (sl[j] * hkv + h) * d;
+        for (int64_t g = 0; g < G; ++g) axpy_bf16(acc.data() + g * d, sc[g * n + j], vr, d);
+    }
+    for (int64_t g = 0; g < G; ++g)
+        for (int64_t i = 0; i < d; ++i) out[g * d + i] = dec_f32_to_bf16(acc[g * d + i] * inv[g]);
+}
+
+// One (sequence, KV head): q [G, D] bf16 (rows contiguous), out [G, D].
+static void attend_one(const bf16_t* q, const bf16_t* kc, const bf16_t* vc, int64_t hkv, int64_t h, int64_t d,
+                       const int64_t* sl, int64_t n, int64_t G, float scale, bf16_t* out) {
+    std::vector<float> qf(G * d), sc(G * n), inv(G);
+    for (int64_t i = 0; i < G * d; ++i) qf[i] = scale * dec_bf16_to_f32(q[i]);  // scale folded into q
+#if defined(__AVX512F__)
+    if (d % 16 == 0) {
+        switch (G) {
+            case 1: return attend_v<1>(qf.data(), kc, vc, hkv, h, d, sl, n, sc.data(), inv.data(), out);
+            case 2: return attend_v<2>(qf.data(), kc, vc, hkv, h, d, sl, n, sc.data(), inv.data(), out);
+            case 4: return attend_v<4>(qf.data(), kc, vc, hkv, h, d, sl, n, sc.data(), inv.data(), out);
+            case 8: return attend_v<8>(qf.data(), kc, vc, hkv, h, d, sl, n, sc.data(), inv.data(), out);
+            default: break;
+        }
+    }
+#endif
+    attend_scalar(qf.data(), kc, vc, hkv, h, d, sl, n, G, sc.data(), out);
+}
+
+extern "C" {
+
+// out[r] = x[r] * (mean(x[r]^2) + eps)^-1/2 * w, rows of d elements (x row stride xs, out contiguous);
+// w may be null (weightless norm). One rounding, as torch's F.rms_norm on bf16 does.
+void gs_rms_norm_bf16(const bf16_t* x, int64_t rows, int64_t xs, int64_t d, const bf16_t* w, float eps, bf16_t* out) {
+    std::vector<float> xf(d), wf(d, 1.f);
+    if (w)
+        for (int64_t i = 0; i < d; ++i) wf[i] = dec_bf16_to_f32(w[i]);
+    for (int64_t r = 0; r < rows; ++r) {
+        const bf16_t* xr = x + r * xs;
+        float ss = 0.f;
+        for (int64_t i = 0; i < d; ++i) {
+            xf[i] = dec_bf16_to_f32(xr[i]);
+            ss += xf[i] * xf[i];
+        }
+        const float inv = 1.f / std::sqrt(ss / (float)d + eps);
+        bf16_t* o = out + r * d;
+        for (int64_t i = 0; i < d; ++i) o[i] = dec_f32_to_bf16(xf[i] * inv * wf[i]);
+    }
+}
+
+// One query row per sequence s over its first nkeys[s] keys, read from the cache at slots[s, :]:
+// q [S, Hq, D] (sequence stride qs elements), caches [num_slots, Hkv, D], out [S, Hq, D]; query head
+// h*G+g reads KV head h (G = Hq/Hkv). Each (sequence, KV head) task reads its keys once for its G
+// query heads; softmax in fp32 with the max subtracted, like SDPA.
+void gs_decode_attn_bf16(const bf16_t* q, int64_t qs, const bf16_t* kc, const bf16_t* vc, int64_t hkv, int64_t d,
+                         const int64_t* slots, int64_t ls, const int64_t* nkeys, int64_t S, int64_t hq, float scale,
+                         bf16_t* out, int nthreads) {
+    const int64_t G = hq / hkv, tasks = S * hkv;
+    int nt = (int)std::max<int64_t>(1, std::min<int64_t>(nthreads, tasks));
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+        const int64_t s = t / hkv, h = t % hkv;
+        attend_one(q + s * qs + h * G * d, kc, vc, hkv, h, d, slots + s * ls, nkeys[s], G, scale,
+                   out + (s * hq + h * G) * d);
+    }
+}
+
+}  // extern "C"
