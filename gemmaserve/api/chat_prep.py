@@ -21,6 +21,7 @@ from gemmaserve.api.sampling import (
 )
 from gemmaserve.api.state import ServerState
 from gemmaserve.chat.constraints import ThinkingBudget
+from gemmaserve.chat.middle_out import middle_out, middle_out_ids
 from gemmaserve.chat.parser import prompt_ends_in_reasoning
 from gemmaserve.chat.prompt import ChatPrompt
 from gemmaserve.protocol.chat import ChatCompletionRequest, NamedToolChoice, ResponseFormat
@@ -63,7 +64,8 @@ def _with_name(msg: dict[str, Any]) -> dict[str, Any]:
     return msg
 
 
-def _encode(state: ServerState, req: ChatCompletionRequest, tools: list[dict] | None, thinking: bool) -> ChatPrompt:
+def _encode(state: ServerState, req: ChatCompletionRequest, tools: list[dict] | None, thinking: bool,
+            max_model_len: int) -> ChatPrompt:
     messages = [_with_name(m.model_dump(exclude_unset=True)) for m in req.messages or []]
     prefill = ""
     if messages and messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls"):
@@ -76,7 +78,17 @@ def _encode(state: ServerState, req: ChatCompletionRequest, tools: list[dict] | 
         # Control-token strings the client typed ("<turn|>", "<|tool_call>") stay plain text: a
         # user must not forge a system turn or a tool call. The prefill continues the model's own
         # turn, so its markers are real (e.g. "<|channel>thought\n" opens the thought channel).
-        return state.prompt_encoder.encode(messages, tools, enable_thinking=thinking, suffix=prefill)
+        prompt = state.prompt_encoder.encode(messages, tools, enable_thinking=thinking, suffix=prefill)
+        if len(prompt.ids) < max_model_len or not req.middle_out:
+            return prompt
+
+        def encode(msgs: list[dict]) -> ChatPrompt:
+            return state.prompt_encoder.encode(msgs, tools, enable_thinking=thinking, suffix=prefill)
+
+        # context-compression: whole messages go from the middle until the prompt fits; when
+        # nothing can go, the prompt is returned as is and refused with the context-length 400.
+        shorter = middle_out(messages, lambda msgs: len(encode(msgs).ids) < max_model_len)
+        return encode(shorter) if shorter is not None else prompt
     except ValueError as exc:  # ChatFormatError, or no free placeholder characters left
         raise APIError(400, str(exc), "invalid_prompt", {"param": "messages"}) from None
 
@@ -146,11 +158,14 @@ def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat
     render_tools = None if req.tool_choice == "none" else tool_dicts
     thinking = thinking_enabled(req) if req.messages is not None else False
     if req.messages is not None:
-        prompt = _encode(state, req, render_tools, thinking)
+        prompt = _encode(state, req, render_tools, thinking, engine.max_model_len)
         text, prompt_ids, starts_in_reasoning = prompt.text, prompt.ids, prompt.ends_in_reasoning
     else:
         text = req.prompt or ""
         prompt_ids = encode_raw_prompt(tok, text)
+        if req.middle_out and len(prompt_ids) >= engine.max_model_len:
+            prompt_ids = middle_out_ids(prompt_ids, engine.max_model_len - 1)  # no messages: cut tokens
+            text = tok.decode(prompt_ids)
         starts_in_reasoning = prompt_ends_in_reasoning(text)
     max_tokens = completion_limit(req, len(prompt_ids), engine.max_model_len)
     plan = plan_reasoning(req, max_tokens) if req.messages is not None else ReasoningPlan(False, False, None)

@@ -23,6 +23,7 @@ from gemmaserve.api.chat_prep import format_constraint
 from gemmaserve.api.sampling import add_top_a, build_sampling_params, completion_limit, encode_raw_prompt
 from gemmaserve.api.sse import DONE, KEEPALIVE, sse_data
 from gemmaserve.api.usage import TokenCounts
+from gemmaserve.chat.middle_out import middle_out_ids
 from gemmaserve.chat.parser import prompt_ends_in_reasoning
 from gemmaserve.protocol.completions import CompletionRequest
 from gemmaserve.types import EngineError, FinishReason, TokenLogprob
@@ -60,6 +61,10 @@ async def completions(req: CompletionRequest, request: Request):
         if any(t >= engine.vocab_size for t in prompt_ids):
             raise APIError(400, f"Invalid value for 'prompt': token ids must be below {engine.vocab_size}",
                            "invalid_request", {"param": "prompt"})
+        prompt_text = tok.decode(prompt_ids)
+    if req.middle_out and len(prompt_ids) >= engine.max_model_len:
+        # context-compression: a raw prompt has no messages, so tokens go from its middle.
+        prompt_ids = middle_out_ids(prompt_ids, engine.max_model_len - 1)
         prompt_text = tok.decode(prompt_ids)
     max_tokens = completion_limit(req, len(prompt_ids), engine.max_model_len)
     params = build_sampling_params(req, max_tokens=max_tokens, vocab_size=engine.vocab_size,

@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # OpenRouter ignores top-level fields it does not know (spec §2.1), so every request model does too.
 WIRE_CONFIG = ConfigDict(extra="ignore", populate_by_name=True)
 
-# Plugins that need nothing from a single-model endpoint: structured output is grammar-enforced,
-# so the JSON that `response-healing` would repair is never malformed.
-HONOURED_PLUGINS = frozenset({"response-healing"})
+# Plugins this endpoint honours: context-compression (middle-out) drops the middle of a prompt that
+# is over the context; response-healing needs nothing, since structured output is grammar-enforced
+# and the JSON it would repair is never malformed.
+HONOURED_PLUGINS = frozenset({"response-healing", "context-compression"})
 
 
 class FieldError(ValueError):
@@ -78,15 +79,21 @@ class SamplingFields(BaseModel):
             pid = item.get("id")
             if not isinstance(pid, str):
                 raise ValueError("each plugin needs a string 'id'")
-            if item.get("enabled") is not False and pid not in HONOURED_PLUGINS:
+            if item.get("enabled") is False:
+                continue
+            if pid not in HONOURED_PLUGINS:
                 raise ValueError(f"the '{pid}' plugin is not available on this endpoint")
+            if pid == "context-compression" and item.get("engine", "middle-out") != "middle-out":
+                raise ValueError(f"context-compression engine {item.get('engine')!r} is not available "
+                                 "(only 'middle-out')")
         return v
 
     @field_validator("transforms")
     @classmethod
-    def _no_transforms(cls, v: list[str] | None) -> list[str] | None:
-        if v:
-            raise ValueError(f"transforms {v} are not available on this endpoint (send [] or omit the field)")
+    def _known_transforms(cls, v: list[str] | None) -> list[str] | None:
+        unknown = [t for t in v or [] if t != "middle-out"]
+        if unknown:
+            raise ValueError(f"transforms {unknown} are not available on this endpoint (only 'middle-out')")
         return v
 
     @field_validator("web_search_options")
@@ -110,6 +117,14 @@ class SamplingFields(BaseModel):
                 raise FieldError("max_completion_tokens",
                                  "max_tokens and max_completion_tokens disagree; send one of them")
         return self
+
+    @property
+    def middle_out(self) -> bool:
+        """Whether a prompt over the context is to be compressed rather than refused."""
+        if self.transforms and "middle-out" in self.transforms:
+            return True
+        return any(p.get("id") == "context-compression" and p.get("enabled") is not False
+                   for p in self.plugins or [])
 
     @property
     def requested_max_tokens(self) -> int | None:

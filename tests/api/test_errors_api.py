@@ -63,9 +63,9 @@ def assert_envelope(r, status, error_type=None):
     ({"modalities": ["text", "image"]}, "modalities"),
     # OpenRouter features this endpoint cannot provide are refused, not silently dropped.
     ({"plugins": [{"id": "web"}]}, "plugins"),
-    ({"plugins": [{"id": "context-compression", "engine": "middle-out"}]}, "plugins"),
+    ({"plugins": [{"id": "context-compression", "engine": "llm-summary"}]}, "plugins"),
     ({"plugins": [{"enabled": True}]}, "plugins"),
-    ({"transforms": ["middle-out"]}, "transforms"),
+    ({"transforms": ["middle-out", "squash"]}, "transforms"),
     ({"web_search_options": {"search_context_size": "low"}}, "web_search_options"),
     ({"metadata": {str(i): "v" for i in range(17)}}, "metadata"),
     ({"metadata": {"k" * 65: "v"}}, "metadata"),
@@ -120,7 +120,7 @@ def test_semantic_errors_are_400(fake, patch, words):
 
 def test_unknown_and_ignored_fields_are_accepted(fake):
     # Documented as ignored or as routing hints, or plugins that are off or need nothing here.
-    body = {"model": MODEL, "messages": MSGS, "n": 3, "transforms": [], "usage": {"include": True},
+    body = {"model": MODEL, "messages": MSGS, "n": 3, "transforms": ["middle-out"], "usage": {"include": True},
             "provider": {"order": ["x"]}, "verbosity": "low", "frobnicate": {"a": [1]},
             "plugins": [{"id": "web", "enabled": False}, {"id": "response-healing"}],
             "stream_options": {"include_usage": False}, "metadata": {"k": "v"}, "route": "fallback",
