@@ -8,9 +8,15 @@ from torch import nn
 
 from gemmaserve.model.config import Gemma4TextConfig
 from gemmaserve.model.layers import Linear, RMSNorm, fuse_linears
+from gemmaserve.ops import cpu_gemv
 from gemmaserve.ops.attention import AttentionPlan, paged_attention, store_kv
 from gemmaserve.ops.norm import rms_norm
 from gemmaserve.ops.rope import apply_rope_signed
+
+
+# Up to this many rows, bf16 on CPU, the norms, RoPE and the cache write after the fused projection are
+# one kernel call (ops/cpu_gemv.qkv_post, same rounding points) instead of ~20 small ops; 0 = off.
+QKV_KERNEL_MAX_ROWS = 64
 
 
 class Gemma4Attention(nn.Module):
@@ -60,6 +66,11 @@ class Gemma4Attention(nn.Module):
         hq, hkv = self.num_heads * d, self.num_kv_heads * d
         if self.qkv_proj is not None:
             qkv = self.qkv_proj(x)  # [T, Hq*D + Hkv*D (+ Hkv*D)]
+            if self._kernel_ok(qkv, t, kv_cache, slot_mapping, cos_sin):
+                q = cpu_gemv.qkv_post(qkv, self.num_heads, self.num_kv_heads, d, self.has_v, self.q_norm.weight,
+                                      self.k_norm.weight, eps, cos, sin, slot_mapping, kv_cache[0], kv_cache[1])
+                o = paged_attention(q, kv_cache[0], kv_cache[1], plan, scale=1.0)  # [T, Hq, D]
+                return self.o_proj(o.reshape(t, self.num_heads * d))
             q, k_raw = qkv[:, :hq], qkv[:, hq : hq + hkv]
             v_raw = qkv[:, hq + hkv :] if self.has_v else None
         else:
@@ -81,3 +92,22 @@ class Gemma4Attention(nn.Module):
         store_kv(kv_cache[0], kv_cache[1], k, v, slot_mapping)
         o = paged_attention(q, kv_cache[0], kv_cache[1], plan, scale=1.0)  # [T, Hq, D]
         return self.o_proj(o.reshape(t, self.num_heads * d))
+
+    def _kernel_ok(self, qkv: torch.Tensor, t: int, kv_cache, slot_mapping: torch.Tensor, cos_sin) -> bool:
+        """Whether qkv_post may run: few bf16 CPU rows, bf16 contiguous caches and tables, int64 slots."""
+        k_cache, v_cache = kv_cache
+        return (
+            t <= QKV_KERNEL_MAX_ROWS
+            and qkv.dtype is torch.bfloat16
+            and qkv.device.type == "cpu"
+            and k_cache.dtype is torch.bfloat16
+            and cos_sin[0].dtype is torch.bfloat16
+            and slot_mapping.dtype is torch.int64
+            and self.q_norm.weight.dtype is torch.bfloat16
+            and k_cache.is_contiguous()
+            and v_cache.is_contiguous()
+            and cos_sin[0].is_contiguous()
+            and cos_sin[1].is_contiguous()
+            and slot_mapping.is_contiguous()
+            and cpu_gemv.available()
+        )

@@ -89,6 +89,8 @@ def _compile() -> ctypes.CDLL:
     lib.gs_rms_norm_bf16.restype = None
     lib.gs_decode_attn_bf16.argtypes = [_p, _i64, _p, _p, _i64, _i64, _p, _i64, _p, _i64, _i64, ctypes.c_float, _p, _int]
     lib.gs_decode_attn_bf16.restype = None
+    lib.gs_qkv_post_bf16.argtypes = [_p, _i64, _i64, _i64, _i64, _i64, _int, _p, _p, ctypes.c_float, _p, _p, _p, _p, _p, _p]
+    lib.gs_qkv_post_bf16.restype = None
     return lib
 
 
@@ -210,3 +212,20 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                              slots.data_ptr(), slots.stride(0), n_keys.data_ptr(), s, hq, scale, out.data_ptr(),
                              torch.get_num_threads())
     return out
+
+
+def qkv_post(qkv: torch.Tensor, hq: int, hkv: int, d: int, has_v: bool, q_weight: torch.Tensor,
+             k_weight: torch.Tensor, eps: float, cos: torch.Tensor, sin_signed: torch.Tensor,
+             slot_mapping: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+    """Everything between the fused q/k/v projection and attention, in one call: qkv [T, W] bf16 (unit
+    stride on W) -> q [T, Hq, D] normed and rope'd; k (normed, rope'd) and v (weightless norm, or
+    k's fp32 norm when not has_v) written into the contiguous bf16 caches at slot_mapping [T] int64.
+    cos/sin_signed: contiguous bf16 [T, 1, D] tables (ops.rope.rope_cos_sin / signed_sin)."""
+    t = qkv.shape[0]
+    if qkv.stride(1) != 1:
+        qkv = qkv.contiguous()
+    q = torch.empty(t, hq, d, dtype=torch.bfloat16)  # [T, Hq, D]
+    _lib.gs_qkv_post_bf16(qkv.data_ptr(), t, qkv.stride(0), hq, hkv, d, int(has_v), q_weight.data_ptr(),
+                          k_weight.data_ptr(), eps, cos.data_ptr(), sin_signed.data_ptr(), slot_mapping.data_ptr(),
+                          k_cache.data_ptr(), v_cache.data_ptr(), q.data_ptr())
+    return q

@@ -7,6 +7,7 @@ import pytest
 import torch
 from parity_batch import PagedSim
 
+import gemmaserve.model.attention as model_attn
 import gemmaserve.ops.attention as attn_op
 import gemmaserve.ops.linear as linear_op
 import gemmaserve.ops.moe as moe_op
@@ -117,21 +118,21 @@ def test_bf16_decode_with_kernels_is_as_accurate_as_torch_fallback(monkeypatch):
     prompt = [2] + [(17 * j + 5) % vocab for j in range(1, 13)]
     forced = [(31 * j + 7) % vocab for j in range(10)]  # past the 16-token sliding window
     ref = _decode(m32, prompt, forced)  # fp32 never takes a kernel path
-    calls = {"gemv": 0, "gemv_experts": 0, "rms_norm": 0, "decode_attention": 0}
+    calls = {"gemv": 0, "gemv_experts": 0, "rms_norm": 0, "decode_attention": 0, "qkv_post": 0}
     for name in calls:
         real = getattr(cpu_gemv, name)
         monkeypatch.setattr(cpu_gemv, name, lambda *a, _r=real, _n=name, **k: calls.__setitem__(_n, calls[_n] + 1) or _r(*a, **k))
     fast = _decode(m16, prompt, forced)
     # Per decode step and layer: qkv, o, router, gate_up, down and two expert calls, plus the LM head;
     # the prefill's last layer runs its feed-forward (4 GEMVs with the LM head) on the one sampled row.
-    # Norms: 7 per layer + q, k (+ v on sliding layers; K=V full layers norm k in fp32) + final.
+    # Norms: 7 per layer + the final one (q/k/v norms are inside qkv_post, prefill included).
     n, layers = len(forced), m16.config.num_hidden_layers
-    n_sliding = m16.config.layer_types.count("sliding_attention")
     assert calls["gemv"] == n * (5 * layers + 1) + 4 and calls["gemv_experts"] == n * 2 * layers + 2
-    assert calls["decode_attention"] == n * layers
-    assert calls["rms_norm"] >= n * (9 * layers + n_sliding + 1)
+    assert calls["decode_attention"] == n * layers and calls["qkv_post"] == (n + 1) * layers
+    assert calls["rms_norm"] >= n * (7 * layers + 1)
     for mod, knob, off in [(linear_op, "GEMV_MAX_ROWS", 0), (moe_op, "GEMV_MAX_TOKENS", 0),
-                           (attn_op, "DECODE_KERNEL", False), (norm_op, "KERNEL_MAX_NUMEL", 0)]:
+                           (attn_op, "DECODE_KERNEL", False), (norm_op, "KERNEL_MAX_NUMEL", 0),
+                           (model_attn, "QKV_KERNEL_MAX_ROWS", 0)]:
         monkeypatch.setattr(mod, knob, off)
     slow = _decode(m16, prompt, forced)
     # A random bf16 model drifts far from fp32 either way (this one by ~0.1 of logits up to 0.6); the
@@ -215,3 +216,51 @@ def test_paged_attention_kernel_agrees_with_torch_on_mixed_plans(monkeypatch):
     monkeypatch.setattr(attn_op, "DECODE_KERNEL", False)
     slow_w = paged_attention(q, kc, vc, plan_w)
     assert float((fast_w.float() - slow_w.float()).abs().max()) <= 2 ** -6 * float(slow_w.float().abs().max())
+
+
+@needs_kernel
+@pytest.mark.parametrize("layer", [0, 5])  # the tiny model's layer 5 is full: K=V when k_eq_v
+@pytest.mark.parametrize("k_eq_v", [True, False])
+def test_qkv_post_kernel_rounds_like_torch(layer, k_eq_v, monkeypatch):
+    """Norms + RoPE + cache write in one call == the torch ops (same rounding points), q and caches."""
+    cfg = Gemma4TextConfig.from_dict({**demo_config("tiny")["text_config"], "attention_k_eq_v": k_eq_v})
+    model = Gemma4ForCausalLM(cfg, torch.bfloat16).init_random_(7).fuse_()
+    attn = model.layers[layer].self_attn
+    assert attn.has_v == (not k_eq_v or cfg.layer_types[layer] != "full_attention")
+    sim = PagedSim(model, block_size=4, num_blocks=16, dtype=torch.bfloat16)
+    batch = sim.batch([(0, list(range(3, 12)))])  # 9 rows of prefill: every position's rope differs
+    kind = cfg.layer_types[layer]
+    cos, sin = _rope(model, batch, kind)
+    g = torch.Generator().manual_seed(layer)
+    x = (torch.randn(9, cfg.hidden_size, generator=g)).bfloat16()
+    slots = batch.kinds[kind].slot_mapping
+    captured = {}
+    real_pa = model_attn.paged_attention
+    monkeypatch.setattr(model_attn, "paged_attention", lambda q, *a, **k: captured.setdefault("q", []).append(q) or real_pa(q, *a, **k))
+    outs = []
+    for rows in (64, 0):
+        monkeypatch.setattr(model_attn, "QKV_KERNEL_MAX_ROWS", rows)
+        caches = [(c[0].clone().zero_(), c[1].clone().zero_()) for c in sim.caches]
+        plan = _plan(model, batch, kind)
+        attn(x, (cos, sin), plan, slots, caches[layer])
+        outs.append((captured["q"][-1], caches[layer][0], caches[layer][1]))
+    (q1, k1, v1), (q0, k0, v0) = outs
+    for a, b in ((q1, q0), (k1, k0), (v1, v0)):
+        assert a.shape == b.shape
+        # Identical but for rsqrt's last fp32 bit (a 1-ulp bf16 difference on a rare element).
+        assert float((a != b).float().mean()) < 0.01
+        assert bool(((a.float() - b.float()).abs() <= 2**-7 * b.float().abs()).all())
+    assert bool(k1.abs().sum() > 0) and bool(v1.abs().sum() > 0)  # the kernel did write the caches
+
+
+def _rope(model, batch, kind):
+    from gemmaserve.ops.rope import rope_cos_sin, signed_sin
+
+    cos, sin = rope_cos_sin(batch.positions, getattr(model, f"{kind}_inv_freq"), torch.bfloat16)
+    return cos, signed_sin(sin)
+
+
+def _plan(model, batch, kind):
+    spec = next(s for s in model.config.attention_kinds() if s.kind == kind)
+    meta = batch.kinds[kind]
+    return build_plan(meta.block_tables, batch.query_lens_cpu, batch.seq_lens_cpu, batch.block_size, spec.window)

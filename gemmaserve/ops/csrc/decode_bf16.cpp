@@ -231,4 +231,67 @@ void gs_decode_attn_bf16(const bf16_t* q, int64_t qs, const bf16_t* kc, const bf
     }
 }
 
+
+static inline float rnd(float f) { return dec_bf16_to_f32(dec_f32_to_bf16(f)); }  // one bf16 rounding
+
+// x [d] fp32 (already rounded as its producer would) -> rope'd bf16, rounding like torch's bf16 ops:
+// out = bf16(bf16(x * cos) + bf16(roll(x, d/2) * sin)), sin with rotate-half's sign folded in.
+static inline void rope_round(const float* x, const bf16_t* cos, const bf16_t* sin, int64_t d, bf16_t* out) {
+    const int64_t half = d / 2;
+    for (int64_t i = 0; i < d; ++i) {
+        const float rolled = x[i < half ? i + half : i - half];
+        out[i] = dec_f32_to_bf16(rnd(x[i] * dec_bf16_to_f32(cos[i])) + rnd(rolled * dec_bf16_to_f32(sin[i])));
+    }
+}
+
+// After the fused q/k/v projection of T rows (row stride ld): q and k RMSNorm with weights, v RMSNorm
+// without, RoPE on q and k; q goes to q_out [T, Hq, D], k and v into the caches [num_slots, Hkv, D]
+// at slots[t]. has_v == 0 is the K=V layout: v is the weightless norm of the k projection and k that
+// same fp32 norm times k's weight. Rounds exactly where the torch ops (ops.norm, ops.rope) do.
+void gs_qkv_post_bf16(const bf16_t* qkv, int64_t T, int64_t ld, int64_t hq, int64_t hkv, int64_t d, int has_v,
+                      const bf16_t* qw, const bf16_t* kw, float eps, const bf16_t* cos, const bf16_t* sin,
+                      const int64_t* slots, bf16_t* kc, bf16_t* vc, bf16_t* q_out) {
+    std::vector<float> x(d), nrm(d), qwf(d), kwf(d);
+    for (int64_t i = 0; i < d; ++i) {
+        qwf[i] = dec_bf16_to_f32(qw[i]);
+        kwf[i] = dec_bf16_to_f32(kw[i]);
+    }
+    auto inv_rms = [&](const bf16_t* src) {
+        float ss = 0.f;
+        for (int64_t i = 0; i < d; ++i) {
+            x[i] = dec_bf16_to_f32(src[i]);
+            ss += x[i] * x[i];
+        }
+        return 1.f / std::sqrt(ss / (float)d + eps);
+    };
+    for (int64_t t = 0; t < T; ++t) {
+        const bf16_t* row = qkv + t * ld;
+        const bf16_t* ct = cos + t * d;
+        const bf16_t* st = sin + t * d;
+        for (int64_t h = 0; h < hq; ++h) {
+            const float inv = inv_rms(row + h * d);
+            for (int64_t i = 0; i < d; ++i) nrm[i] = rnd(x[i] * inv * qwf[i]);
+            rope_round(nrm.data(), ct, st, d, q_out + (t * hq + h) * d);
+        }
+        for (int64_t h = 0; h < hkv; ++h) {
+            bf16_t* kdst = kc + (slots[t] * hkv + h) * d;
+            bf16_t* vdst = vc + (slots[t] * hkv + h) * d;
+            const float inv = inv_rms(row + (hq + h) * d);
+            if (has_v) {
+                for (int64_t i = 0; i < d; ++i) nrm[i] = rnd(x[i] * inv * kwf[i]);
+                rope_round(nrm.data(), ct, st, d, kdst);
+                const float vinv = inv_rms(row + (hq + hkv + h) * d);
+                for (int64_t i = 0; i < d; ++i) vdst[i] = dec_f32_to_bf16(x[i] * vinv);
+            } else {
+                for (int64_t i = 0; i < d; ++i) {
+                    const float n = x[i] * inv;  // the shared fp32 norm
+                    vdst[i] = dec_f32_to_bf16(n);
+                    nrm[i] = rnd(n * kwf[i]);
+                }
+                rope_round(nrm.data(), ct, st, d, kdst);
+            }
+        }
+    }
+}
+
 }  // extern "C"
