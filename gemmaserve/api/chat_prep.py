@@ -25,7 +25,14 @@ from gemmaserve.chat.middle_out import middle_out, middle_out_ids
 from gemmaserve.chat.parser import prompt_ends_in_reasoning
 from gemmaserve.chat.prompt import ChatPrompt
 from gemmaserve.protocol.chat import ChatCompletionRequest, NamedToolChoice, ResponseFormat
-from gemmaserve.structured import GrammarCompiler, SchemaError, json_object_constraint, json_schema_constraint, tool_call_constraint
+from gemmaserve.structured import (
+    GrammarCompiler,
+    SchemaError,
+    grammar_constraint,
+    json_object_constraint,
+    json_schema_constraint,
+    tool_call_constraint,
+)
 from gemmaserve.types import SamplingParams
 
 
@@ -113,6 +120,13 @@ def format_constraint(state: ServerState, fmt: ResponseFormat | None, after_thin
             assert fmt.json_schema is not None
             schema = fmt.json_schema.json_schema if fmt.json_schema.json_schema is not None else {}
             return json_schema_constraint(tok, schema, bool(fmt.json_schema.strict), after_thinking, in_thought)
+        if fmt.type == "grammar":
+            assert fmt.grammar is not None
+            try:
+                return grammar_constraint(tok, fmt.grammar, after_thinking, in_thought)
+            except SchemaError as exc:
+                raise APIError(400, f"Invalid value for 'response_format.grammar': {exc}", "invalid_request",
+                               {"param": "response_format.grammar"}) from None
     except SchemaError as exc:
         raise APIError(400, f"Invalid schema: {exc}", "invalid_request", {"param": "response_format"}) from None
     raise APIError(400, f"response_format type '{fmt.type}' is not supported by this endpoint",

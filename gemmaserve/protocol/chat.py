@@ -146,6 +146,8 @@ class ResponseFormat(BaseModel):
     def _schema_present(self) -> "ResponseFormat":
         if self.type == "json_schema" and self.json_schema is None:
             raise ValueError("response_format.json_schema is required when type is json_schema")
+        if self.type == "grammar" and not (self.grammar or "").strip():
+            raise ValueError("response_format.grammar (GBNF or Lark text) is required when type is grammar")
         return self
 
 

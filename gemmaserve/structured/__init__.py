@@ -3,6 +3,7 @@
 from gemmaserve.structured.compiler import ConstraintError, GrammarCompiler, MarkerIds, SchemaError
 from gemmaserve.structured.constraint import GrammarConstraint
 from gemmaserve.structured.factories import (
+    grammar_constraint,
     json_object_constraint,
     json_schema_constraint,
     tool_call_constraint,
@@ -14,6 +15,7 @@ __all__ = [
     "GrammarConstraint",
     "MarkerIds",
     "SchemaError",
+    "grammar_constraint",
     "json_object_constraint",
     "json_schema_constraint",
     "tool_call_constraint",

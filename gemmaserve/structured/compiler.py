@@ -85,14 +85,16 @@ class GrammarCompiler:
         self._cache: OrderedDict[str, llg.LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
 
-    def matcher(self, grammar: str) -> llg.LLMatcher:
-        """A fresh matcher for a Lark grammar; raises SchemaError if it does not compile."""
+    def matcher(self, grammar: str, *, lark: bool = True) -> llg.LLMatcher:
+        """A fresh matcher for a Lark grammar or, with lark=False, an llguidance top-level grammar
+        in JSON (several named grammars, e.g. a client's grammar nested in ours); raises
+        SchemaError if it does not compile."""
         with self._lock:
             template = self._cache.get(grammar)
             if template is not None:
                 self._cache.move_to_end(grammar)
                 return template.deep_copy()
-        template = self._compile(grammar)  # outside the lock: compiling may take a while
+        template = self._compile(llg.LLMatcher.grammar_from_lark(grammar) if lark else grammar)  # outside the lock
         with self._lock:
             self._cache[grammar] = template
             self._cache.move_to_end(grammar)
@@ -100,14 +102,12 @@ class GrammarCompiler:
                 self._cache.popitem(last=False)
         return template.deep_copy()
 
-    def _compile(self, grammar: str) -> llg.LLMatcher:
+    def _compile(self, top_level: str) -> llg.LLMatcher:
         # Validate first: it returns the error text, whereas a bad LLMatcher only enters an error state.
-        is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(
-            llg.LLMatcher.grammar_from_lark(grammar), self.ll_tokenizer
-        )
+        is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(top_level, self.ll_tokenizer)
         if is_error:
             raise SchemaError(_user_message(messages[0] if messages else "invalid grammar"))
-        matcher = llg.LLMatcher(self.ll_tokenizer, llg.LLMatcher.grammar_from_lark(grammar), log_level=0)
+        matcher = llg.LLMatcher(self.ll_tokenizer, top_level, log_level=0)
         if matcher.is_error():
             raise SchemaError(_user_message(matcher.get_error()))
         return matcher

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, Mapping, Sequence
 
-from gemmaserve.structured.compiler import GrammarCompiler, SchemaError, as_compiler
+from llguidance.gbnf_to_lark import any_to_lark
+
+from gemmaserve.structured.compiler import GrammarCompiler, MarkerIds, SchemaError, as_compiler
 from gemmaserve.structured.constraint import GrammarConstraint
 from gemmaserve.structured.gemma_grammar import tool_call_lark
-from gemmaserve.structured.json_grammar import json_object_lark, json_schema_lark
+from gemmaserve.structured.json_grammar import end_rule, json_object_lark, json_schema_lark
 
 
 def json_object_constraint(
@@ -39,6 +42,31 @@ def json_schema_constraint(
     ends = _answer_end_ids(compiler)
     grammar = json_schema_lark(schema, strict=bool(strict), end_ids=ends)
     return _constraint(compiler, grammar, ends, start_after_thinking, starts_in_reasoning)
+
+
+def grammar_constraint(
+    tokenizer: Any, grammar: str, start_after_thinking: bool = False, starts_in_reasoning: bool = False
+) -> GrammarConstraint:
+    """response_format {"type": "grammar", "grammar": ...} (OpenRouter's extension): the answer
+    follows the client's grammar, GBNF (`root ::= ...`) or Lark (llguidance dialect), then
+    `<turn|>`/`<eos>`. The client's grammar is compiled as its own named grammar inside ours, so
+    its rule names cannot clash with the end rule. Raises SchemaError when it does not compile."""
+    compiler = as_compiler(tokenizer)
+    if not isinstance(grammar, str) or not grammar.strip():
+        raise SchemaError("response_format.grammar must be a non-empty grammar")
+    try:
+        client = any_to_lark(grammar)
+    except Exception as exc:  # the converter raises bare Exception too (e.g. an undefined rule)
+        raise SchemaError(f"grammar does not parse: {exc}") from None
+    ends = _answer_end_ids(compiler)
+    top = json.dumps({"grammars": [{"lark_grammar": "start: @client end\n" + end_rule(ends)},
+                                   {"name": "client", "lark_grammar": client}]})
+    m = compiler.markers
+    return GrammarConstraint(
+        compiler.matcher(top, lark=False), compiler.vocab_size, end_ids=ends, thinking=start_after_thinking,
+        channel_start_id=m.channel_start, channel_end_id=m.channel_end,
+        thinking_blocked_ids=_thinking_blocked(m), starts_in_reasoning=starts_in_reasoning,
+    )
 
 
 def tool_call_constraint(
@@ -73,6 +101,12 @@ def tool_call_constraint(
     return _constraint(compiler, grammar, ends, start_after_thinking, starts_in_reasoning)
 
 
+def _thinking_blocked(m: MarkerIds) -> list[int]:
+    # Inside the thought: no turn end / stop token, and no tool call (the parsers would take
+    # `<|tool_call>` as the end of the thought, unconstrained).
+    return [m.eos, m.turn_end, m.tool_response_start, m.tool_call_start, m.tool_call_end]
+
+
 def _constraint(
     compiler: GrammarCompiler, grammar: str, ends: list[int], thinking: bool, starts_in_reasoning: bool
 ) -> GrammarConstraint:
@@ -84,9 +118,7 @@ def _constraint(
         thinking=thinking,
         channel_start_id=m.channel_start,
         channel_end_id=m.channel_end,
-        # Inside the thought: no turn end / stop token, and no tool call (the parsers would take
-        # `<|tool_call>` as the end of the thought, unconstrained).
-        thinking_blocked_ids=[m.eos, m.turn_end, m.tool_response_start, m.tool_call_start, m.tool_call_end],
+        thinking_blocked_ids=_thinking_blocked(m),
         starts_in_reasoning=starts_in_reasoning,
     )
 

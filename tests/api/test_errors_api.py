@@ -53,7 +53,9 @@ def assert_envelope(r, status, error_type=None):
     ({"messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
     ({"reasoning": {"effort": "extreme"}}, "reasoning"),
     ({"response_format": {"type": "xml"}}, "response_format"),
-    ({"response_format": {"type": "grammar", "grammar": "root ::= x"}}, "response_format"),
+    ({"response_format": {"type": "grammar", "grammar": "root ::= x"}}, "response_format"),  # x undefined
+    ({"response_format": {"type": "grammar"}}, "response_format"),
+    ({"response_format": {"type": "python"}}, "response_format"),
     ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools"),
     ({"tool_choice": "sometimes"}, "tool_choice"),
     ({"seed": "abc"}, "seed"),

@@ -4,6 +4,7 @@ calls, streaming parity and disconnect freeing KV blocks."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import httpx
@@ -121,3 +122,15 @@ def test_legacy_completion_json_mode_on_token_ids_with_top_a(real):
         obj = json.loads(choice.text)
         assert set(obj) == {"ok", "n"} and isinstance(obj["ok"], bool) and obj["n"] in (1, 2)
         assert resp.usage.prompt_tokens == len(ids) and resp.usage.completion_tokens >= 2
+
+
+def test_grammar_response_format_on_both_endpoints(real):
+    # OpenRouter's grammar extension: a GBNF grammar bounds the answer exactly, on chat and legacy.
+    fmt = {"type": "grammar", "grammar": 'root ::= ("yes" | "no") ", " [1-9]'}
+    chat = real.client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=40, seed=4,
+                                               response_format=fmt)
+    assert chat.choices[0].finish_reason == "stop"
+    assert re.fullmatch(r"(yes|no), [1-9]", chat.choices[0].message.content)
+    legacy = real.client.completions.create(model=MODEL, prompt="Q:", max_tokens=40, seed=4,
+                                            extra_body={"response_format": fmt})
+    assert re.fullmatch(r"(yes|no), [1-9]", legacy.choices[0].text) and legacy.choices[0].finish_reason == "stop"
