@@ -60,7 +60,7 @@ class ServerState:
     """Mutable state of one app instance. `engine` is None while the model is still loading.
 
     tokenizer: gemmaserve.tokenizer.Tokenizer (encode/decode/token_to_id/generation_defaults/...).
-    renderer: gemmaserve.chat.ChatRenderer (or anything with the same `.render`).
+    renderer: gemmaserve.chat.ChatRenderer (the encoder renders with its template).
     prompt_encoder: gemmaserve.chat.PromptEncoder over those two, which keeps control-token
     strings in client text as text; built once with them (`set_chat`, or at construction).
     """
