@@ -144,9 +144,14 @@ def _constraint_for(state: ServerState, req: ChatCompletionRequest, tool_dicts: 
     if forced_tool and fmt is not None and fmt.type != "text":
         raise APIError(400, "response_format cannot be combined with a forced tool_choice", "invalid_request",
                        {"param": "response_format"})
-    if not forced_tool:
-        return format_constraint(state, fmt, after_thinking, in_thought)
     mode: Any = "required"
+    if not forced_tool:
+        strict = any(t["function"].get("strict") is True for t in tool_dicts or [])
+        if choice not in (None, "auto") or not strict or (fmt is not None and fmt.type != "text"):
+            return format_constraint(state, fmt, after_thinking, in_thought)
+        # tool_choice auto with `strict: true` tools: calls may or may not come, but a call's
+        # arguments follow the tool's schema (OpenAI's strict function calling).
+        mode = "auto"
     if isinstance(choice, NamedToolChoice):
         name = choice.function["name"]
         if name not in {t["function"]["name"] for t in tool_dicts or []}:

@@ -72,7 +72,7 @@ def grammar_constraint(
 def tool_call_constraint(
     tokenizer: Any,
     tools: Sequence[Mapping[str, Any]],
-    mode: Literal["required"] | Mapping[str, Any] = "required",
+    mode: Literal["required", "auto"] | Mapping[str, Any] = "required",
     parallel: bool = True,
     start_after_thinking: bool = False,
     starts_in_reasoning: bool = False,
@@ -84,10 +84,20 @@ def tool_call_constraint(
     the wire form {"type": "function", "function": {"name": NAME}}), arguments following that
     tool's `parameters` schema in Gemma syntax, then `<|tool_response>`, `<turn|>` or `<eos>`.
     `tools` are OpenAI wire tools ({"type": "function", "function": {...}}) or bare function dicts.
-    Raises SchemaError for a name not in tools or a schema that cannot be compiled (400).
+    Mode "auto" (tool_choice auto with `strict: true` tools) does not force a call: the answer is
+    text, or text then calls; the arguments of strict tools follow their schema, other tools' any
+    object. Raises SchemaError for a name not in tools or a schema that cannot be compiled (400).
     """
     compiler = as_compiler(tokenizer)
     declared = _tool_schemas(tools)
+    m = compiler.markers
+    ends = [m.tool_response_start, m.turn_end, m.eos]
+    if mode == "auto":
+        strict = _strict_names(tools)
+        chosen = [(n, p if n in strict else "any") for n, p in declared]
+        grammar = tool_call_lark(chosen, parallel=parallel, markers=m, end_ids=ends,
+                                 text_end_ids=_answer_end_ids(compiler))
+        return _constraint(compiler, grammar, ends, start_after_thinking, starts_in_reasoning)
     if mode == "required":
         chosen = declared
     else:
@@ -95,8 +105,6 @@ def tool_call_constraint(
         chosen = [(n, p) for n, p in declared if n == name]
         if not chosen:
             raise SchemaError(f"tool_choice names function {name!r}, which is not among the request's tools")
-    m = compiler.markers
-    ends = [m.tool_response_start, m.turn_end, m.eos]
     grammar = tool_call_lark(chosen, parallel=parallel, markers=m, end_ids=ends)
     return _constraint(compiler, grammar, ends, start_after_thinking, starts_in_reasoning)
 
@@ -144,6 +152,16 @@ def _tool_schemas(tools: Sequence[Mapping[str, Any]]) -> list[tuple[str, Any]]:
     if not out:
         raise SchemaError("tool_choice requires a tool call, but the request declares no function tools")
     return list(out.items())
+
+
+def _strict_names(tools: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Names of the function tools declared with `strict: true`."""
+    names = set()
+    for tool in tools or []:
+        fn = tool.get("function", tool) if isinstance(tool, Mapping) else None
+        if isinstance(fn, Mapping) and fn.get("strict") is True and isinstance(fn.get("name"), str):
+            names.add(fn["name"])
+    return names
 
 
 def _mode_name(mode: Mapping[str, Any]) -> str:

@@ -251,21 +251,29 @@ def tool_call_lark(
     parallel: bool,
     markers: Any,
     end_ids: Sequence[int],
+    text_end_ids: Sequence[int] | None = None,
 ) -> str:
     """Lark grammar: one (or, with `parallel`, one or more) calls of the given (name, parameters
-    schema) tools, then one end token. `markers` is the compiler's MarkerIds."""
+    schema) tools, then one end token. `markers` is the compiler's MarkerIds. A parameters schema
+    of None means no arguments; the string "any" means any Gemma object (a tool whose arguments
+    are not enforced). With `text_end_ids` (tool_choice "auto") the answer may instead be plain
+    text ended by one of those ids, and text may also come before the calls."""
     if not tools:
         raise SchemaError("no tool to call")
     g = GemmaValueGrammar(markers.string_delim)
     bodies = []
     for name, params in tools:
         try:
-            args = g.value(_object_schema(params), params)
+            args = "ganyobj" if params == "any" else g.value(_object_schema(params), params)
         except SchemaError as exc:
             raise SchemaError(f"tool {name!r}: {exc}") from None
         bodies.append(f"{lark_literal(name)} {args}")
-    head = [
-        "start: calls end",
+    head = ["start: calls end"]
+    if text_end_ids is not None:
+        # Special tokens are never part of a text lexeme, so the text ends where a call opens.
+        ends = " | ".join(f"<[{int(i)}]>" for i in text_end_ids)
+        head = ["start: ANSWER? calls end | ANSWER? textend", "ANSWER: /(?s:.+)/", f"textend: {ends}"]
+    head += [
         "calls: call+" if parallel else "calls: call",
         f'call: <[{markers.tool_call_start}]> "call:" callbody <[{markers.tool_call_end}]>',
         "callbody: " + " | ".join(bodies),

@@ -134,3 +134,19 @@ def test_grammar_response_format_on_both_endpoints(real):
     legacy = real.client.completions.create(model=MODEL, prompt="Q:", max_tokens=40, seed=4,
                                             extra_body={"response_format": fmt})
     assert re.fullmatch(r"(yes|no), [1-9]", legacy.choices[0].text) and legacy.choices[0].finish_reason == "stop"
+
+
+def test_strict_tool_in_auto_mode_calls_validate(real):
+    # tool_choice auto: the random model may answer or call; any call of the strict tool validates.
+    tools = [{"type": "function", "function": {**TOOLS[0]["function"], "strict": True}}]
+    seen = set()
+    for seed in range(4):
+        # <|tool_call> (id 48) biased up: lean to calling; one call, so the turn ends after it.
+        resp = real.client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=120, seed=seed, tools=tools,
+                                                   parallel_tool_calls=False, logit_bias={"48": 8})
+        choice = resp.choices[0]
+        for call in choice.message.tool_calls or []:
+            args = json.loads(call.function.arguments)
+            assert call.function.name == "get_weather" and args["city"] in ("Paris", "Rome") and args["days"] in (1, 2, 3)
+            seen.add(choice.finish_reason)
+    assert "tool_calls" in seen

@@ -69,3 +69,21 @@ def test_legacy_completion_honours_response_format(fake, demo_tokenizer, fmt):
     first = torch.zeros(demo_tokenizer.vocab_size)
     grammar.mask_logits([], first)
     assert not torch.isfinite(first[demo_tokenizer.encode("x")[0]]) and torch.isfinite(first[ids[0]])
+
+
+def test_strict_tools_in_auto_mode_get_a_grammar(fake):
+    client = openai.OpenAI(base_url=fake.url, api_key="unused", max_retries=0)
+    params = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    strict = [{"type": "function", "function": {"name": "f", "strict": True, "parameters": params}}]
+    loose = [{"type": "function", "function": {"name": "f", "parameters": params}}]
+    client.chat.completions.create(model=MODEL, messages=MSGS, tools=strict)
+    assert [type(c) for c in fake.engine.calls[-1].params.constraints] == [GrammarConstraint]
+    client.chat.completions.create(model=MODEL, messages=MSGS, tools=strict, tool_choice="auto")
+    assert [type(c) for c in fake.engine.calls[-1].params.constraints] == [GrammarConstraint]
+    # Not strict, tool_choice none, or a JSON answer asked for: no tool grammar.
+    for kw in (dict(tools=loose), dict(tools=strict, tool_choice="none"),
+               dict(tools=strict, response_format={"type": "json_object"})):
+        fake.engine.script = ['{"a": 1}']
+        client.chat.completions.create(model=MODEL, messages=MSGS, **kw)
+        kinds = [type(c) for c in fake.engine.calls[-1].params.constraints]
+        assert kinds == ([GrammarConstraint] if "response_format" in kw else []), kw
