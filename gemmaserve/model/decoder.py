@@ -9,6 +9,7 @@ from torch import nn
 from gemmaserve.model.attention import Gemma4Attention
 from gemmaserve.model.batch import ForwardBatch, KVCaches
 from gemmaserve.model.config import FULL, SLIDING, Gemma4TextConfig
+from gemmaserve.model.fast_decode import decode_layer
 from gemmaserve.model.layers import GeGLUMLP, RMSNorm, empty_param
 from gemmaserve.model.moe import Gemma4Experts, Gemma4Router
 from gemmaserve.ops.attention import AttentionPlan, build_plan
@@ -53,6 +54,9 @@ class Gemma4DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         """h [T, H] -> [T, H], or [len(keep_rows), H] when keep_rows is given: every row's K/V is
         still written, but the feed-forward runs only on the kept rows (last layer: sampled rows)."""
+        fast = decode_layer(self, h, cos_sin, plan, slot_mapping, kv_cache, keep_rows)
+        if fast is not None:  # the whole layer in one CPU kernel call (model/fast_decode.py)
+            return fast
         eps = self.eps
         a = self.self_attn(rms_norm(h, self.input_layernorm.weight, eps), cos_sin, plan, slot_mapping, kv_cache)
         r = h + rms_norm(a, self.post_attention_layernorm.weight, eps)  # [T, H]

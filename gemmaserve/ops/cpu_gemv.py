@@ -17,7 +17,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_SRCS = [Path(__file__).parent / "csrc" / name for name in ("gemv_bf16.cpp", "decode_bf16.cpp")]
+_SRCS = [Path(__file__).parent / "csrc" / name for name in ("gemv_bf16.cpp", "decode_bf16.cpp", "decode_layer.cpp")]
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 # Rows handled per weight pass; more rows still work (in groups of MAX_ROWS) but re-read the weight.
 MAX_ROWS = 8
@@ -91,6 +91,9 @@ def _compile() -> ctypes.CDLL:
     lib.gs_decode_attn_bf16.restype = None
     lib.gs_qkv_post_bf16.argtypes = [_p, _i64, _i64, _i64, _i64, _i64, _int, _p, _p, ctypes.c_float, _p, _p, _p, _p, _p, _p]
     lib.gs_qkv_post_bf16.restype = None
+    lib.gs_decode_layer_bf16.argtypes = [_p, _p, _i64, _p, _p, ctypes.c_float, ctypes.c_float, _p, _p, _p, _p, _p,
+                                         _p, _i64, _p, _int]
+    lib.gs_decode_layer_bf16.restype = None
     return lib
 
 
@@ -229,3 +232,10 @@ def qkv_post(qkv: torch.Tensor, hq: int, hkv: int, d: int, has_v: bool, q_weight
                           k_weight.data_ptr(), eps, cos.data_ptr(), sin_signed.data_ptr(), slot_mapping.data_ptr(),
                           k_cache.data_ptr(), v_cache.data_ptr(), q.data_ptr())
     return q
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded kernel library (call available() first): for callers that pack their own pointer arrays."""
+    if _lib is None:
+        raise RuntimeError("CPU kernels unavailable")
+    return _lib

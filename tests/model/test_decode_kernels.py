@@ -8,6 +8,7 @@ import torch
 from parity_batch import PagedSim
 
 import gemmaserve.model.attention as model_attn
+import gemmaserve.model.fast_decode as fast_decode
 import gemmaserve.ops.attention as attn_op
 import gemmaserve.ops.linear as linear_op
 import gemmaserve.ops.moe as moe_op
@@ -111,6 +112,30 @@ def _decode(model: Gemma4ForCausalLM, prompt: list[int], forced: list[int]) -> t
     return torch.cat([model(sim.batch([(0, [tok])]), sim.caches) for tok in forced])
 
 
+def _count_calls(monkeypatch, names: list[str]) -> dict[str, int]:
+    calls = dict.fromkeys(names, 0)
+    for name in names:
+        real = getattr(cpu_gemv, name)
+        monkeypatch.setattr(cpu_gemv, name, lambda *a, _r=real, _n=name, **k: calls.__setitem__(_n, calls[_n] + 1) or _r(*a, **k))
+    return calls
+
+
+def _count_fast_layers(monkeypatch) -> list[int]:
+    """[one-call layers run, layers that fell back to torch]"""
+    import gemmaserve.model.decoder as decoder_mod
+
+    seen = [0, 0]
+    real = decoder_mod.decode_layer
+
+    def counted(*a, **k):
+        out = real(*a, **k)
+        seen[out is None] += 1
+        return out
+
+    monkeypatch.setattr(decoder_mod, "decode_layer", counted)
+    return seen
+
+
 @needs_kernel
 def test_bf16_decode_with_kernels_is_as_accurate_as_torch_fallback(monkeypatch):
     m16, m32 = _tiny_pair()
@@ -118,15 +143,17 @@ def test_bf16_decode_with_kernels_is_as_accurate_as_torch_fallback(monkeypatch):
     prompt = [2] + [(17 * j + 5) % vocab for j in range(1, 13)]
     forced = [(31 * j + 7) % vocab for j in range(10)]  # past the 16-token sliding window
     ref = _decode(m32, prompt, forced)  # fp32 never takes a kernel path
-    calls = {"gemv": 0, "gemv_experts": 0, "rms_norm": 0, "decode_attention": 0, "qkv_post": 0}
-    for name in calls:
-        real = getattr(cpu_gemv, name)
-        monkeypatch.setattr(cpu_gemv, name, lambda *a, _r=real, _n=name, **k: calls.__setitem__(_n, calls[_n] + 1) or _r(*a, **k))
-    fast = _decode(m16, prompt, forced)
+    n, layers = len(forced), m16.config.num_hidden_layers
+    # Default: every decode step's layers in one call each; the prefill runs the torch layers.
+    seen = _count_fast_layers(monkeypatch)
+    one_call = _decode(m16, prompt, forced)
+    assert seen == [n * layers, layers]
+    monkeypatch.setattr(fast_decode, "MAX_ROWS", 0)
+    calls = _count_calls(monkeypatch, ["gemv", "gemv_experts", "rms_norm", "decode_attention", "qkv_post"])
+    per_op = _decode(m16, prompt, forced)
     # Per decode step and layer: qkv, o, router, gate_up, down and two expert calls, plus the LM head;
     # the prefill's last layer runs its feed-forward (4 GEMVs with the LM head) on the one sampled row.
     # Norms: 7 per layer + the final one (q/k/v norms are inside qkv_post, prefill included).
-    n, layers = len(forced), m16.config.num_hidden_layers
     assert calls["gemv"] == n * (5 * layers + 1) + 4 and calls["gemv_experts"] == n * 2 * layers + 2
     assert calls["decode_attention"] == n * layers and calls["qkv_post"] == (n + 1) * layers
     assert calls["rms_norm"] >= n * (7 * layers + 1)
@@ -137,9 +164,45 @@ def test_bf16_decode_with_kernels_is_as_accurate_as_torch_fallback(monkeypatch):
     slow = _decode(m16, prompt, forced)
     # A random bf16 model drifts far from fp32 either way (this one by ~0.1 of logits up to 0.6); the
     # kernels (fp32 softmax and MoE sums, fewer roundings) must not drift further than torch's path.
-    fast_err, slow_err = float((fast - ref).abs().mean()), float((slow - ref).abs().mean())
-    assert fast_err <= 1.1 * slow_err, (fast_err, slow_err)
-    assert not torch.equal(fast, slow)  # the knobs did switch paths
+    slow_err = float((slow - ref).abs().mean())
+    for fast in (one_call, per_op):
+        fast_err = float((fast - ref).abs().mean())
+        assert fast_err <= 1.1 * slow_err, (fast_err, slow_err)
+        assert not torch.equal(fast, slow)  # the knobs did switch paths
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_one_call_layer_matches_torch_layer(rows, monkeypatch):
+    """The fused kernel layer == the torch layer (per-op kernels on) on the same inputs, up to rare
+    one-ulp differences (gelu's tanh, softmax's exp); K/V written to the same cache slots."""
+    m16, _ = _tiny_pair()
+    with torch.no_grad():
+        for layer in m16.layers:
+            layer.router.proj.weight.mul_(60.0)  # decisive routing: no near-tied experts to flip
+    sim = PagedSim(m16, block_size=4, num_blocks=64, dtype=torch.bfloat16)
+    for s in range(rows):
+        m16(sim.batch([(s, [3 + s, 9, 27 + s, 4, 5][: 2 + s % 4])]), sim.caches)
+    batch = sim.batch([(s, [11 + s]) for s in range(rows)])
+    g = torch.Generator().manual_seed(rows)
+    for i in (0, 5):  # a sliding layer and the full (K=V) layer
+        layer, kind = m16.layers[i], m16.config.layer_types[i]
+        h = torch.randn(rows, m16.config.hidden_size, generator=g).bfloat16()
+        plan, cos_sin = _plan(m16, batch, kind), _rope(m16, batch, kind)
+        slots = batch.kinds[kind].slot_mapping
+        kv_fast = (sim.caches[i][0].clone(), sim.caches[i][1].clone())
+        fast = fast_decode.decode_layer(layer, h, cos_sin, plan, slots, kv_fast, None)
+        assert fast is not None  # the one-call path applies to this batch
+        monkeypatch.setattr(fast_decode, "MAX_ROWS", 0)
+        kv_slow = (sim.caches[i][0].clone(), sim.caches[i][1].clone())
+        slow = layer(h, cos_sin, plan, slots, kv_slow, None)
+        monkeypatch.setattr(fast_decode, "MAX_ROWS", 8)
+        (kf, vf), (ks, vs) = kv_fast, kv_slow
+        assert fast.shape == slow.shape == (rows, m16.config.hidden_size)
+        assert float((fast != slow).float().mean()) < 0.05  # bit-equal on this model and seed
+        assert float((fast.float() - slow.float()).abs().max()) <= 0.05 * float(slow.float().abs().max())
+        assert torch.equal(kf.nan_to_num(7.0), ks.nan_to_num(7.0)) or float((kf != ks).float().mean()) < 1e-3
+        assert torch.equal(vf.nan_to_num(7.0), vs.nan_to_num(7.0)) or float((vf != vs).float().mean()) < 1e-3
 
 
 @needs_kernel

@@ -1,0 +1,108 @@
+"""One-call CPU decode layers: a fused bf16 MoE decoder layer run by the gcc-built decode_layer kernel."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import nn
+
+from gemmaserve.ops import cpu_gemv
+
+# Decode batches of at most this many rows (one sequence each) take the one-call layer; 0 = off. The
+# kernel reads each weight once for all rows (GEMV kernel), so it pays up to its 8-row limit.
+MAX_ROWS = 8
+
+# Order of the weight pointers the kernel expects (ops/csrc/decode_layer.cpp, enum W_*).
+_WEIGHTS = (
+    "input_layernorm.weight", "self_attn.qkv_proj.weight", "self_attn.q_norm.weight", "self_attn.k_norm.weight",
+    "self_attn.o_proj.weight", "post_attention_layernorm.weight", "pre_feedforward_layernorm.weight",
+    "mlp.gate_up_proj.weight", "mlp.down_proj.weight", "post_feedforward_layernorm_1.weight", "router.scale",
+    "router.proj.weight", "router.per_expert_scale", "pre_feedforward_layernorm_2.weight",
+    "experts.gate_up_proj", "experts.down_proj", "post_feedforward_layernorm_2.weight",
+    "post_feedforward_layernorm.weight", "layer_scalar",
+)  # fmt: skip
+
+
+class _Packed:
+    """A layer's weight pointers and dims for the kernel, with the tensors they point into (kept alive,
+    and compared by identity so a re-fused or re-quantized layer is packed again)."""
+
+    def __init__(self, layer: nn.Module, tensors: list[torch.Tensor]) -> None:
+        attn = layer.self_attn
+        self.tensors = tensors
+        self.ptrs = (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+        e, two_i, _ = layer.experts.gate_up_proj.shape
+        dims = [layer.input_layernorm.weight.shape[0], attn.num_heads, attn.num_kv_heads, attn.head_dim,
+                int(attn.has_v), layer.mlp.down_proj.weight.shape[1], e, two_i // 2, layer.router.top_k]
+        self.dims = (ctypes.c_int64 * len(dims))(*dims)
+        self.root = float(layer.router.root_size)
+        # The submodules at packing time, one level below the layer too (fuse_ and the int8 swap
+        # replace the projections inside self_attn and mlp).
+        self.modules = [(m, dict(m._modules)) for m in (layer, attn, layer.mlp)]
+
+
+def _tensors(layer: nn.Module) -> list[torch.Tensor] | None:
+    """The layer's 19 tensors in kernel order, or None when the layer is not a fused bf16 MoE layer."""
+    out = []
+    for name in _WEIGHTS:
+        obj = layer
+        for part in name.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                return None
+        if not isinstance(obj, torch.Tensor) or obj.dtype is not torch.bfloat16 or not obj.is_contiguous():
+            return None
+        out.append(obj)
+    return out
+
+
+def decode_layer(layer: nn.Module, h: torch.Tensor, cos_sin, plan, slot_mapping: torch.Tensor, kv_cache,
+                 keep_rows: torch.Tensor | None) -> torch.Tensor | None:
+    """The layer's forward for a pure decode batch in one kernel call, or None when it does not apply
+    (then the caller runs the torch layer): h [T, H] bf16 CPU with T <= MAX_ROWS, one in-order decode
+    group, every row kept, a fused bf16 MoE layer, contiguous bf16 caches and int64 slots."""
+    t = h.shape[0]
+    if t > MAX_ROWS or h.dtype is not torch.bfloat16 or h.device.type != "cpu" or not layer.enable_moe:
+        return None
+    if getattr(plan, "static", False) or plan.prefills or len(plan.decodes) != 1:
+        return None
+    group = plan.decodes[0]
+    if not group.in_order or group.n_keys is None or slot_mapping.dtype is not torch.int64:
+        return None
+    if keep_rows is not None and keep_rows.tolist() != list(range(t)):
+        return None
+    k_cache, v_cache = kv_cache
+    cos, sin = cos_sin
+    if k_cache.dtype is not torch.bfloat16 or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        return None
+    if cos.dtype is not torch.bfloat16 or not (cos.is_contiguous() and sin.is_contiguous()) or not h.is_contiguous():
+        return None
+    packed = _packed(layer)
+    if packed is None or not cpu_gemv.available():
+        return None
+    out = torch.empty_like(h)  # [T, H]
+    cpu_gemv.lib().gs_decode_layer_bf16(
+        h.data_ptr(), out.data_ptr(), t, packed.ptrs, packed.dims, layer.eps, packed.root, cos.data_ptr(),
+        sin.data_ptr(), slot_mapping.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), group.slots.data_ptr(),
+        group.slots.stride(0), group.n_keys.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    return out
+
+
+def _packed(layer: nn.Module) -> _Packed | None:
+    """The cached packing, rebuilt when a submodule was swapped (fuse_, int8) or a tensor moved (.to)."""
+    cached = layer.__dict__.get("_fast_decode_packed")
+    if cached is not None:
+        same_mods = all(
+            len(m._modules) == len(kids) and all(m._modules.get(k) is v for k, v in kids.items())
+            for m, kids in cached.modules
+        )
+        if same_mods and all(t.data_ptr() == p for t, p in zip(cached.tensors, cached.ptrs)):
+            return cached
+    tensors = _tensors(layer)
+    if tensors is None:
+        return None
+    cached = _Packed(layer, tensors)
+    layer.__dict__["_fast_decode_packed"] = cached  # plain attribute: not a submodule or buffer
+    return cached
