@@ -270,9 +270,12 @@ def tool_call_lark(
         bodies.append(f"{lark_literal(name)} {args}")
     head = ["start: calls end"]
     if text_end_ids is not None:
-        # Special tokens are never part of a text lexeme, so the text ends where a call opens.
+        # Special tokens are never part of a text lexeme, so the text ends where a call opens; the
+        # text may not spell the opener with ordinary tokens either (the parser reads decoded text
+        # and would take it for an unconstrained call).
         ends = " | ".join(f"<[{int(i)}]>" for i in text_end_ids)
-        head = ["start: ANSWER? calls end | ANSWER? textend", "ANSWER: /(?s:.+)/", f"textend: {ends}"]
+        head = ["start: ANSWER? calls end | ANSWER? textend", r"ANSWER: /(?s:.+)/ & ~/(?s:.*)<\|tool_call>(?s:.*)/",
+                f"textend: {ends}"]
     head += [
         "calls: call+" if parallel else "calls: call",
         f'call: <[{markers.tool_call_start}]> "call:" callbody <[{markers.tool_call_end}]>',

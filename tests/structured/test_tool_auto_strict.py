@@ -66,3 +66,13 @@ def test_random_model_gives_text_or_valid_calls(compiler, tokenizer):
                 assert call.arguments in ('{"days": 1}', '{"days": 2}')
         kinds.add("call" if parsed.tool_calls else "text")
     assert kinds == {"call", "text"} and plans > 0
+
+
+def test_text_cannot_spell_the_call_opener(auto, tokenizer, compiler):
+    # "<|tool_call>" typed with ordinary tokens would be parsed as a call the grammar never checked.
+    spelled = tokenizer.encode("Hi <|tool_call")
+    assert compiler.markers.tool_call_start not in spelled  # ordinary tokens only
+    allowed = _allowed(auto(), spelled)
+    (gt,) = tokenizer.encode(">")
+    assert gt not in allowed and tokenizer.encode("x")[0] in allowed
+    assert gt in _allowed(auto(), tokenizer.encode("Hi <|tool_cal"))  # "...cal>" is harmless text
