@@ -1,8 +1,10 @@
 """Model-level decode/prefill timing on the bench shape: prints one JSON (ms/step, tok/s per batch size).
 
-    python -m benchmarks.decode_bench                 # candidate (fused projections)
-    python -m benchmarks.decode_bench --baseline      # unfused model, plain F.linear for few rows
-    python -m benchmarks.decode_bench --ab            # both in one process, interleaved, medians
+    python -m benchmarks.decode_bench                 # candidate (fused projections, CPU kernels)
+    python -m benchmarks.decode_bench --torch         # fused, every CPU kernel switched off (torch ops)
+    python -m benchmarks.decode_bench --baseline      # unfused model, plain F.linear for few rows, no kernels
+    python -m benchmarks.decode_bench --ab            # torch and candidate in one process, interleaved, medians
+    python -m benchmarks.decode_bench --ab --variants baseline,torch,candidate
 
 Times Gemma4ForCausalLM.forward alone (no scheduler, no sampler) over a paged KV cache: a 512-token
 prefill, then decode steps at batch 1, 8 and 32 with a 512-token context per sequence.
@@ -31,6 +33,33 @@ from gemmaserve.model.decoder import Gemma4ForCausalLM  # noqa: E402
 
 BLOCK = 16
 WXT_DEFAULT = getattr(linear_op, "WXT_MAX_ROWS", 0)  # 0 in trees before the W @ x^T path
+
+
+def _kernel_knobs() -> list[tuple[object, str, object]]:
+    """(module, attribute, value when on) of every CPU-kernel switch this tree has (older trees lack some)."""
+    import importlib
+
+    knobs = [("gemmaserve.ops.linear", "GEMV_MAX_ROWS"), ("gemmaserve.ops.moe", "GEMV_MAX_TOKENS"),
+             ("gemmaserve.ops.attention", "DECODE_KERNEL"), ("gemmaserve.ops.norm", "KERNEL_MAX_NUMEL"),
+             ("gemmaserve.model.attention", "QKV_KERNEL_MAX_ROWS"), ("gemmaserve.model.fast_decode", "MAX_ROWS")]
+    out = []
+    for mod_name, attr in knobs:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError:
+            continue
+        if hasattr(mod, attr):
+            out.append((mod, attr, getattr(mod, attr)))
+    return out
+
+
+KERNEL_KNOBS = _kernel_knobs()
+
+
+def set_kernels(on: bool) -> None:
+    """All CPU decode kernels on (their defaults) or off (0 / False: the torch-op paths)."""
+    for mod, attr, default in KERNEL_KNOBS:
+        setattr(mod, attr, default if on else type(default)(0))
 
 
 def make_batch(cfg: Gemma4TextConfig, starts: list[int], n_new: int, blocks_per_seq: int) -> ForwardBatch:
@@ -100,10 +129,12 @@ def prefill_times(model: Gemma4ForCausalLM, n: int, reps: int) -> list[float]:
     return out
 
 
-def measure(model: Gemma4ForCausalLM, batches: Sequence[int], ctx: int, steps: int, prefill: int) -> dict:
-    # The baseline is the unfused model; it also switches off the few-row W @ x^T path.
+def measure(model: Gemma4ForCausalLM, batches: Sequence[int], ctx: int, steps: int, prefill: int,
+            kernels: bool = True) -> dict:
+    # The baseline is the unfused model; it also switches off the few-row W @ x^T path and the kernels.
     fused = getattr(model.layers[0].self_attn, "qkv_proj", None) is not None
     linear_op.WXT_MAX_ROWS = WXT_DEFAULT if fused else 0
+    set_kernels(kernels and fused)
     res = {}
     for bsz in batches:
         t = statistics.median(time_case(model, bsz, ctx, steps)[2:])  # first steps warm up
@@ -112,6 +143,9 @@ def measure(model: Gemma4ForCausalLM, batches: Sequence[int], ctx: int, steps: i
         t = statistics.median(prefill_times(model, prefill, 3)[1:])
         res[f"prefill{prefill}"] = {"ms": round(1000 * t, 1), "tok_s": round(prefill / t, 1)}
     return res
+
+
+VARIANTS = {"baseline": (False, False), "torch": (True, False), "candidate": (True, True)}  # (fused, kernels)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -123,31 +157,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--prefill", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --ab")
+    p.add_argument("--variants", default="torch,candidate", help="with --ab: any of " + ",".join(VARIANTS))
     p.add_argument("--int8", action="store_true", help="weight-only int8 (loader's quantization='int8')")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--baseline", action="store_true", help="unfused model, F.linear for few rows")
-    g.add_argument("--ab", action="store_true", help="candidate and baseline interleaved in one process")
+    g.add_argument("--baseline", action="store_true", help="unfused model, F.linear for few rows, no CPU kernels")
+    g.add_argument("--torch", action="store_true", help="fused model, every CPU kernel off")
+    g.add_argument("--ab", action="store_true", help="--variants interleaved in one process")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",") if b]
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     if not args.ab:
-        model = build(args.size, fused=not args.baseline, int8=args.int8)
-        res = measure(model, batches, args.ctx, args.steps, args.prefill)
-        variant = ("baseline" if args.baseline else "candidate") + ("-int8" if args.int8 else "")
-        print(json.dumps({"variant": variant, "loadavg": load, **res}))
+        variant = "baseline" if args.baseline else "torch" if args.torch else "candidate"
+        fused, kernels = VARIANTS[variant]
+        model = build(args.size, fused=fused, int8=args.int8)
+        res = measure(model, batches, args.ctx, args.steps, args.prefill, kernels)
+        print(json.dumps({"variant": variant + ("-int8" if args.int8 else ""), "loadavg": load, **res}))
         return
-    models = {"baseline": build(args.size, False, int8=args.int8), "candidate": build(args.size, True, int8=args.int8)}
-    rounds: dict[str, list[dict]] = {k: [] for k in models}
+    names = [v for v in args.variants.split(",") if v]
+    built = {fused: build(args.size, fused, int8=args.int8) for fused in {VARIANTS[n][0] for n in names}}
+    rounds: dict[str, list[dict]] = {n: [] for n in names}
     for _ in range(args.rounds):
-        for name, m in models.items():
-            rounds[name].append(measure(m, batches, args.ctx, args.steps, args.prefill))
-    out: dict = {"loadavg": load}
+        for name in names:
+            fused, kernels = VARIANTS[name]
+            rounds[name].append(measure(built[fused], batches, args.ctx, args.steps, args.prefill, kernels))
+    out: dict = {"loadavg_before": load}
     for name, rs in rounds.items():
         out[name] = {
             case: {k: statistics.median(r[case][k] for r in rs) for k in rs[0][case]} for case in rs[0]
         }
+    with open("/proc/loadavg") as f:
+        out["loadavg_after"] = f.read().split()[:3]
     print(json.dumps(out))
 
 
