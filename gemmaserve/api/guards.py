@@ -90,6 +90,12 @@ def ensure_ready(state: ServerState) -> None:
                        headers={"Retry-After": "5"})
 
 
+# A stream's status line waits at most this long for the engine's first answer: long enough for
+# errors raised at submission (queue full, prompt too long) to get their own status, short enough
+# that a queued client soon sees headers and `: OPENROUTER PROCESSING` comments.
+FIRST_WAIT_S = 1.0
+
+
 async def respond(
     request: Request,
     run: EngineRun,
@@ -101,8 +107,9 @@ async def respond(
     gen_id: str,
 ) -> Response:
     """Answer with `whole()` (cancelled if the client leaves), or with an SSE stream of
-    `frames(first)`, where `first` is the first output or TIMEOUT after `keepalive_s`. The run is
-    closed (its request aborted unless finished) on every path that does not hand it to the stream."""
+    `frames(first)`, where `first` is the first output, or TIMEOUT after `keepalive_s` or
+    FIRST_WAIT_S, whichever is shorter (the stream then starts with a keep-alive comment). The run
+    is closed (its request aborted unless finished) on every path that does not hand it to the stream."""
     if not stream:
         try:
             return await unless_disconnected(request, whole())
@@ -111,7 +118,7 @@ async def respond(
     try:
         # Errors the engine raises up front (queue full, prompt too long) still get their status:
         # nothing has been sent yet. Past the first keep-alive they go in-band.
-        first = await run.next(timeout=keepalive_s)
+        first = await run.next(timeout=min(keepalive_s, FIRST_WAIT_S))
     except EngineError as exc:
         await run.close()
         raise engine_error_to_api(exc) from None

@@ -111,6 +111,21 @@ def test_keepalive_comments_before_first_token(fake):
     assert json.loads(events[n][6:])["choices"][0]["delta"]["content"] == "Hello"
 
 
+def test_headers_and_a_comment_come_soon_even_with_a_long_keepalive_interval(demo_tokenizer):
+    # Keep-alive every 30 s, first token after ~1.6 s: the status line is not held until the first
+    # token (or 30 s); after guards.FIRST_WAIT_S (1 s) the stream opens with a comment.
+    from api_support import FakeEngine, ServerThread, make_state
+
+    from gemmaserve.api.app import create_app
+
+    engine = FakeEngine(demo_tokenizer, vocab_size=demo_tokenizer.vocab_size, first_delay=1.6)
+    with ServerThread(create_app(make_state(demo_tokenizer, engine, keepalive_interval_s=30.0))) as srv:
+        r, events = stream_raw(srv.url, {"model": MODEL, "messages": MSGS})
+    assert r.status_code == 200
+    assert events[0] == ": OPENROUTER PROCESSING" and events[1].startswith("data: ")
+    assert events.count(": OPENROUTER PROCESSING") == 1 and events[-1] == "data: [DONE]"
+
+
 def test_error_mid_stream_is_in_band(fake):
     fake.engine.fail_after = 2
     r, events = stream_raw(fake.url, {"model": MODEL, "messages": MSGS})
