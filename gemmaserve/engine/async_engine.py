@@ -6,7 +6,7 @@ import asyncio
 import logging
 import queue
 import threading
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from gemmaserve.config import EngineConfig
 from gemmaserve.engine.client import EngineStats
@@ -35,10 +35,21 @@ class _Sink:
         self.queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
 
     def put(self, item: RequestOutput | BaseException) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the caller's loop is closed: nobody is listening any more
-            pass
+        _hand_over(self.loop, [(self.queue, item)])
+
+
+def _put_all(items: list[tuple[asyncio.Queue, object]]) -> None:
+    for q, item in items:
+        q.put_nowait(item)
+
+
+def _hand_over(loop: asyncio.AbstractEventLoop, items: list[tuple[asyncio.Queue, object]]) -> None:
+    """One wake-up of `loop` for all of a step's items (not one per request): each
+    call_soon_threadsafe writes the loop's self-pipe and takes the GIL away from the model."""
+    try:
+        loop.call_soon_threadsafe(_put_all, items)
+    except RuntimeError:  # the caller's loop is closed: nobody is listening any more
+        pass
 
 
 class AsyncEngine:
@@ -51,28 +62,56 @@ class AsyncEngine:
     responsive while a step runs.
     """
 
-    def __init__(self, engine: Engine, max_waiting: int | None = None):
-        self.engine = engine
-        self.tokenizer = engine.tokenizer
-        self.model_config = engine.model_config
-        self.max_model_len: int = engine.max_model_len
-        self.vocab_size: int = engine.vocab_size
-        self.max_waiting = engine.config.scheduler.max_waiting if max_waiting is None else max_waiting
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        max_waiting: int | None = None,
+        *,
+        factory: Callable[[], Engine] | None = None,
+    ):
+        """Wrap a built `engine`, or build one with `factory()` inside the loop thread (blocking
+        until it is built; its exception propagates)."""
+        if (engine is None) == (factory is None):
+            raise ValueError("give exactly one of engine or factory")
+        self._max_waiting_arg = max_waiting
         self._commands: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._lock = threading.Lock()  # guards _sinks and _pending_adds
         self._sinks: dict[str, _Sink] = {}
         self._pending_adds = 0
-        self._stats = engine.stats()
         self._dead: BaseException | None = None
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="gemmaserve-engine", daemon=True)
+        self._booted = threading.Event()
+        self._boot_error: BaseException | None = None
+        if engine is not None:
+            self._attach(engine)
+        self._thread = threading.Thread(target=self._run, args=(factory,), name="gemmaserve-engine", daemon=True)
         self._thread.start()
+        self._booted.wait()
+        if self._boot_error is not None:
+            self._thread.join()
+            raise self._boot_error
+
+    def _attach(self, engine: Engine) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.model_config = engine.model_config
+        self.max_model_len: int = engine.max_model_len
+        self.vocab_size: int = engine.vocab_size
+        mw = self._max_waiting_arg
+        self.max_waiting = engine.config.scheduler.max_waiting if mw is None else mw
+        self._stats = engine.stats()
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "AsyncEngine":
-        """Load model and tokenizer (blocking: minutes for a real checkpoint) and start the loop."""
-        return cls(Engine.from_config(config))
+        """Load model and tokenizer (blocking: minutes for a real checkpoint) and start the loop.
+
+        The load runs in the loop thread itself. On CPU torch's OpenMP runtime (libgomp) keeps a
+        worker pool per thread that ever ran a parallel op; with a second live pool (say, the
+        loader's executor thread) it manages more threads than cores and drops from spin-waiting
+        to sleeping between ops, which cost ~15 ms per bench-model decode step (thread-pool A/B:
+        45-51 vs 31-33 ms/step). One thread for load and steps keeps one pool."""
+        return cls(factory=lambda: Engine.from_config(config))
 
     # -- EngineClient -----------------------------------------------------------------------
     async def generate(
@@ -135,7 +174,15 @@ class AsyncEngine:
         self._commands.put((kind, payload))
         self._wake.set()
 
-    def _run(self) -> None:
+    def _run(self, factory: Callable[[], Engine] | None) -> None:
+        if factory is not None:
+            try:
+                self._attach(factory())
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the constructor's thread
+                self._boot_error = exc
+                self._booted.set()
+                return
+        self._booted.set()
         try:
             while not self._stopping:
                 self._drain_commands()
@@ -145,8 +192,7 @@ class AsyncEngine:
                     continue
                 outputs = self.engine.step()
                 self._stats = self.engine.stats()
-                for out in outputs:
-                    self._deliver(out)
+                self._deliver_all(outputs)
             self._drain_commands()
         except BaseException as exc:  # noqa: BLE001 - report to every waiter, then stop
             log.exception("engine loop died")
@@ -184,10 +230,21 @@ class AsyncEngine:
             self._stats = self.engine.stats()
 
     def _deliver(self, out: RequestOutput) -> None:
+        self._deliver_all([out])
+
+    def _deliver_all(self, outputs: list[RequestOutput]) -> None:
+        """Route a step's outputs with one lock and one wake-up per event loop."""
+        if not outputs:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, object]]] = {}
         with self._lock:
-            sink = self._sinks.pop(out.request_id, None) if out.finished else self._sinks.get(out.request_id)
-        if sink is not None:
-            sink.put(out)
+            for out in outputs:
+                rid = out.request_id
+                sink = self._sinks.pop(rid, None) if out.finished else self._sinks.get(rid)
+                if sink is not None:
+                    by_loop.setdefault(sink.loop, []).append((sink.queue, out))
+        for loop, items in by_loop.items():
+            _hand_over(loop, items)
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
