@@ -93,7 +93,10 @@ async def test_one_wake_up_per_step_for_all_streams(monkeypatch):
         real_step = engine.engine.step
 
         def gated_step():
-            gate.wait(5)  # all four requests are queued before the first step runs
+            # The first step may start with one request: hold it until all four were sent,
+            # then take the rest in (the loop drains commands only between steps).
+            gate.wait(5)
+            engine._drain_commands()
             return real_step()
 
         engine.engine.step = gated_step
@@ -102,7 +105,7 @@ async def test_one_wake_up_per_step_for_all_streams(monkeypatch):
             return [o async for o in engine.generate([3, 4, 5, 6], greedy(5), rid)]
 
         tasks = [asyncio.ensure_future(consume(f"r{i}")) for i in range(4)]
-        while engine._pending_adds or len(engine.engine.scheduler.requests) < 4:
+        while engine._pending_adds + len(engine.engine.scheduler.requests) < 4:
             await asyncio.sleep(0.01)
         gate.set()
         results = await asyncio.gather(*tasks)
