@@ -43,17 +43,23 @@ class _Packed:
 
 
 def _tensors(layer: nn.Module) -> list[torch.Tensor] | None:
-    """The layer's 19 tensors in kernel order, or None when the layer is not a fused bf16 MoE layer."""
+    """The layer's 19 tensors in kernel order, or None when the layer is not a fused bf16 MoE layer.
+    Looked up in _modules/_parameters/_buffers only: an attribute such as QuantLinear.weight is a
+    property that would dequantize a fresh copy (the int8 layer must not take this path)."""
     out = []
     for name in _WEIGHTS:
-        obj = layer
-        for part in name.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
+        *path, leaf = name.split(".")
+        mod = layer
+        for part in path:
+            mod = mod._modules.get(part)
+            if mod is None:
                 return None
-        if not isinstance(obj, torch.Tensor) or obj.dtype is not torch.bfloat16 or not obj.is_contiguous():
+        t = mod._parameters.get(leaf)
+        if t is None:
+            t = mod._buffers.get(leaf)
+        if t is None or t.dtype is not torch.bfloat16 or t.device.type != "cpu" or not t.is_contiguous():
             return None
-        out.append(obj)
+        out.append(t)
     return out
 
 

@@ -327,3 +327,26 @@ def _plan(model, batch, kind):
     spec = next(s for s in model.config.attention_kinds() if s.kind == kind)
     meta = batch.kinds[kind]
     return build_plan(meta.block_tables, batch.query_lens_cpu, batch.seq_lens_cpu, batch.block_size, spec.window)
+
+
+@needs_kernel
+def test_int8_and_fp32_layers_take_the_torch_path():
+    from gemmaserve.model.quantize import quantize_model_int8_
+
+    m16, m32 = _tiny_pair()
+    q8 = quantize_model_int8_(_tiny_pair()[0]).fuse_()
+    for model in (q8, m32):
+        sim = PagedSim(model, block_size=4, num_blocks=16, dtype=model.dtype)
+        model(sim.batch([(0, [5, 6, 7])]), sim.caches)
+        batch = sim.batch([(0, [8])])
+        kind = model.config.layer_types[0]
+        h = torch.randn(1, model.config.hidden_size).to(model.dtype)
+        cos_sin = _rope(model, batch, kind) if model.dtype == torch.bfloat16 else (None, None)
+        assert fast_decode._tensors(model.layers[0]) is None
+        if model is q8:
+            out = fast_decode.decode_layer(model.layers[0], h, cos_sin, _plan(model, batch, kind),
+                                           batch.kinds[kind].slot_mapping, sim.caches[0], None)
+            assert out is None
+            logits = model(batch, sim.caches)
+            assert logits.shape == (1, model.config.vocab_size) and bool(torch.isfinite(logits).all())
+    assert len(fast_decode._tensors(m16.layers[0])) == len(fast_decode._WEIGHTS)
