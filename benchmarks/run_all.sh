@@ -8,7 +8,8 @@
 # Knobs (env): MODEL (bench checkpoint dir, written if missing), GGUF (bf16 GGUF, converted if
 # missing), STEPS (any of: roofline offline llama_offline serving ttft), P, O (prompt / output
 # tokens, 512 / 128), REPEATS (3), SERVE_N (prompts of the 32-concurrent run, 64),
-# TTFT_N1 / TTFT_N16 (prompts of the 1- and 16-concurrent runs, 8 / 32), THREADS (2),
+# TTFT_N1 / TTFT_N16 (prompts of the 1- and 16-concurrent runs, 8 / 64: past the first 16,
+# requests arrive one at a time as others finish, which the steady-state TTFT reports), THREADS (2),
 # GEMMASERVE_ARGS (extra `gemmaserve serve` flags), LLM_KWARGS (JSON for LLM(...)).
 set -euo pipefail
 
@@ -24,7 +25,7 @@ O=${O:-128}
 REPEATS=${REPEATS:-3}
 SERVE_N=${SERVE_N:-64}
 TTFT_N1=${TTFT_N1:-8}
-TTFT_N16=${TTFT_N16:-32}
+TTFT_N16=${TTFT_N16:-64}
 THREADS=${THREADS:-2}
 GEMMASERVE_ARGS=${GEMMASERVE_ARGS:-"--max-num-seqs 32"}
 LLM_KWARGS=${LLM_KWARGS:-"{}"}

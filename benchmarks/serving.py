@@ -124,6 +124,9 @@ async def run_workload(
     for i in range(len(prompts)):
         queue.put_nowait(i)
     records: list[RequestRecord | None] = [None] * len(prompts)
+    # Requests are taken in index order and every worker takes one at t=0: the first
+    # `concurrency` indices are the burst, every later one replaces a finished request.
+    burst = min(concurrency, len(prompts))
 
     async def worker() -> None:
         while True:
@@ -132,7 +135,9 @@ async def run_workload(
             except asyncio.QueueEmpty:
                 return
             body = request_body(ep, prompts[i], output_len, extra)
-            records[i] = await stream_one(client, ep, body, prompt_lens[i])
+            rec = await stream_one(client, ep, body, prompt_lens[i])
+            rec.burst = i < burst
+            records[i] = rec
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(prompts)))))
@@ -182,11 +187,16 @@ async def bench_endpoint(
             s["output_len_mismatch"] = sum(1 for r in recs if r.success and r.output_tokens != args.output_len)
             runs.append(s)
             _log(f"{ep.name} c={c} rep={rep}: {s['output_throughput']:.1f} out tok/s, "
-                 f"TTFT p50 {s['ttft_ms']['median'] or float('nan'):.0f} ms, failed {s['failed']}")
+                 f"TTFT p50 {_ms(s['ttft_ms'])} (burst of {min(c, n)}: {_ms(s['ttft_burst_ms'])}, "
+                 f"steady {n - min(c, n)}: {_ms(s['ttft_steady_ms'])}), failed {s['failed']}")
         results.append({"endpoint": ep.name, "url": ep.base_url, "model": ep.model, "llama_cpp": ep.llama,
                         "concurrency": c, "num_prompts": n, "summary": median_summary(runs),
                         "runs": runs if len(runs) > 1 else []})
     return results
+
+
+def _ms(dist: dict[str, Any]) -> str:
+    return "n/a" if dist.get("median") is None else f"{dist['median']:.0f} ms"
 
 
 def _encode(ids: list[list[int]], args: argparse.Namespace, vocab: PromptVocab) -> list[list[int] | str]:

@@ -21,6 +21,9 @@ class RequestRecord:
     output_tokens: int = 0  # from the server's usage when reported, else the chunk count
     success: bool = True
     error: str | None = None
+    # One of the first `concurrency` requests, all sent at t=0 (the burst); False for a request sent
+    # when an earlier one finished, so concurrency - 1 others were in flight (the steady state).
+    burst: bool = False
 
     @property
     def ttft(self) -> float | None:
@@ -100,6 +103,8 @@ def summarize(
     ttfts = [r.ttft for r in ok if r.ttft is not None]
     tpots = [r.tpot for r in ok if r.tpot is not None]
     itls = [gap for r in ok for gap in r.itls]
+    burst = [r.ttft for r in ok if r.burst and r.ttft is not None]
+    steady = [r.ttft for r in ok if not r.burst and r.ttft is not None]
     return {
         "completed": len(ok),
         "failed": len(records) - len(ok),
@@ -114,7 +119,19 @@ def summarize(
         "tpot_ms": distribution(tpots, pcts, 1000.0),
         "itl_ms": distribution(itls, pcts, 1000.0),
         "e2el_ms": distribution([r.e2el for r in ok], pcts, 1000.0),
-    }
+        # TTFT split by arrival: a burst of `concurrency` requests at t=0 queues behind each other's
+        # prefills; later requests arrive one at a time beside running decodes (vllm bench serve's
+        # --max-concurrency steady state). Every request is in exactly one window; failed ones are
+        # counted there, not dropped.
+        "ttft_burst_ms": distribution(burst, pcts, 1000.0),
+        "ttft_steady_ms": distribution(steady, pcts, 1000.0),
+        "ttft_windows": {
+            "burst": {"requests": "the first `concurrency` requests, all sent at t=0",
+                      "completed": len(burst), "failed": sum(1 for r in records if r.burst and not r.success)},
+            "steady": {"requests": "each sent when an earlier request finished (concurrency - 1 others in flight)",
+                       "completed": len(steady), "failed": sum(1 for r in records if not r.burst and not r.success)},
+        },
+    }  # fmt: skip
 
 
 # Headline fields a ratio table compares, with whether larger is better.
