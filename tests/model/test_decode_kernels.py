@@ -172,7 +172,7 @@ def test_bf16_decode_with_kernels_is_as_accurate_as_torch_fallback(monkeypatch):
 
 
 @needs_kernel
-@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("rows", [1, 3, 8, 13])  # 13: two 8-row GEMV groups
 def test_one_call_layer_matches_torch_layer(rows, monkeypatch):
     """The fused kernel layer == the torch layer (per-op kernels on) on the same inputs, up to rare
     one-ulp differences (gelu's tanh, softmax's exp); K/V written to the same cache slots."""
@@ -194,9 +194,13 @@ def test_one_call_layer_matches_torch_layer(rows, monkeypatch):
         fast = fast_decode.decode_layer(layer, h, cos_sin, plan, slots, kv_fast, None)
         assert fast is not None  # the one-call path applies to this batch
         monkeypatch.setattr(fast_decode, "MAX_ROWS", 0)
+        # Past 8 rows the torch layer would take W @ x^T and the grouped MoE (other rounding points):
+        # compare against its kernel paths, which the one-call layer composes.
+        monkeypatch.setattr(linear_op, "GEMV_MAX_ROWS", 16)
+        monkeypatch.setattr(moe_op, "GEMV_MAX_TOKENS", 16)
         kv_slow = (sim.caches[i][0].clone(), sim.caches[i][1].clone())
         slow = layer(h, cos_sin, plan, slots, kv_slow, None)
-        monkeypatch.setattr(fast_decode, "MAX_ROWS", 8)
+        monkeypatch.setattr(fast_decode, "MAX_ROWS", 16)
         (kf, vf), (ks, vs) = kv_fast, kv_slow
         assert fast.shape == slow.shape == (rows, m16.config.hidden_size)
         assert float((fast != slow).float().mean()) < 0.05  # bit-equal on this model and seed
