@@ -91,6 +91,8 @@ def _compile() -> ctypes.CDLL:
     lib.gs_decode_attn_bf16.restype = None
     lib.gs_qkv_post_bf16.argtypes = [_p, _i64, _i64, _i64, _i64, _i64, _int, _p, _p, ctypes.c_float, _p, _p, _p, _p, _p, _p]
     lib.gs_qkv_post_bf16.restype = None
+    lib.gs_geglu_bf16.argtypes = [_p, _i64, _i64, _i64, _p]
+    lib.gs_geglu_bf16.restype = None
     lib.gs_decode_layer_bf16.argtypes = [_p, _p, _i64, _p, _p, ctypes.c_float, ctypes.c_float, _p, _p, _p, _p, _p,
                                          _p, _i64, _p, _int]
     lib.gs_decode_layer_bf16.restype = None
@@ -232,6 +234,16 @@ def qkv_post(qkv: torch.Tensor, hq: int, hkv: int, d: int, has_v: bool, q_weight
                           k_weight.data_ptr(), eps, cos.data_ptr(), sin_signed.data_ptr(), slot_mapping.data_ptr(),
                           k_cache.data_ptr(), v_cache.data_ptr(), q.data_ptr())
     return q
+
+
+def geglu(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [T, 2W] bf16 (gate first) -> gelu_tanh(gate) * up [T, W] bf16, rounded like torch's bf16 ops."""
+    t, w2 = gate_up.shape
+    if gate_up.stride(1) != 1:
+        gate_up = gate_up.contiguous()
+    out = torch.empty(t, w2 // 2, dtype=torch.bfloat16)  # [T, W]
+    _lib.gs_geglu_bf16(gate_up.data_ptr(), t, gate_up.stride(0), w2 // 2, out.data_ptr())
+    return out
 
 
 def lib() -> ctypes.CDLL:

@@ -294,4 +294,36 @@ void gs_qkv_post_bf16(const bf16_t* qkv, int64_t T, int64_t ld, int64_t hq, int6
     }
 }
 
+// out[r, i] = bf16(bf16(gelu_tanh(gate)) * up) for rows gu[r] = [gate (w) | up (w)] of stride ld: the
+// dense MLP's and the experts' activation, rounded where torch's bf16 gelu and mul round.
+void gs_geglu_bf16(const bf16_t* gu, int64_t rows, int64_t ld, int64_t w, bf16_t* out) {
+    const float kb = 0.7978845608028654f, kk = 0.044715f;
+    for (int64_t r = 0; r < rows; ++r) {
+        const bf16_t* g = gu + r * ld;
+        const bf16_t* u = g + w;
+        bf16_t* o = out + r * w;
+        int64_t i = 0;
+#if defined(__AVX512F__)
+        // 0.5 * x * (1 + tanh(y)) == x / (1 + exp(-2y)): no cancellation in the negative tail (where
+        // 1 + tanh(y) is tiny), exact at both saturations (exp overflows to inf -> -0, or -> 0 -> x).
+        const __m512 one = _mm512_set1_ps(1.f), mtwo = _mm512_set1_ps(-2.f);
+        for (; i + 16 <= w; i += 16) {
+            const __m512 x = load16(g + i);
+            const __m512 y = _mm512_mul_ps(_mm512_set1_ps(kb), _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(kk), x),
+                                                                          _mm512_mul_ps(x, x), x));
+            const __m512 den = _mm512_add_ps(one, exp512(_mm512_mul_ps(mtwo, y)));
+            float gl[16], up[16];
+            _mm512_storeu_ps(gl, _mm512_div_ps(x, den));
+            _mm512_storeu_ps(up, load16(u + i));
+            for (int j = 0; j < 16; ++j) o[i + j] = dec_f32_to_bf16(dec_bf16_to_f32(dec_f32_to_bf16(gl[j])) * up[j]);
+        }
+#endif
+        for (; i < w; ++i) {
+            const float x = dec_bf16_to_f32(g[i]);
+            const float gl = x / (1.f + std::exp(-2.f * kb * (x + kk * x * x * x)));
+            o[i] = dec_f32_to_bf16(dec_bf16_to_f32(dec_f32_to_bf16(gl)) * dec_bf16_to_f32(u[i]));
+        }
+    }
+}
+
 }  // extern "C"

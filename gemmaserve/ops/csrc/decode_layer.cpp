@@ -22,6 +22,7 @@ void gs_decode_attn_bf16(const bf16_t* q, int64_t qs, const bf16_t* kc, const bf
 void gs_qkv_post_bf16(const bf16_t* qkv, int64_t T, int64_t ld, int64_t hq, int64_t hkv, int64_t d, int has_v,
                       const bf16_t* qw, const bf16_t* kw, float eps, const bf16_t* cos, const bf16_t* sin,
                       const int64_t* slots, bf16_t* kc, bf16_t* vc, bf16_t* q_out);
+void gs_geglu_bf16(const bf16_t* gu, int64_t rows, int64_t ld, int64_t w, bf16_t* out);
 }
 
 static inline float lf(bf16_t v) {
@@ -40,17 +41,6 @@ static inline bf16_t rb(float f) {  // round to nearest even, NaN stays NaN
 }
 
 static inline float r16(float f) { return lf(rb(f)); }
-
-// out[t, i] = bf16(bf16(gelu_tanh(gate)) * up) for gu rows [gate(w) | up(w)] of stride ld.
-static void geglu(const bf16_t* gu, int64_t rows, int64_t ld, int64_t w, bf16_t* out) {
-    const float kb = 0.7978845608028654f, kk = 0.044715f;
-    for (int64_t r = 0; r < rows; ++r)
-        for (int64_t i = 0; i < w; ++i) {
-            const float g = lf(gu[r * ld + i]), u = lf(gu[r * ld + w + i]);
-            const float gl = r16(0.5f * g * (1.f + std::tanh(kb * (g + kk * g * g * g))));
-            out[r * w + i] = rb(gl * u);
-        }
-}
 
 // Weight pointers, in this order (model/fast_decode.py builds the array).
 enum {
@@ -91,7 +81,7 @@ void gs_decode_layer_bf16(const bf16_t* h, bf16_t* out, int64_t T, const void* c
     // Dense GeGLU MLP: dd = norm(down(geglu(gate_up(norm(r)))))
     gs_rms_norm_bf16(r.data(), T, H, H, w[W_PRE_FF], eps, xn.data());
     gs_gemv_bf16(w[W_GATE_UP], 2 * W, H, xn.data(), T, H, buf.data(), 0, nthreads);
-    geglu(buf.data(), T, 2 * W, W, act.data());
+    gs_geglu_bf16(buf.data(), T, 2 * W, W, act.data());
     gs_gemv_bf16(w[W_DOWN], H, W, act.data(), T, W, tmp.data(), 0, nthreads);
     gs_rms_norm_bf16(tmp.data(), T, H, H, w[W_POST_FF1], eps, dd.data());
 
@@ -127,7 +117,7 @@ void gs_decode_layer_bf16(const bf16_t* h, bf16_t* out, int64_t T, const void* c
     // Experts on norm(r): m = bf16(sum_j w_j * down_e(geglu(gate_up_e(x)))) with fp32 down outputs.
     gs_rms_norm_bf16(r.data(), T, H, H, w[W_PRE_FF2], eps, xn.data());
     gs_gemv_bf16_experts(w[W_E_GATE_UP], E, 2 * I, H, ids.data(), T, K, xn.data(), H, buf.data(), 0, nthreads);
-    geglu(buf.data(), T * K, 2 * I, I, act.data());
+    gs_geglu_bf16(buf.data(), T * K, 2 * I, I, act.data());
     std::vector<float> y(T * K * H);
     gs_gemv_bf16_experts(w[W_E_DOWN], E, H, I, ids.data(), T * K, 1, act.data(), I, y.data(), 1, nthreads);
     for (int64_t t = 0; t < T; ++t)
