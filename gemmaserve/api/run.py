@@ -56,17 +56,25 @@ class EngineRun:
         """The next RequestOutput, None at the end, or TIMEOUT. Engine errors propagate."""
         if self.finished:
             return None
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._it.__anext__())
-        done, _ = await asyncio.wait({self._pending}, timeout=timeout)
-        if not done:
-            return TIMEOUT
-        task, self._pending = self._pending, None
         try:
-            out = task.result()
+            if timeout is None and self._pending is None:
+                # No deadline: await the iterator directly instead of a Task + asyncio.wait per
+                # token (the loop's per-token Python competes with the model for the GIL). A
+                # cancellation here (client gone) closes the iterator, which aborts the request.
+                out = await self._it.__anext__()
+            else:
+                if self._pending is None:
+                    self._pending = asyncio.ensure_future(self._it.__anext__())
+                done, _ = await asyncio.wait({self._pending}, timeout=timeout)
+                if not done:
+                    return TIMEOUT
+                task, self._pending = self._pending, None
+                out = task.result()
         except StopAsyncIteration:
             self.finished = True
             return None
+        except asyncio.CancelledError:
+            raise  # not finished: close() still aborts the request
         except BaseException:
             self.finished = True
             raise
