@@ -375,3 +375,24 @@ def test_geglu_kernel_rounds_like_torch():
     # torch's fp32 tanh loses the negative tail (1 + tanh cancels) where the kernel does not; elsewhere
     # both agree.
     assert float((out != torch_ref)[gate.float() > -3].float().mean()) < 0.01
+
+
+@needs_kernel
+@pytest.mark.parametrize("n", [64, 1000, 4099])
+def test_gemv_dynamic_chunks_equal_static_split(n):
+    """The threaded GEMV's dynamic row chunks (default) give the static split's result exactly."""
+    g = torch.Generator().manual_seed(n)
+    w = torch.randn(n, 1024, generator=g).bfloat16()
+    x = torch.randn(3, 1024, generator=g).bfloat16()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cpu_gemv.lib().gs_gemv_set_chunks(0)
+        static = cpu_gemv.gemv(w, x, out_dtype=torch.float32)
+        cpu_gemv.lib().gs_gemv_set_chunks(8)
+        chunked = cpu_gemv.gemv(w, x, out_dtype=torch.float32)
+    finally:
+        cpu_gemv.lib().gs_gemv_set_chunks(8)
+        torch.set_num_threads(before)
+    assert torch.equal(static, chunked)
+    assert float((chunked - x.float() @ w.float().T).abs().max()) < 1e-3 * 32
