@@ -396,3 +396,28 @@ def test_gemv_dynamic_chunks_equal_static_split(n):
         torch.set_num_threads(before)
     assert torch.equal(static, chunked)
     assert float((chunked - x.float() @ w.float().T).abs().max()) < 1e-3 * 32
+
+
+@needs_kernel
+@pytest.mark.parametrize("m,topk", [(1, 4), (3, 2), (8, 4), (13, 4)])
+def test_expert_gather_one_region_equals_per_expert_loop(m, topk):
+    """All chosen experts in one parallel region (default) == one region per expert, bit for bit,
+    including experts shared by more than 8 pairs (split into groups of 8)."""
+    g = torch.Generator().manual_seed(m * 10 + topk)
+    w = torch.randn(6, 64, 96, generator=g).bfloat16()
+    x = torch.randn(m, 96, generator=g).bfloat16()
+    ids = torch.stack([torch.randperm(6, generator=g)[:topk] for _ in range(m)])  # [M, topk]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        outs = []
+        for merged in (0, 1):
+            cpu_gemv.lib().gs_gemv_set_experts_merged(merged)
+            outs.append([cpu_gemv.gemv_experts(w, ids, x, dt) for dt in (torch.float32, torch.bfloat16)])
+    finally:
+        cpu_gemv.lib().gs_gemv_set_experts_merged(1)
+        torch.set_num_threads(before)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+    ref = torch.einsum("mjnk,mk->mjn", w[ids].float(), x.float())  # [M, topk, N]
+    assert float((outs[1][0] - ref).abs().max()) < 1e-3

@@ -21,6 +21,8 @@ typedef uint16_t bf16_t;
 // thread handed out dynamically (gs_gemv_set_chunks). Bench model decode, 2 threads, lightly loaded
 // machine, ms/step static vs 8 chunks: 1 row 27.0-30.9 vs 24.4-26.8; far less stall under contention.
 static int g_chunks_per_thread = 8;
+// Expert gather in one parallel region over all chosen experts (1) or one region per expert (0).
+static int g_experts_merged = 1;
 
 #ifndef GS_AMX_MIN_ROWS
 #define GS_AMX_MIN_ROWS 1  // AMX also for one row: ~5% more read bandwidth than dpbf16 (measured)
@@ -256,6 +258,63 @@ static void amx_gemv(rows_fn fn, const bf16_t* w, int64_t N, int64_t K, const bf
 }
 #endif
 
+#if defined(__AMX_BF16__)
+// The expert gather through AMX with every chosen expert's rows in one parallel region: one fork/join
+// per call instead of one per expert (8 per layer at one token), chunks handed out dynamically.
+// Groups of up to 8 (token, slot) pairs share an expert's read, as in the per-expert loop; results are
+// the same fp32 sums stored with the same rounding. Returns false when AMX does not apply.
+static bool experts_amx(const bf16_t* w, int64_t E, int64_t N, int64_t K, const int64_t* ids, int64_t M,
+                        int64_t topk, const bf16_t* x, int64_t xs, void* out, int out_f32, int nthreads) {
+    if (K % 32 != 0 || N % 16 != 0 || N < 16 || !amx_ok()) return false;
+    struct Group { int64_t e; int cnt; int64_t pairs[8]; };
+    const int64_t P = M * topk;
+    std::vector<Group> groups;
+    for (int64_t p = 0; p < P; ++p) {
+        const int64_t e = ids[p];
+        bool seen = false;
+        for (int64_t q = 0; q < p; ++q) seen |= ids[q] == e;
+        if (seen || e < 0 || e >= E) continue;
+        Group g{e, 0, {}};
+        for (int64_t q = p; q < P; ++q) {
+            if (ids[q] != e) continue;
+            g.pairs[g.cnt++] = q;
+            if (g.cnt == 8) {
+                groups.push_back(g);
+                g.cnt = 0;
+            }
+        }
+        if (g.cnt) groups.push_back(g);
+    }
+    const int64_t G = (int64_t)groups.size();
+    std::vector<bf16_t> packs(G * K * 8);  // per group X^T packed as the VNNI B tile [K/2][cnt][2]
+    std::vector<float> res(G * 8 * N);     // per group fp32 results [cnt][N]
+    for (int64_t g = 0; g < G; ++g) {
+        const Group& gr = groups[g];
+        bf16_t* pk = packs.data() + g * K * 8;
+        for (int m = 0; m < gr.cnt; ++m) {
+            const bf16_t* xr = x + (gr.pairs[m] / topk) * xs;
+            for (int64_t kp = 0; kp < K / 2; ++kp) {
+                pk[(kp * gr.cnt + m) * 2] = xr[2 * kp];
+                pk[(kp * gr.cnt + m) * 2 + 1] = xr[2 * kp + 1];
+            }
+        }
+    }
+    const int64_t chunk = 256, nch = (N + chunk - 1) / chunk, items = G * nch;
+    int nt = nthreads < 1 ? 1 : nthreads;
+    if (items < 2) nt = 1;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {
+        const int64_t g = it / nch, n0 = (it % nch) * chunk, n1 = std::min(N, n0 + chunk);
+        const Group& gr = groups[g];
+        amx_rows(w + gr.e * N * K, K, packs.data() + g * K * 8, gr.cnt, res.data() + g * 8 * N, N, 1, n0, n1);
+    }
+    for (int64_t g = 0; g < G; ++g)
+        for (int i = 0; i < groups[g].cnt; ++i)
+            for (int64_t n = 0; n < N; ++n) store(out, out_f32, groups[g].pairs[i] * N + n, res[(g * 8 + i) * N + n]);
+    return true;
+}
+#endif
+
 // One group of mm <= 8 rows: AMX where it applies, else the AVX512/portable row kernel.
 static void gemv_group(const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, int64_t xs, int mm, void* out,
                        int64_t ldo, int out_f32, int nthreads) {
@@ -269,6 +328,8 @@ static void gemv_group(const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, i
 }
 
 extern "C" {
+
+void gs_gemv_set_experts_merged(int on) { g_experts_merged = on != 0; }
 
 void gs_gemv_set_chunks(int chunks_per_thread) { g_chunks_per_thread = chunks_per_thread < 0 ? 0 : chunks_per_thread; }
 
@@ -300,6 +361,9 @@ void gs_gemv_bf16(const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, int64_
 // out [M, topk, N]. Tokens that share an expert are computed together so each expert is read once.
 void gs_gemv_bf16_experts(const bf16_t* w, int64_t E, int64_t N, int64_t K, const int64_t* ids, int64_t M,
                           int64_t topk, const bf16_t* x, int64_t xs, void* out, int out_f32, int nthreads) {
+#if defined(__AMX_BF16__)
+    if (g_experts_merged && experts_amx(w, E, N, K, ids, M, topk, x, xs, out, out_f32, nthreads)) return;
+#endif
     const int esz = out_f32 ? 4 : 2;
     const int64_t P = M * topk;
     // Each unique expert: the (token, slot) pairs that chose it, handled in groups of up to 8 tokens.
