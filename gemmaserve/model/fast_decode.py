@@ -78,6 +78,9 @@ def decode_layer(layer: nn.Module, h: torch.Tensor, cos_sin, plan, slot_mapping:
     group = plan.decodes[0]
     if not group.in_order or group.n_keys is None or slot_mapping.dtype is not torch.int64:
         return None
+    # The kernel indexes these as plain int64 arrays: slots [T, L] row-major, n_keys [T], slot_mapping [T].
+    if group.slots.stride(-1) != 1 or not (group.n_keys.is_contiguous() and slot_mapping.is_contiguous()):
+        return None
     if keep_rows is not None and keep_rows.tolist() != list(range(t)):
         return None
     k_cache, v_cache = kv_cache
