@@ -94,6 +94,7 @@ class EngineConfig:
     seed: int = 0  # weights for dummy_weights; requests seed themselves via SamplingParams.seed
     quantization: str | None = None
     dummy_weights: bool = False
+    enforce_eager: bool = False  # CUDA: decode eagerly instead of replaying CUDA graphs (vLLM's name)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -155,6 +156,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--kv-cache-memory-gb", type=float, default=None, help="KV cache size (default: by device)")
     p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--enforce-eager", action="store_true", help="CUDA: no CUDA graphs for decode steps")
 
 
 def engine_config_from_args(args: argparse.Namespace, **extra: Any) -> EngineConfig:
@@ -166,7 +168,7 @@ def engine_config_from_args(args: argparse.Namespace, **extra: Any) -> EngineCon
         model=str(args.model), dtype=args.dtype, device=args.device, max_model_len=args.max_model_len,
         dummy_weights=args.dummy_weights, quantization=args.quantization, block_size=args.block_size,
         max_num_batched_tokens=args.max_num_batched_tokens, memory_bytes=int(gb * 2**30) if gb else None,
-        enable_prefix_caching=not args.no_prefix_caching,
+        enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager,
     )
     return engine_config_from_kwargs(**{**fields, **extra})
 

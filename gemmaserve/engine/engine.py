@@ -99,7 +99,11 @@ class Engine:
             ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in per_kind.items()), self.max_model_len,
         )
         self.scheduler = Scheduler(sched, self.kv)
-        self.runner = ModelRunner(model, model_config, num_blocks, cache.block_size, kv_dtype, self.device, sampler)
+        # The runner sizes its CUDA graph buckets by the scheduler's batch limit and the context limit.
+        self.runner = ModelRunner(
+            model, model_config, num_blocks, cache.block_size, kv_dtype, self.device, sampler,
+            max_num_seqs=sched.max_num_seqs, max_model_len=self.max_model_len, enforce_eager=config.enforce_eager,
+        )
         self._arrivals = 0
 
     @classmethod

@@ -205,3 +205,33 @@ def test_prepare_puts_the_batch_on_a_non_cpu_device_without_pinning():
     fields += [t for m in batch.kinds.values() for t in (m.block_tables, m.slot_mapping)]
     assert all(t.device.type == "meta" for t in fields)
     assert batch.query_lens_cpu == [5] and batch.seq_lens_cpu == [5]
+
+
+def test_enforce_eager_flag_reaches_the_runner(model, monkeypatch):
+    # `--enforce-eager` -> EngineConfig.enforce_eager -> ModelRunner, with the scheduler's batch
+    # limit and the served context length that size the graph buckets.
+    import argparse
+    import dataclasses
+
+    import gemmaserve.engine.engine as engine_module
+    from gemmaserve.config import CacheConfig, SchedulerConfig, add_engine_args, engine_config_from_args
+
+    p = argparse.ArgumentParser()
+    add_engine_args(p)
+    assert engine_config_from_args(p.parse_args(["--model", "m"])).enforce_eager is False
+    cfg = engine_config_from_args(p.parse_args(["--model", "m", "--enforce-eager", "--max-model-len", "40"]))
+    assert cfg.enforce_eager is True
+    seen = {}
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        return ModelRunner(*args, **kw)
+
+    monkeypatch.setattr(engine_module, "ModelRunner", spy)
+    cfg = dataclasses.replace(
+        cfg, dtype="float32",
+        cache=CacheConfig(block_size=BS, num_blocks={SLIDING: NUM_BLOCKS, FULL: NUM_BLOCKS}),
+        scheduler=SchedulerConfig(max_num_seqs=3, max_num_batched_tokens=32),
+    )
+    engine_module.Engine(model, model.config, cfg, None)
+    assert seen == {"max_num_seqs": 3, "max_model_len": 40, "enforce_eager": True}

@@ -34,12 +34,14 @@ def tiny(tmp_path_factory):
     return write_demo_model(tmp_path_factory.mktemp("tiny_gpu"), size="tiny")
 
 
-def _engine(path, dtype: str, monkeypatch, **runner_kw) -> Engine:
+def _engine(path, dtype: str, monkeypatch, enforce_eager: bool = False, **runner_kw) -> Engine:
+    # enforce_eager goes through EngineConfig, as `--enforce-eager` does; other runner options are
+    # injected (the engine's own keywords would override a partial's).
     if runner_kw:
         monkeypatch.setattr(engine_module, "ModelRunner", functools.partial(ModelRunner, **runner_kw))
     model, config = load_model(path, dtype=getattr(torch, dtype), device=DEVICE)
     cfg = EngineConfig(
-        model=str(path), dtype=dtype, device=DEVICE, max_model_len=256,
+        model=str(path), dtype=dtype, device=DEVICE, max_model_len=256, enforce_eager=enforce_eager,
         cache=CacheConfig(block_size=4, num_blocks={SLIDING: 160, FULL: 160}, enable_prefix_caching=False),
         scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64),
     )
