@@ -18,6 +18,7 @@ import torch
 log = logging.getLogger(__name__)
 
 _SRCS = [Path(__file__).parent / "csrc" / name for name in ("gemv_bf16.cpp", "decode_bf16.cpp", "decode_layer.cpp")]
+_HEADERS = [Path(__file__).parent / "csrc" / "bf16.h"]  # hashed into the build key with the sources
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 # Rows handled per weight pass; more rows still work (in groups of MAX_ROWS) but re-read the weight.
 MAX_ROWS = 8
@@ -58,7 +59,7 @@ def _compile() -> ctypes.CDLL:
     """Builds the .so once per (source, flags, CPU, torch) and loads it; raises on any failure."""
     torch_lib = Path(torch.__file__).parent / "lib"
     key = hashlib.sha256(
-        b"\0".join([*(src.read_bytes() for src in _SRCS), " ".join(_FLAGS).encode(), _cpu_id().encode(), torch.__version__.encode()])
+        b"\0".join([*(src.read_bytes() for src in _SRCS + _HEADERS), " ".join(_FLAGS).encode(), _cpu_id().encode(), torch.__version__.encode()])
     ).hexdigest()[:16]
     so = _build_dir() / f"gemv_bf16_{key}.so"
     if not so.exists():

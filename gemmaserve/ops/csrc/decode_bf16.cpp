@@ -12,23 +12,7 @@
 #include <immintrin.h>
 #endif
 
-typedef uint16_t bf16_t;
-
-static inline float dec_bf16_to_f32(bf16_t v) {
-    uint32_t u = (uint32_t)v << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-
-// Round-to-nearest-even like torch's float -> bfloat16 cast; NaN stays a quiet NaN.
-static inline bf16_t dec_f32_to_bf16(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (bf16_t)(u >> 16);
-}
+#include "bf16.h"
 
 #if defined(__AVX512F__)
 static inline __m512 load16(const bf16_t* p) {  // 16 bf16 -> 16 fp32 (exact)
@@ -45,7 +29,7 @@ static inline float dot_f32_bf16(const float* a, const bf16_t* b, int64_t n) {
     for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load16(b + i), acc);
     s = _mm512_reduce_add_ps(acc);
 #endif
-    for (; i < n; ++i) s += a[i] * dec_bf16_to_f32(b[i]);
+    for (; i < n; ++i) s += a[i] * bf16_to_f32(b[i]);
     return s;
 }
 
@@ -56,7 +40,7 @@ static inline void axpy_bf16(float* acc, float p, const bf16_t* v, int64_t n) {
     __m512 pv = _mm512_set1_ps(p);
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(pv, load16(v + i), _mm512_loadu_ps(acc + i)));
 #endif
-    for (; i < n; ++i) acc[i] += p * dec_bf16_to_f32(v[i]);
+    for (; i < n; ++i) acc[i] += p * bf16_to_f32(v[i]);
 }
 
 #if defined(__AVX512F__)
@@ -114,7 +98,7 @@ static void pv_v(const float* p, const float* inv, const bf16_t* vc, int64_t hkv
         for (int c = 0; c < NC; ++c) {
             float tmp[16];
             _mm512_storeu_ps(tmp, _mm512_mul_ps(acc[g][c], _mm512_set1_ps(inv[g])));
-            for (int i = 0; i < 16; ++i) out[g * d + c0 + 16 * c + i] = dec_f32_to_bf16(tmp[i]);
+            for (int i = 0; i < 16; ++i) out[g * d + c0 + 16 * c + i] = f32_to_bf16(tmp[i]);
         }
 }
 
@@ -171,14 +155,14 @@ static void attend_scalar(const float* qf, const bf16_t* kc, const bf16_t* vc, i
         for (int64_t g = 0; g < G; ++g) axpy_bf16(acc.data() + g * d, sc[g * n + j], vr, d);
     }
     for (int64_t g = 0; g < G; ++g)
-        for (int64_t i = 0; i < d; ++i) out[g * d + i] = dec_f32_to_bf16(acc[g * d + i] * inv[g]);
+        for (int64_t i = 0; i < d; ++i) out[g * d + i] = f32_to_bf16(acc[g * d + i] * inv[g]);
 }
 
 // One (sequence, KV head): q [G, D] bf16 (rows contiguous), out [G, D].
 static void attend_one(const bf16_t* q, const bf16_t* kc, const bf16_t* vc, int64_t hkv, int64_t h, int64_t d,
                        const int64_t* sl, int64_t n, int64_t G, float scale, bf16_t* out) {
     std::vector<float> qf(G * d), sc(G * n), inv(G);
-    for (int64_t i = 0; i < G * d; ++i) qf[i] = scale * dec_bf16_to_f32(q[i]);  // scale folded into q
+    for (int64_t i = 0; i < G * d; ++i) qf[i] = scale * bf16_to_f32(q[i]);  // scale folded into q
 #if defined(__AVX512F__)
     if (d % 16 == 0) {
         switch (G) {
@@ -200,17 +184,17 @@ extern "C" {
 void gs_rms_norm_bf16(const bf16_t* x, int64_t rows, int64_t xs, int64_t d, const bf16_t* w, float eps, bf16_t* out) {
     std::vector<float> xf(d), wf(d, 1.f);
     if (w)
-        for (int64_t i = 0; i < d; ++i) wf[i] = dec_bf16_to_f32(w[i]);
+        for (int64_t i = 0; i < d; ++i) wf[i] = bf16_to_f32(w[i]);
     for (int64_t r = 0; r < rows; ++r) {
         const bf16_t* xr = x + r * xs;
         float ss = 0.f;
         for (int64_t i = 0; i < d; ++i) {
-            xf[i] = dec_bf16_to_f32(xr[i]);
+            xf[i] = bf16_to_f32(xr[i]);
             ss += xf[i] * xf[i];
         }
         const float inv = 1.f / std::sqrt(ss / (float)d + eps);
         bf16_t* o = out + r * d;
-        for (int64_t i = 0; i < d; ++i) o[i] = dec_f32_to_bf16(xf[i] * inv * wf[i]);
+        for (int64_t i = 0; i < d; ++i) o[i] = f32_to_bf16(xf[i] * inv * wf[i]);
     }
 }
 
@@ -232,7 +216,7 @@ void gs_decode_attn_bf16(const bf16_t* q, int64_t qs, const bf16_t* kc, const bf
 }
 
 
-static inline float rnd(float f) { return dec_bf16_to_f32(dec_f32_to_bf16(f)); }  // one bf16 rounding
+static inline float rnd(float f) { return bf16_to_f32(f32_to_bf16(f)); }  // one bf16 rounding
 
 // x [d] fp32 (already rounded as its producer would) -> rope'd bf16, rounding like torch's bf16 ops:
 // out = bf16(bf16(x * cos) + bf16(roll(x, d/2) * sin)), sin with rotate-half's sign folded in.
@@ -240,7 +224,7 @@ static inline void rope_round(const float* x, const bf16_t* cos, const bf16_t* s
     const int64_t half = d / 2;
     for (int64_t i = 0; i < d; ++i) {
         const float rolled = x[i < half ? i + half : i - half];
-        out[i] = dec_f32_to_bf16(rnd(x[i] * dec_bf16_to_f32(cos[i])) + rnd(rolled * dec_bf16_to_f32(sin[i])));
+        out[i] = f32_to_bf16(rnd(x[i] * bf16_to_f32(cos[i])) + rnd(rolled * bf16_to_f32(sin[i])));
     }
 }
 
@@ -253,13 +237,13 @@ void gs_qkv_post_bf16(const bf16_t* qkv, int64_t T, int64_t ld, int64_t hq, int6
                       const int64_t* slots, bf16_t* kc, bf16_t* vc, bf16_t* q_out) {
     std::vector<float> x(d), nrm(d), qwf(d), kwf(d);
     for (int64_t i = 0; i < d; ++i) {
-        qwf[i] = dec_bf16_to_f32(qw[i]);
-        kwf[i] = dec_bf16_to_f32(kw[i]);
+        qwf[i] = bf16_to_f32(qw[i]);
+        kwf[i] = bf16_to_f32(kw[i]);
     }
     auto inv_rms = [&](const bf16_t* src) {
         float ss = 0.f;
         for (int64_t i = 0; i < d; ++i) {
-            x[i] = dec_bf16_to_f32(src[i]);
+            x[i] = bf16_to_f32(src[i]);
             ss += x[i] * x[i];
         }
         return 1.f / std::sqrt(ss / (float)d + eps);
@@ -281,11 +265,11 @@ void gs_qkv_post_bf16(const bf16_t* qkv, int64_t T, int64_t ld, int64_t hq, int6
                 for (int64_t i = 0; i < d; ++i) nrm[i] = rnd(x[i] * inv * kwf[i]);
                 rope_round(nrm.data(), ct, st, d, kdst);
                 const float vinv = inv_rms(row + (hq + hkv + h) * d);
-                for (int64_t i = 0; i < d; ++i) vdst[i] = dec_f32_to_bf16(x[i] * vinv);
+                for (int64_t i = 0; i < d; ++i) vdst[i] = f32_to_bf16(x[i] * vinv);
             } else {
                 for (int64_t i = 0; i < d; ++i) {
                     const float n = x[i] * inv;  // the shared fp32 norm
-                    vdst[i] = dec_f32_to_bf16(n);
+                    vdst[i] = f32_to_bf16(n);
                     nrm[i] = rnd(n * kwf[i]);
                 }
                 rope_round(nrm.data(), ct, st, d, kdst);
@@ -315,13 +299,13 @@ void gs_geglu_bf16(const bf16_t* gu, int64_t rows, int64_t ld, int64_t w, bf16_t
             float gl[16], up[16];
             _mm512_storeu_ps(gl, _mm512_div_ps(x, den));
             _mm512_storeu_ps(up, load16(u + i));
-            for (int j = 0; j < 16; ++j) o[i + j] = dec_f32_to_bf16(dec_bf16_to_f32(dec_f32_to_bf16(gl[j])) * up[j]);
+            for (int j = 0; j < 16; ++j) o[i + j] = f32_to_bf16(bf16_to_f32(f32_to_bf16(gl[j])) * up[j]);
         }
 #endif
         for (; i < w; ++i) {
-            const float x = dec_bf16_to_f32(g[i]);
+            const float x = bf16_to_f32(g[i]);
             const float gl = x / (1.f + std::exp(-2.f * kb * (x + kk * x * x * x)));
-            o[i] = dec_f32_to_bf16(dec_bf16_to_f32(dec_f32_to_bf16(gl)) * dec_bf16_to_f32(u[i]));
+            o[i] = f32_to_bf16(bf16_to_f32(f32_to_bf16(gl)) * bf16_to_f32(u[i]));
         }
     }
 }

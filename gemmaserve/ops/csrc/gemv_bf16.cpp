@@ -15,7 +15,7 @@
 #include <unistd.h>
 #endif
 
-typedef uint16_t bf16_t;
+#include "bf16.h"
 
 // Work split of the threaded AMX GEMV: 0 = one static share per thread, k > 0 = about k row chunks per
 // thread handed out dynamically (gs_gemv_set_chunks). Bench model decode, 2 threads, lightly loaded
@@ -30,22 +30,6 @@ static int g_experts_merged = 1;
 #ifndef GS_PF
 #define GS_PF 512  // prefetch distance in bytes (0 = none)
 #endif
-
-static inline float bf16_to_f32(bf16_t v) {
-    uint32_t u = (uint32_t)v << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-
-// Round-to-nearest-even like torch's float -> bfloat16 cast; NaN stays a quiet NaN.
-static inline bf16_t f32_to_bf16(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (bf16_t)(u >> 16);
-}
 
 #if defined(__AVX512F__)
 // One step of 32 k-values: acc[r][m] += w[r, k:k+32] . x[m, k:k+32] (fp32 accumulate, 16 lanes).
