@@ -10,19 +10,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the repo root holds `benchmarks`
 sys.path.insert(0, str(ROOT / "tests" / "engine"))  # engine_fakes
 
-from engine_fakes import PagedEchoModel, fake_config  # noqa: E402
+from engine_fakes import echo_engine  # noqa: E402
 
 from benchmarks.omp_pools import run_rounds  # noqa: E402
-from gemmaserve.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402
-from gemmaserve.engine.engine import Engine  # noqa: E402
-from gemmaserve.model.config import FULL, SLIDING  # noqa: E402
 
 
 def test_rounds_alternate_and_the_second_pool_lives_only_during_its_runs():
-    cfg = fake_config()
-    ec = EngineConfig(dtype="float32", cache=CacheConfig(block_size=4, num_blocks={SLIDING: 64, FULL: 256}),
-                      scheduler=SchedulerConfig(max_num_seqs=2, max_num_batched_tokens=32))
-    engine = Engine(PagedEchoModel(cfg), cfg, ec)
+    engine = echo_engine(64, 256, 2, 32)
     helper_alive_at_step: list[bool] = []
     real_step = engine.step
 

@@ -11,19 +11,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the repo root holds `benchmarks`
 sys.path.insert(0, str(ROOT / "tests" / "engine"))  # engine_fakes
 
-from engine_fakes import PagedEchoModel, fake_config  # noqa: E402
+from engine_fakes import echo_engine  # noqa: E402
 
 from benchmarks.step_costs import STAGES, measure  # noqa: E402
-from gemmaserve.config import CacheConfig, EngineConfig, SchedulerConfig  # noqa: E402
-from gemmaserve.engine.engine import Engine  # noqa: E402
-from gemmaserve.model.config import FULL, SLIDING  # noqa: E402
 
 
 def test_measure_times_decode_steps_and_restores_the_engine():
-    cfg = fake_config()
-    ec = EngineConfig(dtype="float32", cache=CacheConfig(block_size=4, num_blocks={SLIDING: 128, FULL: 512}),
-                      scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=16))
-    engine = Engine(PagedEchoModel(cfg), cfg, ec)
+    engine = echo_engine(128, 512, 4, 16)
     seen = []
     real_step = engine.step
 

@@ -86,3 +86,16 @@ class PagedEchoModel:
             assert int(pos) == p + 1, f"{kind} slot for position {p} holds position {int(pos) - 1}"
             out.append(int(tok) - 1)
         return out
+
+
+def echo_engine(sliding_blocks: int, full_blocks: int, max_num_seqs: int, budget: int):
+    """An Engine over PagedEchoModel (fp32, 4-token blocks, no real weights) for tests that exercise
+    the engine loop or the benchmark tooling around it rather than the model."""
+    from gemmaserve.config import CacheConfig, EngineConfig, SchedulerConfig
+    from gemmaserve.engine.engine import Engine
+    from gemmaserve.model.config import FULL, SLIDING
+
+    cfg = fake_config()
+    ec = EngineConfig(dtype="float32", cache=CacheConfig(block_size=4, num_blocks={SLIDING: sliding_blocks, FULL: full_blocks}),
+                      scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget))
+    return Engine(PagedEchoModel(cfg), cfg, ec)
