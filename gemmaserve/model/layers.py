@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from gemmaserve.ops.activation import gelu_tanh_mul
 from gemmaserve.ops.linear import linear
 from gemmaserve.ops.norm import rms_norm
 
@@ -81,4 +81,4 @@ class GeGLUMLP(nn.Module):
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, W] each
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
+        return self.down_proj(gelu_tanh_mul(gate, up))

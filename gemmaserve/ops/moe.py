@@ -4,9 +4,9 @@ sorted/grouped path (one matmul pair per active expert) for many."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from gemmaserve.ops import cpu_gemv
+from gemmaserve.ops.activation import gelu_tanh_mul
 from gemmaserve.ops.linear import linear
 
 # Token count at or above which the grouped path is used: benchmarks/ops_moe.py on the bench shape
@@ -27,7 +27,7 @@ GEMV_MAX_TOKENS = 8
 
 
 def _act(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return F.gelu(gate, approximate="tanh") * up
+    return gelu_tanh_mul(gate, up)
 
 
 def moe_gather(

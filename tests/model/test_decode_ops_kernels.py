@@ -154,3 +154,43 @@ def test_expert_gather_one_region_equals_per_expert_loop(m, topk):
         assert torch.equal(a, b)
     ref = torch.einsum("mjnk,mk->mjn", w[ids].float(), x.float())  # [M, topk, N]
     assert float((outs[1][0] - ref).abs().max()) < 1e-3
+
+
+@needs_kernel
+def test_prefill_geglu_and_norm_take_the_threaded_kernels_with_per_row_results(monkeypatch):
+    # Prefill sizes: the GeGLU of a fused gate_up projection's two halves and the RMSNorm run on the
+    # kernels, split over threads, and every row equals the same row computed alone (one thread).
+    from gemmaserve.ops.activation import gelu_tanh_mul
+    from gemmaserve.ops.norm import rms_norm
+
+    real_lib = cpu_gemv.lib()
+    calls: list[str] = []
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(real_lib, name)
+
+    monkeypatch.setattr(cpu_gemv, "lib", lambda: Spy())
+    g = torch.Generator().manual_seed(5)
+    gu = (2 * torch.randn(300, 2 * 512, generator=g)).bfloat16()  # [T, 2W]
+    gate, up = gu.chunk(2, dim=-1)
+    out = gelu_tanh_mul(gate, up)
+    assert calls == ["gs_geglu_bf16"]
+    assert torch.equal(out, cpu_gemv.geglu(gu))
+    assert torch.equal(out[::37], torch.cat([cpu_gemv.geglu(gu[i : i + 1]) for i in range(0, 300, 37)]))
+    torch_ref = torch.nn.functional.gelu(gate, approximate="tanh") * up
+    assert float((out != torch_ref)[gate.float() > -3].float().mean()) < 0.01
+    # Not the two halves of one tensor, or decode-sized: torch's ops, exactly.
+    g2, u2 = gate.contiguous(), up.contiguous()
+    assert torch.equal(gelu_tanh_mul(g2, u2), torch.nn.functional.gelu(g2, approximate="tanh") * u2)
+    small_g, small_u = gu[:4].chunk(2, dim=-1)
+    assert torch.equal(gelu_tanh_mul(small_g, small_u), torch.nn.functional.gelu(small_g, approximate="tanh") * small_u)
+    assert calls == ["gs_geglu_bf16"]
+
+    x = (3 * torch.randn(600, 1024, generator=g)).bfloat16()  # [T, H] above the threading threshold
+    w = torch.randn(1024, generator=g).bfloat16()
+    y = rms_norm(x, w, 1e-6)
+    assert torch.equal(y[::50], torch.cat([cpu_gemv.rms_norm(x[i : i + 1], w, 1e-6) for i in range(0, 600, 50)]))
+    ref = torch.nn.functional.rms_norm(x.float(), (1024,), w.float(), 1e-6).bfloat16()
+    assert bool(((y.float() - ref.float()).abs() <= 2**-7 * ref.float().abs() + 1e-6).all())

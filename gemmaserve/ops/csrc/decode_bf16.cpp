@@ -182,19 +182,28 @@ extern "C" {
 // out[r] = x[r] * (mean(x[r]^2) + eps)^-1/2 * w, rows of d elements (x row stride xs, out contiguous);
 // w may be null (weightless norm). One rounding, as torch's F.rms_norm on bf16 does.
 void gs_rms_norm_bf16(const bf16_t* x, int64_t rows, int64_t xs, int64_t d, const bf16_t* w, float eps, bf16_t* out) {
-    std::vector<float> xf(d), wf(d, 1.f);
+    std::vector<float> wf(d, 1.f);
     if (w)
         for (int64_t i = 0; i < d; ++i) wf[i] = bf16_to_f32(w[i]);
-    for (int64_t r = 0; r < rows; ++r) {
-        const bf16_t* xr = x + r * xs;
-        float ss = 0.f;
-        for (int64_t i = 0; i < d; ++i) {
-            xf[i] = bf16_to_f32(xr[i]);
-            ss += xf[i] * xf[i];
+    // Rows are independent, so prefill-sized inputs split them over torch's OpenMP threads; each row's
+    // arithmetic (and so its result) is the same whatever the thread count. Decode rows stay on one
+    // thread: a parallel region costs more than a few rows of work.
+    const int nt = rows * d >= (1 << 16) ? omp_get_max_threads() : 1;
+#pragma omp parallel num_threads(nt)
+    {
+        std::vector<float> xf(d);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; ++r) {
+            const bf16_t* xr = x + r * xs;
+            float ss = 0.f;
+            for (int64_t i = 0; i < d; ++i) {
+                xf[i] = bf16_to_f32(xr[i]);
+                ss += xf[i] * xf[i];
+            }
+            const float inv = 1.f / std::sqrt(ss / (float)d + eps);
+            bf16_t* o = out + r * d;
+            for (int64_t i = 0; i < d; ++i) o[i] = f32_to_bf16(xf[i] * inv * wf[i]);
         }
-        const float inv = 1.f / std::sqrt(ss / (float)d + eps);
-        bf16_t* o = out + r * d;
-        for (int64_t i = 0; i < d; ++i) o[i] = f32_to_bf16(xf[i] * inv * wf[i]);
     }
 }
 
@@ -282,6 +291,10 @@ void gs_qkv_post_bf16(const bf16_t* qkv, int64_t T, int64_t ld, int64_t hq, int6
 // dense MLP's and the experts' activation, rounded where torch's bf16 gelu and mul round.
 void gs_geglu_bf16(const bf16_t* gu, int64_t rows, int64_t ld, int64_t w, bf16_t* out) {
     const float kb = 0.7978845608028654f, kk = 0.044715f;
+    // Prefill-sized inputs split rows over torch's OpenMP threads (each element's result does not
+    // depend on the split); decode rows stay on the calling thread.
+    const int nt = rows * w >= (1 << 16) ? omp_get_max_threads() : 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
         const bf16_t* g = gu + r * ld;
         const bf16_t* u = g + w;
