@@ -41,6 +41,7 @@ def _kernel_knobs() -> list[tuple[object, str, object]]:
 
     knobs = [("gemmaserve.ops.linear", "GEMV_MAX_ROWS"), ("gemmaserve.ops.moe", "GEMV_MAX_TOKENS"),
              ("gemmaserve.ops.attention", "DECODE_KERNEL"), ("gemmaserve.ops.norm", "KERNEL_MAX_NUMEL"),
+             ("gemmaserve.ops.norm", "USE_KERNEL"), ("gemmaserve.ops.activation", "KERNEL_MIN_NUMEL"),
              ("gemmaserve.model.attention", "QKV_KERNEL_MAX_ROWS"), ("gemmaserve.model.fast_decode", "MAX_ROWS")]
     out = []
     for mod_name, attr in knobs:

@@ -47,8 +47,11 @@ class ModelRunner:
         self.device = torch.device(device)
         self.kinds = [s.kind for s in config.attention_kinds()]
         self.sampler = sampler
+        # Graphs are captured only on CUDA, unless disabled, for models whose static steps never read
+        # back to the host (int8 experts do); static_decode=True without that runs the same code eagerly.
+        capture = self.device.type == "cuda" and not enforce_eager and graphs_supported(model)
         if static_decode is None:
-            static_decode = self.device.type == "cuda" and not enforce_eager and graphs_supported(model)
+            static_decode = capture
         self.graphs: DecodeGraphRunner | None = None
         if not static_decode:
             self.kv_caches = model.allocate_kv_caches(num_blocks, block_size, kv_dtype, self.device)
@@ -58,8 +61,6 @@ class ModelRunner:
         with_scratch = {k: n + 1 for k, n in num_blocks.items()}
         self.kv_caches = model.allocate_kv_caches(with_scratch, block_size, kv_dtype, self.device)
         longest = max_model_len or min(config.max_position_embeddings, max(num_blocks.values()) * block_size)
-        # int8 experts read routing back to the host: their static steps can run, but not be captured.
-        capture = self.device.type == "cuda" and not enforce_eager and graphs_supported(model)
         self.graphs = DecodeGraphRunner(
             model, self.kv_caches, config, block_size, dict(num_blocks), max_num_seqs, longest, self.device,
             capture=capture, max_graph_len=max_graph_len, min_graph_width=min_graph_width,
@@ -83,8 +84,7 @@ class ModelRunner:
             input_ids.extend(req.all_token_ids[start : start + n])
             positions.extend(span)
             for kind in self.kinds:
-                table = req.block_tables[kind]
-                slots[kind].extend([table[p // bs] * bs + p % bs for p in span])
+                slots[kind].extend(_slots(req.block_tables[kind], span, bs))
             query_start_loc.append(query_start_loc[-1] + n)
             seq_lens.append(start + n)
             if s.samples:
@@ -130,7 +130,7 @@ class ModelRunner:
             return None
         bs = self.block_size
         tables = {k: [s.request.block_tables[k] for s in scheduled] for k in self.kinds}
-        slots = {k: [t[p // bs] * bs + p % bs for t, p in zip(tables[k], positions)] for k in self.kinds}
+        slots = {k: [_slots(t, (p,), bs)[0] for t, p in zip(tables[k], positions)] for k in self.kinds}
         for kind in self.kinds:
             assert min(slots[kind]) >= 0, "a new token was mapped to a released block"
         return {
@@ -168,3 +168,8 @@ class ModelRunner:
                     except Exception as exc:  # noqa: BLE001 - isolated to this request
                         results.append(exc)
                 return results
+
+
+def _slots(table: list[int], positions: Sequence[int], block_size: int) -> list[int]:
+    """Flat cache slots (block_id * block_size + offset) of token positions, from a request's block table."""
+    return [table[p // block_size] * block_size + p % block_size for p in positions]

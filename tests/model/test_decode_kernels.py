@@ -158,7 +158,7 @@ def test_bf16_decode_with_kernels_is_as_accurate_as_torch_fallback(monkeypatch):
     assert calls["decode_attention"] == n * layers and calls["qkv_post"] == (n + 1) * layers
     assert calls["rms_norm"] >= n * (7 * layers + 1)
     for mod, knob, off in [(linear_op, "GEMV_MAX_ROWS", 0), (moe_op, "GEMV_MAX_TOKENS", 0),
-                           (attn_op, "DECODE_KERNEL", False), (norm_op, "KERNEL_MAX_NUMEL", 0),
+                           (attn_op, "DECODE_KERNEL", False), (norm_op, "USE_KERNEL", False),
                            (model_attn, "QKV_KERNEL_MAX_ROWS", 0)]:
         monkeypatch.setattr(mod, knob, off)
     slow = _decode(m16, prompt, forced)
