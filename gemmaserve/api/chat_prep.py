@@ -85,13 +85,12 @@ def _encode(state: ServerState, req: ChatCompletionRequest, tools: list[dict] | 
         # Control-token strings the client typed ("<turn|>", "<|tool_call>") stay plain text: a
         # user must not forge a system turn or a tool call. The prefill continues the model's own
         # turn, so its markers are real (e.g. "<|channel>thought\n" opens the thought channel).
-        prompt = state.prompt_encoder.encode(messages, tools, enable_thinking=thinking, suffix=prefill)
-        if len(prompt.ids) < max_model_len or not req.middle_out:
-            return prompt
-
         def encode(msgs: list[dict]) -> ChatPrompt:
             return state.prompt_encoder.encode(msgs, tools, enable_thinking=thinking, suffix=prefill)
 
+        prompt = encode(messages)
+        if len(prompt.ids) < max_model_len or not req.middle_out:
+            return prompt
         # context-compression: whole messages go from the middle until the prompt fits; when
         # nothing can go, the prompt is returned as is and refused with the context-length 400.
         shorter = middle_out(messages, lambda msgs: len(encode(msgs).ids) < max_model_len)
