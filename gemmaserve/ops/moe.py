@@ -24,6 +24,11 @@ PADDED_MIN_ACTIVE = 0.75
 # Up to this many tokens, bf16 on CPU, the GEMV kernel's expert gather (ops/cpu_gemv.py) replaces every
 # path above: two calls per layer, each chosen expert read once for all tokens that chose it; 0 = off.
 GEMV_MAX_TOKENS = 8
+# The grouped GEMM on CPU measured mixed against the per-expert loop (bench shape, 2 threads: 15%
+# faster at 256-512 tokens, 5-25% slower at 16 and 2048, noisy), so CPU keeps the loop.
+GROUPED_MM_CPU = False
+# Master switch of the grouped GEMM path (benchmarks/profile_prefill.py --ab turns it off for the A/B).
+GROUPED_MM = True
 
 
 def _act(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -122,6 +127,45 @@ def moe_grouped(
     return out
 
 
+def moe_grouped_mm(
+    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
+) -> torch.Tensor:
+    """Each projection as ONE grouped GEMM over the expert-sorted (token, expert) pairs
+    (torch._grouped_mm): every chosen expert's weights read once, no per-expert loop, no weight
+    copies and no host sync, so it is also capture-safe for CUDA graphs (group ends come from a
+    device searchsorted; bincount would read its max back to the host). The routing weight scales
+    the activations before the down projection (as moe_grouped); the K contributions of a token are
+    summed in a fixed order with one rounding (no atomics), so graph replay and eager runs agree.
+
+    x [T, H]; gate_up [E, 2I, H]; down [E, H, I]; topk_idx [T, K] int64; topk_w [T, K] fp32 -> [T, H]."""
+    t, k = topk_idx.shape
+    e, _, h = gate_up.shape
+    flat = topk_idx.reshape(-1)  # [T*K]
+    order = torch.argsort(flat, stable=True)  # [T*K] pair ids grouped by expert
+    ends = torch.searchsorted(flat[order], torch.arange(e, device=x.device), right=True)  # [E] group ends
+    xs = x.index_select(0, order // k)  # [T*K, H] token of each sorted pair
+    ws = topk_w.reshape(-1)[order, None].to(x.dtype)  # [T*K, 1]
+    offs = ends.to(torch.int32)
+    # gate_up [E, 2I, H] transposed is the [E, H, 2I] column-major operand the grouped GEMM wants.
+    gate, up = torch._grouped_mm(xs, gate_up.transpose(1, 2), offs=offs).chunk(2, dim=-1)  # [T*K, I] each
+    act = (_act(gate, up) * ws).contiguous()  # [T*K, I]
+    ys = torch._grouped_mm(act, down.transpose(1, 2), offs=offs)  # [T*K, H]
+    pairs = torch.empty_like(ys).index_copy_(0, order, ys)  # [T*K, H] back in (token, k) order
+    return pairs.view(t, k, h).sum(dim=1)
+
+
+def grouped_mm_ok(x: torch.Tensor, gate_up: torch.Tensor) -> bool:
+    """Whether moe_grouped_mm applies: bf16 (the grouped GEMM's dtype), and on CUDA a Hopper-class
+    device (sm90+, where torch ships the grouped kernel)."""
+    if not GROUPED_MM or x.dtype is not torch.bfloat16 or gate_up.dtype is not torch.bfloat16:
+        return False
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    if x.device.type == "cuda":
+        return torch.cuda.get_device_capability(x.device) >= (9, 0)
+    return GROUPED_MM_CPU and x.device.type == "cpu"
+
+
 def moe_padded(
     x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
 ) -> torch.Tensor:
@@ -169,6 +213,9 @@ def moe_experts(
         and cpu_gemv.available()
     ):
         return moe_gather_gemv(x, gate_up, down, topk_idx, topk_w)
+    if x.device.type == "cuda" and grouped_mm_ok(x, gate_up):
+        # Any token count: one launch per projection, only the chosen experts read, no sync.
+        return moe_grouped_mm(x, gate_up, down, topk_idx, topk_w)
     if t >= grouped_min_tokens:
         if x.device.type == "cpu" and t <= PADDED_MAX_TOKENS:
             e = gate_up.shape[0]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gemmaserve.ops.moe import moe_gather_batched
+from gemmaserve.ops.moe import grouped_mm_ok, moe_gather_batched, moe_grouped_mm
 
 # Relative memory traffic of the two capture-safe MoE forms: the gather form reads each chosen
 # expert's weights, writes an indexed copy and reads that again (about 3 passes per (token, expert)
@@ -101,6 +101,8 @@ def moe_static(
 ) -> torch.Tensor:
     """The MoE of a graph-captured decode step: no host sync, the form picked from shapes alone
     (see GATHER_PASSES). Same contract as ops.moe.moe_experts."""
+    if grouped_mm_ok(x, gate_up):  # bf16 on sm90+: the grouped GEMM beats both forms below
+        return moe_grouped_mm(x, gate_up, down, topk_idx, topk_w)
     t, k = topk_idx.shape
     if GATHER_PASSES * t * k < gate_up.shape[0]:
         return moe_gather_batched(x, gate_up, down, topk_idx, topk_w)

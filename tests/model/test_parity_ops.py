@@ -11,7 +11,15 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from gemmaserve.ops.attention import build_plan, paged_attention, store_kv
 import gemmaserve.ops.moe as moe_ops
-from gemmaserve.ops.moe import moe_experts, moe_gather, moe_gather_batched, moe_grouped, moe_padded
+from gemmaserve.ops.moe import (
+    grouped_mm_ok,
+    moe_experts,
+    moe_gather,
+    moe_gather_batched,
+    moe_grouped,
+    moe_grouped_mm,
+    moe_padded,
+)
 from gemmaserve.ops.rope import (
     apply_rope,
     apply_rope_signed,
@@ -47,6 +55,7 @@ def test_moe_paths_agree(tokens):
     torch.testing.assert_close(moe_gather_batched(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(moe_grouped(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(moe_padded(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(moe_grouped_mm(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(moe_experts(x, gate_up, down, idx, w, 4), ref, atol=1e-5, rtol=1e-5)
 
 
@@ -62,6 +71,29 @@ def test_moe_paths_agree_bf16():
     assert a.dtype == b.dtype == c.dtype == torch.bfloat16
     torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(c.float(), b.float(), atol=2e-2, rtol=2e-2)
+    d = moe_grouped_mm(x, gate_up, down, idx, w)
+    assert d.dtype == torch.bfloat16
+    torch.testing.assert_close(d.float(), b.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_moe_grouped_mm_idle_experts_and_determinism():
+    # Experts 0-2 and 5-7 are never chosen (empty groups between busy ones), one token picks the
+    # highest expert: group ends must still line up. Two runs give the same bits (no atomics).
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 32, generator=gen)
+    gate_up, down = torch.randn(8, 24, 32, generator=gen) * 0.2, torch.randn(8, 32, 12, generator=gen) * 0.2
+    idx = torch.tensor([[3, 4], [4, 3], [3, 7], [4, 3], [3, 4], [7, 4]])
+    w = torch.rand(6, 2, generator=gen)
+    got = moe_grouped_mm(x, gate_up, down, idx, w)
+    torch.testing.assert_close(got, _moe_loop(x, gate_up, down, idx, w), atol=1e-5, rtol=1e-5)
+    assert torch.equal(got, moe_grouped_mm(x, gate_up, down, idx, w))
+
+
+def test_grouped_mm_is_cuda_bf16_only_by_default():
+    # CPU keeps the per-expert loop (measured mixed, ops/moe.py GROUPED_MM_CPU); fp32 never qualifies.
+    bf = torch.zeros(2, 2, dtype=torch.bfloat16)
+    assert not grouped_mm_ok(bf, bf)
+    assert not grouped_mm_ok(bf.float(), bf.float())
 
 
 def test_moe_padded_skewed_routing_and_path_choice(monkeypatch):
