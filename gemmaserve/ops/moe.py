@@ -3,6 +3,8 @@ sorted/grouped path (one matmul pair per active expert) for many."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from gemmaserve.ops import cpu_gemv
@@ -27,8 +29,9 @@ GEMV_MAX_TOKENS = 8
 # The grouped GEMM on CPU measured mixed against the per-expert loop (bench shape, 2 threads: 15%
 # faster at 256-512 tokens, 5-25% slower at 16 and 2048, noisy), so CPU keeps the loop.
 GROUPED_MM_CPU = False
-# Master switch of the grouped GEMM path (benchmarks/profile_prefill.py --ab turns it off for the A/B).
-GROUPED_MM = True
+# Master switch of the grouped GEMM path: GEMMASERVE_GROUPED_MM=0 turns it off (an escape hatch should
+# a torch build's grouped kernel misbehave); benchmarks/profile_prefill.py --ab flips it for the A/B.
+GROUPED_MM = os.environ.get("GEMMASERVE_GROUPED_MM", "1") != "0"
 
 
 def _act(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
