@@ -23,6 +23,10 @@ _DTYPES = {
 CPU_DEFAULT_MAX_MODEL_LEN = 8192
 GPU_DEFAULT_MAX_MODEL_LEN = 32768
 CPU_DEFAULT_KV_BYTES = 1 << 30
+# `serve`/`generate` on CPU cap new-prompt tokens per step at one 512-token prompt so that an
+# arrival is prefilled (and gets its first token) in the next step beside the running decodes
+# instead of queueing behind other prompts' prefill (issue 4 TTFT; measured in RESULTS.md).
+CPU_DEFAULT_MAX_NUM_PREFILL_TOKENS = 512
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -67,6 +71,10 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 2048  # token budget of one step (decode + prefill chunks)
     max_waiting: int = 256  # QueueFullError beyond this many queued requests
     long_prefill_chunk: int | None = None  # cap on one request's prefill tokens per step; None = budget
+    # Cap on prompt (prefill) tokens of all requests in one step; decode tokens do not count
+    # against it. None = prefills share max_num_batched_tokens with the decodes (the old rule).
+    # max_num_batched_tokens still bounds the whole step.
+    max_num_prefill_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_num_seqs <= 0:
@@ -77,10 +85,17 @@ class SchedulerConfig:
             raise ValueError("max_waiting must be >= 0")
         if self.long_prefill_chunk is not None and self.long_prefill_chunk <= 0:
             raise ValueError("long_prefill_chunk must be positive")
+        if self.max_num_prefill_tokens is not None and self.max_num_prefill_tokens <= 0:
+            raise ValueError("max_num_prefill_tokens must be positive")
 
     @property
     def prefill_chunk(self) -> int:
-        return min(self.long_prefill_chunk or self.max_num_batched_tokens, self.max_num_batched_tokens)
+        """Most prompt tokens one request computes in one step."""
+        return min(
+            self.long_prefill_chunk or self.max_num_batched_tokens,
+            self.max_num_prefill_tokens or self.max_num_batched_tokens,
+            self.max_num_batched_tokens,
+        )
 
 
 @dataclass(frozen=True)
@@ -154,6 +169,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantization", default=None, choices=["int8"])
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument(
+        "--max-num-prefill-tokens", type=int, default=None,
+        help=f"cap on prompt tokens per step, decodes not counted (default: {CPU_DEFAULT_MAX_NUM_PREFILL_TOKENS} "
+        "on CPU, none on GPU; 0 = none: prompts share --max-num-batched-tokens with decodes)",
+    )
     p.add_argument("--kv-cache-memory-gb", type=float, default=None, help="KV cache size (default: by device)")
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--enforce-eager", action="store_true", help="CUDA: no CUDA graphs for decode steps")
@@ -169,8 +189,19 @@ def engine_config_from_args(args: argparse.Namespace, **extra: Any) -> EngineCon
         dummy_weights=args.dummy_weights, quantization=args.quantization, block_size=args.block_size,
         max_num_batched_tokens=args.max_num_batched_tokens, memory_bytes=int(gb * 2**30) if gb else None,
         enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager,
+        max_num_prefill_tokens=_prefill_cap(args.max_num_prefill_tokens, args.device),
     )
     return engine_config_from_kwargs(**{**fields, **extra})
+
+
+def _prefill_cap(value: int | None, device: str) -> int | None:
+    """The flag's value; unset = the device default (a CPU's prefill is slow enough that a
+    waiting prompt behind others' prefill costs seconds of TTFT; a GPU's is not); 0 = no cap."""
+    if value is None:
+        return CPU_DEFAULT_MAX_NUM_PREFILL_TOKENS if torch.device(device).type == "cpu" else None
+    if value < 0:
+        raise ValueError("--max-num-prefill-tokens must be >= 0")
+    return value or None
 
 
 def cdiv(a: int, b: int) -> int:

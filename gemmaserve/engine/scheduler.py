@@ -45,6 +45,13 @@ class Scheduler:
     blocks allow. When a running request cannot get blocks, the newest running request is preempted
     (blocks freed, put back at the front of the waiting queue, recomputed later from its prompt
     plus the tokens it already generated). No admissions happen in a step that preempted.
+
+    Two budgets: max_num_batched_tokens bounds every token of the step; max_num_prefill_tokens,
+    when set, also bounds the prompt tokens (everything but the one-token decodes). With it a
+    prompt of that size beside N decodes runs whole in one step instead of being split by the N
+    decode rows, and a burst of arrivals is prefilled one cap-full per step while decodes go on.
+    Unfinished prefills keep going before new admissions (first come, first served): the
+    partly computed prompt is the one closest to its first token.
     """
 
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager):
@@ -91,6 +98,8 @@ class Scheduler:
     # -- one step -----------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         budget = self.config.max_num_batched_tokens
+        # Without a prefill cap the prompt tokens are bounded by `budget` alone (the old rule).
+        prefill_budget = self.config.max_num_prefill_tokens or budget
         chunk = self.config.prefill_chunk
         chosen: dict[str, ScheduledRequest] = {}
         out = SchedulerOutput()
@@ -102,7 +111,10 @@ class Scheduler:
                 break
             if req.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this step
-            n = min(req.num_remaining, budget, chunk)
+            is_prefill = req.num_remaining > 1
+            n = min(req.num_remaining, budget, chunk, prefill_budget if is_prefill else 1)
+            if n == 0:
+                continue  # the prefill cap is spent; decodes behind it still run
             while not self.kv.allocate_slots(req, n):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -110,14 +122,18 @@ class Scheduler:
                 undone = chosen.pop(victim.request_id, None)
                 if undone is not None:
                     budget += undone.num_new_tokens
+                    if undone.start + 1 < undone.request.num_tokens:  # it was a prefill chunk
+                        prefill_budget += undone.num_new_tokens
                 if victim is req:
                     break
             else:
                 chosen[req.request_id] = ScheduledRequest(req, n)
                 budget -= n
+                if is_prefill:
+                    prefill_budget -= n
 
         if not out.preempted:
-            self._admit_waiting(chosen, budget, chunk)
+            self._admit_waiting(chosen, min(budget, prefill_budget), chunk)
         # Model input order follows the running list so a request keeps its place between steps.
         order = {r.request_id: i for i, r in enumerate(self.running)}
         out.scheduled = sorted(chosen.values(), key=lambda s: order[s.request.request_id])
