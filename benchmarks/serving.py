@@ -268,10 +268,15 @@ def _targets(args: argparse.Namespace) -> list[Target]:
         if not sep:
             name, url = f"endpoint{len(targets)}", e
         targets.append(Target(name=name, url=url))
+    # Per-server args (A/B of two configs of one server in one invocation) replace the per-kind ones.
+    own = dict(a.split("=", 1) for a in args.spawn_args)
     for s in args.spawn:
         spec = SpawnSpec.parse(s)
-        spec.extra_args = (args.gemmaserve_args if spec.kind == "gemmaserve" else args.llama_args).split()
+        default = args.gemmaserve_args if spec.kind == "gemmaserve" else args.llama_args
+        spec.extra_args = own.pop(spec.name, default).split()
         targets.append(Target(name=spec.name, spec=spec))
+    if own:
+        raise SystemExit(f"--spawn-args names no --spawn: {sorted(own)}")
     names = [t.name for t in targets]
     for i, t in enumerate(targets):  # unique names: the ratio keys use them
         if names.count(t.name) > 1:
@@ -299,6 +304,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="[NAME=]gemmaserve:MODEL_DIR or [NAME=]llama:GGUF[:NP] (repeatable)")
     p.add_argument("--gemmaserve-args", default="", help="extra args for spawned `gemmaserve serve`")
     p.add_argument("--llama-args", default="", help="extra args for spawned llama-server")
+    p.add_argument("--spawn-args", action="append", default=[],
+                   help="NAME=ARGS: extra args for the spawned server NAME instead of the per-kind ones (repeatable)")
     p.add_argument("--llama-server", default=str(DEFAULT_LLAMA_SERVER))
     p.add_argument("--model", default=None, help="model field to send (default: first of /v1/models)")
     p.add_argument("--num-prompts", type=lambda s: [int(x) for x in s.split(",")], default=[0],
