@@ -18,7 +18,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 PY=${PY:-python3}
 RUN_DIR=${RUN_DIR:-$REPO/benchmarks/out/gpu-$(date -u +%Y%m%dT%H%M%SZ)}
-STEPS=${STEPS:-"tests profile offline eager hf serving"}
+STEPS=${STEPS:-"tests profile dprofile offline eager hf serving"}
 MODEL=${MODEL:-/tmp/gemmaserve-g26}
 BATCHES=${BATCHES:-1,8,32}
 REPEATS=${REPEATS:-2}
@@ -71,6 +71,14 @@ if want profile; then
     step profile "${T_PROFILE:-150}" "$PY" -m benchmarks.profile_prefill --model "$MODEL" --dummy-weights \
         --device "$DEVICE" --input-len "$P" --ab --batches 1,"$MAX_SEQS" \
         --llm-kwargs "$KW"
+fi
+if want dprofile; then
+    for b in 1 "$MAX_SEQS"; do
+        step "dprofile_b$b" "${T_DPROFILE:-70}" "$PY" -m benchmarks.profile_decode --model "$MODEL" --dummy-weights \
+            --device "$DEVICE" --batch "$b" --steps 24 --input-len "$P" --top 25 --llm-kwargs "$KW"
+    done
+    step dprofile_eager_b1 "${T_DPROFILE:-70}" "$PY" -m benchmarks.profile_decode --model "$MODEL" --dummy-weights \
+        --device "$DEVICE" --batch 1 --steps 24 --input-len "$P" --top 25 --llm-kwargs "$KW_EAGER"
 fi
 if want offline; then
     step offline "${T_OFFLINE:-180}" "${THROUGHPUT[@]}" --repeats "$REPEATS" --engines gemmaserve --batch-sizes "$BATCHES" \
