@@ -13,7 +13,7 @@ from gemmaserve.api.auth import require_auth
 from gemmaserve.api.chat_output import DeltaStream, chat_logprobs, whole_message
 from gemmaserve.api.chat_prep import PreparedChat, prepare_chat
 from gemmaserve.api.errors import APIError, engine_error_to_api
-from gemmaserve.api.guards import admit, respond, run_to_end
+from gemmaserve.api.guards import admit, check_model, respond, run_to_end
 from gemmaserve.api.run import (
     TIMEOUT,
     EngineRun,
@@ -43,7 +43,7 @@ class _Ctx:
         self.headers = request.headers
         self.created = int(time.time())
         self.gen_id = new_generation_id(self.created)
-        self.model = state.config.response_model
+        self.model = state.config.response_model_for(check_model(state, req))
         self.provider = state.config.provider_name
 
     def counts(self, run: EngineRun) -> TokenCounts:
@@ -58,7 +58,7 @@ class _Ctx:
         return record_generation(
             self.state, gen_id=self.gen_id, created=self.created, endpoint="completions", run=run,
             counts=self.counts(run), finish_reason=finish, native_finish_reason=native, streamed=streamed,
-            cancelled=cancelled, user=self.req.user, session_id=self.req.session_id or self.headers.get("x-session-id"),
+            cancelled=cancelled, user=self.req.user, model=self.model, session_id=self.req.session_id or self.headers.get("x-session-id"),
             headers=self.headers,
         )
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from gemmaserve.api.auth import require_auth
 from gemmaserve.api.errors import APIError, engine_error_to_api
-from gemmaserve.api.guards import admit, respond, run_to_end
+from gemmaserve.api.guards import admit, check_model, respond, run_to_end
 from gemmaserve.api.run import (
     TIMEOUT,
     EngineRun,
@@ -51,6 +51,7 @@ def text_logprobs(items: list[TokenLogprob] | None, offset0: int) -> dict[str, A
 @router.post("/v1/completions", dependencies=[Depends(require_auth)])
 async def completions(req: CompletionRequest, request: Request):
     state = admit(request, req)
+    model = state.config.response_model_for(check_model(state, req))
     engine, tok = state.engine, state.tokenizer
     assert engine is not None
     if isinstance(req.prompt, str):
@@ -85,11 +86,11 @@ async def completions(req: CompletionRequest, request: Request):
         counts = TokenCounts(len(prompt_ids), len(out.token_ids) if out else 0, out.num_cached_tokens if out else 0)
         return record_generation(state, gen_id=gen_id, created=created, endpoint="completions", run=run,
                                  counts=counts, finish_reason=finish, native_finish_reason=native,
-                                 streamed=streamed, cancelled=cancelled, user=req.user,
+                                 streamed=streamed, cancelled=cancelled, user=req.user, model=model,
                                  session_id=req.session_id, headers=request.headers)
 
     def body(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        return {"id": gen_id, "object": "text_completion", "created": created, "model": state.config.response_model,
+        return {"id": gen_id, "object": "text_completion", "created": created, "model": model,
                 "provider": state.config.provider_name, "system_fingerprint": None, "choices": choices, **extra}
 
     async def whole() -> JSONResponse:

@@ -16,17 +16,19 @@ from gemmaserve.protocol.common import SamplingFields
 from gemmaserve.types import EngineError
 
 
-def check_model(state: ServerState, req: SamplingFields) -> None:
-    """`model` may be omitted (OpenRouter then uses the account default: ours is the only one).
-    With a `models` fallback list the first entry we serve wins (spec §2.6)."""
+def check_model(state: ServerState, req: SamplingFields) -> str | None:
+    """The model id the request chose, or None for an omitted `model` (OpenRouter then uses the
+    account default: ours is the only one). With a `models` fallback list the first entry we serve
+    wins (spec §2.6). 404 when none is ours."""
     accepted = state.config.accepted_model_ids
     if req.models:
-        if any(m in accepted for m in req.models):
-            return
+        chosen = next((m for m in req.models if m in accepted), None)
+        if chosen is not None:
+            return chosen
         raise APIError(404, f"None of the requested models is served here: {', '.join(req.models)}",
                        "not_found", {"param": "models"})
     if req.model is None or req.model in accepted:
-        return
+        return req.model
     raise APIError(404, f"{req.model} is not a valid model ID", "not_found", {"param": "model"})
 
 

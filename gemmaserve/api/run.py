@@ -162,6 +162,7 @@ def record_generation(
     user: str | None,
     session_id: str | None,
     headers: Any,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """Store the /generation record (spec §8.1) and feed the token metrics; returns the usage."""
     cfg = state.config
@@ -179,7 +180,7 @@ def record_generation(
         "cache_discount": None,
         "upstream_inference_cost": usage["cost"],
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + "Z",
-        "model": cfg.response_model,
+        "model": model or cfg.response_model,
         "app_id": None,
         "streamed": streamed,
         "cancelled": cancelled,

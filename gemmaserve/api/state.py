@@ -54,6 +54,13 @@ class ServerConfig:
             return CANONICAL_SLUG
         return self.served_model_name
 
+    def response_model_for(self, requested: str | None) -> str:
+        """The `model` a response names for the id a request chose: the permaslug (or custom name)
+        with the request's variant suffix kept, as OpenRouter answers `...-20260403:free` to a
+        `...:free` request (spec §3.1)."""
+        suffix = next((s for s in VARIANT_SUFFIXES[1:] if requested and requested.endswith(s)), "")
+        return self.response_model + suffix
+
 
 @dataclass
 class ServerState:

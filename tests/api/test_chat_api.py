@@ -256,6 +256,25 @@ def test_model_ids_accepted(fake, client):
     assert ei.value.body["message"] == "openai/gpt-4o is not a valid model ID"
 
 
+def test_variant_suffix_is_echoed_in_body_stream_and_record(fake):
+    # OpenRouter answers a `:free` request with the dated permaslug plus the suffix (spec §3.1), in
+    # the body, every stream chunk and the /generation record; a fallback list echoes its chosen entry.
+    canonical = "google/gemma-4-26b-a4b-it-20260403"
+    cases = [({"model": MODEL + ":free"}, canonical + ":free"), ({"model": canonical + ":nitro"}, canonical + ":nitro"),
+             ({"models": ["x/y", MODEL + ":floor", MODEL]}, canonical + ":floor"), ({}, canonical)]
+    for fields, want in cases:
+        r = httpx.post(fake.url + "/chat/completions", json={"messages": MSGS, **fields})
+        assert r.status_code == 200 and r.json()["model"] == want, (fields, r.text)
+        rec = httpx.get(fake.url + "/generation", params={"id": r.headers["x-generation-id"]}).json()["data"]
+        assert rec["model"] == want
+    with httpx.stream("POST", fake.url + "/chat/completions",
+                      json={"model": MODEL + ":free", "messages": MSGS, "stream": True}) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert chunks and {c["model"] for c in chunks} == {canonical + ":free"}
+    legacy = httpx.post(fake.url + "/completions", json={"model": MODEL + ":free", "prompt": "Hi", "max_tokens": 2})
+    assert legacy.status_code == 200 and legacy.json()["model"] == canonical + ":free"
+
+
 def test_v1_alias(fake):
     r = httpx.post(fake.root + "/v1/chat/completions", json={"model": MODEL, "messages": MSGS})
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Hello world!"
