@@ -18,7 +18,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 PY=${PY:-python3}
 RUN_DIR=${RUN_DIR:-$REPO/benchmarks/out/gpu-$(date -u +%Y%m%dT%H%M%SZ)}
-STEPS=${STEPS:-"tests profile dprofile offline eager hf serving"}
+STEPS=${STEPS:-"tests profile dprofile compile offline eager hf serving"}
 MODEL=${MODEL:-/tmp/gemmaserve-g26}
 BATCHES=${BATCHES:-1,8,32}
 REPEATS=${REPEATS:-2}
@@ -79,6 +79,12 @@ if want dprofile; then
     done
     step dprofile_eager_b1 "${T_DPROFILE:-70}" "$PY" -m benchmarks.profile_decode --model "$MODEL" --dummy-weights \
         --device "$DEVICE" --batch 1 --steps 24 --input-len "$P" --top 25 --llm-kwargs "$KW_EAGER"
+fi
+if want compile; then
+    # Experimental: the 1-stream bucket's step through torch.compile before capture, vs dprofile_b1.
+    step compile_b1 "${T_COMPILE:-170}" env GEMMASERVE_COMPILE_DECODE="${COMPILE_BUCKETS:-1x1024}" \
+        "$PY" -m benchmarks.profile_decode --model "$MODEL" --dummy-weights --device "$DEVICE" --batch 1 \
+        --steps 24 --input-len "$P" --top 25 --llm-kwargs "$KW"
 fi
 if want offline; then
     step offline "${T_OFFLINE:-180}" "${THROUGHPUT[@]}" --repeats "$REPEATS" --engines gemmaserve --batch-sizes "$BATCHES" \

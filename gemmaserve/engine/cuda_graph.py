@@ -4,6 +4,7 @@ capture per bucket, and an eager mode that runs the same static-buffer code with
 from __future__ import annotations
 
 import logging
+import os
 import time
 from array import array
 from typing import Any
@@ -22,6 +23,24 @@ MIN_GRAPH_WIDTH = 256
 # Widest captured graph (tokens); longer contexts run eagerly. Each width is one more graph per
 # batch size, and full layers gather [B, width, Hkv, D] K and V per layer inside the graph's pool.
 DEFAULT_MAX_GRAPH_LEN = 8192
+
+
+def compile_buckets(spec: str | None) -> set[tuple[int, int]] | str:
+    """GEMMASERVE_COMPILE_DECODE: buckets whose step is run through torch.compile (inductor fuses the
+    ~60 small kernels of a layer) before capture, "BxW,BxW" or "all"; experimental, off by default:
+    each bucket compiles for about a minute at the 26B-A4B shape."""
+    spec = (spec or "").strip()
+    if not spec:
+        return set()
+    if spec == "all":
+        return "all"
+    out = set()
+    for part in spec.split(","):
+        b, _, w = part.strip().partition("x")
+        if not (b.isdigit() and w.isdigit()):
+            raise ValueError(f"GEMMASERVE_COMPILE_DECODE: {part!r} is not BxW (e.g. 1x1024) or 'all'")
+        out.add((int(b), int(w)))
+    return out
 
 
 def batch_buckets(max_num_seqs: int) -> list[int]:
@@ -94,6 +113,7 @@ class DecodeGraphRunner:
         self.rows = torch.arange(bmax + 1, device=self.device)  # query_start_loc and logits_indices
         self.logits = torch.zeros(bmax, config.vocab_size, dtype=torch.float32, device=self.device)  # [Bmax, V]
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.compiled = compile_buckets(os.environ.get("GEMMASERVE_COMPILE_DECODE"))
         self._eager: dict[tuple[int, int], Any] = {}  # bucket -> closure, capture=False
 
     # -- buckets ------------------------------------------------------------------------------
@@ -186,6 +206,8 @@ class DecodeGraphRunner:
         with torch.inference_mode():
             for b, w in keys:
                 fn = self._forward_fn(b, w)
+                if self.compiled == "all" or (b, w) in self.compiled:
+                    fn = torch.compile(fn, dynamic=False)  # compiled by the warm-up call below
                 empty = {"input_ids": [], "positions": [], "seq_lens": [],
                          "slots": {s.kind: [] for s in self.specs}, "tables": {s.kind: [] for s in self.specs}}
                 self._load(b, w, empty)

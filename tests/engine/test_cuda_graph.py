@@ -235,3 +235,14 @@ def test_enforce_eager_flag_reaches_the_runner(model, monkeypatch):
     )
     engine_module.Engine(model, model.config, cfg, None)
     assert seen == {"max_num_seqs": 3, "max_model_len": 40, "enforce_eager": True}
+
+
+def test_compile_bucket_spec():
+    # GEMMASERVE_COMPILE_DECODE names the buckets compiled before capture (experimental).
+    from gemmaserve.engine.cuda_graph import compile_buckets
+
+    assert compile_buckets(None) == set() and compile_buckets(" ") == set()
+    assert compile_buckets("1x1024, 8x512") == {(1, 1024), (8, 512)}
+    assert compile_buckets("all") == "all"
+    with pytest.raises(ValueError, match="is not BxW"):
+        compile_buckets("1024")
