@@ -1,4 +1,4 @@
-"""CPU bf16 decode kernels built with gcc: few-row GEMV (each weight row streamed once), RMSNorm, paged decode attention."""
+"""CPU decode kernels built with gcc: few-row bf16 and int8-weight GEMV (each weight row streamed once), RMSNorm, paged decode attention."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_SRCS = [Path(__file__).parent / "csrc" / name for name in ("gemv_bf16.cpp", "decode_bf16.cpp", "decode_layer.cpp")]
+_SRCS = [Path(__file__).parent / "csrc" / name for name in ("gemv_bf16.cpp", "gemv_int8.cpp", "decode_bf16.cpp",
+                                                                 "decode_layer.cpp")]
 _HEADERS = [Path(__file__).parent / "csrc" / "bf16.h"]  # hashed into the build key with the sources
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 # Rows handled per weight pass; more rows still work (in groups of MAX_ROWS) but re-read the weight.
@@ -86,6 +87,11 @@ def _compile() -> ctypes.CDLL:
     lib.gs_gemv_bf16.restype = None
     lib.gs_gemv_bf16_experts.argtypes = [_p, _i64, _i64, _i64, _p, _i64, _i64, _p, _i64, _p, _int, _int]
     lib.gs_gemv_bf16_experts.restype = None
+    lib.gs_gemv_int8_isa.restype = _int
+    lib.gs_gemv_int8.argtypes = [_p, _p, _int, _i64, _i64, _p, _i64, _i64, _p, _int, _int]
+    lib.gs_gemv_int8.restype = None
+    lib.gs_gemv_int8_experts.argtypes = [_p, _p, _int, _i64, _i64, _i64, _p, _i64, _i64, _p, _i64, _p, _int, _int]
+    lib.gs_gemv_int8_experts.restype = None
     lib.gs_rms_norm_bf16.argtypes = [_p, _i64, _i64, _i64, _p, ctypes.c_float, _p]
     lib.gs_rms_norm_bf16.restype = None
     lib.gs_decode_attn_bf16.argtypes = [_p, _i64, _p, _p, _i64, _i64, _p, _i64, _p, _i64, _i64, ctypes.c_float, _p, _int]
@@ -128,6 +134,13 @@ def isa() -> str:
     if not available():
         return ""
     return ("portable", "avx512", "avx512bf16", "amx+avx512bf16")[_lib.gs_gemv_isa()]
+
+
+def int8_isa() -> str:
+    """The int8-weight GEMV's path: 'avx512' or 'portable' ('' if unavailable)."""
+    if not available():
+        return ""
+    return ("portable", "avx512")[_lib.gs_gemv_int8_isa()]
 
 
 def _check_w(w: torch.Tensor, ndim: int) -> None:
@@ -191,6 +204,56 @@ def gemv_experts(w: torch.Tensor, expert_ids: torch.Tensor, x: torch.Tensor,
     if ids.numel() and n and k:
         _lib.gs_gemv_bf16_experts(w.data_ptr(), e, n, k, ids.data_ptr(), m, topk, x2.data_ptr(), x2.stride(0),
                                   out.data_ptr(), int(out_dtype == torch.float32), torch.get_num_threads())
+    return out
+
+
+def _check_q(q: torch.Tensor, scale: torch.Tensor, ndim: int) -> None:
+    if q.dim() != ndim or q.dtype != torch.int8 or not q.is_cpu or not q.is_contiguous():
+        raise ValueError(f"q must be a contiguous {ndim}-D int8 CPU tensor, got {q.dtype} {tuple(q.shape)}")
+    if scale.dtype not in (torch.bfloat16, torch.float32) or scale.shape != q.shape[:-1] or not scale.is_contiguous():
+        raise ValueError(f"scale must be contiguous bf16/fp32 {tuple(q.shape[:-1])}, got {scale.dtype} {tuple(scale.shape)}")
+
+
+def gemv_int8(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Weight-only int8: x [..., K] bf16 @ (q [N, K] int8 * scale[N, None])^T -> [..., N] (bf16 or fp32),
+    computed as scale[n] * sum_k x q in fp32 with q widened in registers; one rounding. Fast for up to
+    MAX_ROWS rows. scale bf16 or fp32 [N]; call available() first."""
+    _check_q(q, scale, 2)
+    n, k = q.shape
+    if out_dtype is not torch.bfloat16 and out_dtype is not torch.float32:
+        raise ValueError(f"out_dtype must be bf16 or fp32, got {out_dtype}")
+    x2 = _rows(x, k)
+    m = x2.shape[0]
+    out = torch.empty(m, n, dtype=out_dtype)  # [M, N]
+    if m and n:
+        if k == 0:
+            out.zero_()
+        else:
+            _lib.gs_gemv_int8(q.data_ptr(), scale.data_ptr(), scale.dtype is torch.float32, n, k, x2.data_ptr(), m,
+                              x2.stride(0), out.data_ptr(), out_dtype is torch.float32, torch.get_num_threads())
+    return out.view(*x.shape[:-1], n)
+
+
+def gemv_int8_experts(q: torch.Tensor, scale: torch.Tensor, expert_ids: torch.Tensor, x: torch.Tensor,
+                      out_dtype: torch.dtype = torch.bfloat16, check: bool = True) -> torch.Tensor:
+    """gemv_experts for int8 experts: q [E, N, K] int8, scale [E, N] bf16/fp32, expert_ids [M, topk],
+    x [M, K] bf16 -> [M, topk, N] with out[m, j] = x[m] @ (q[e] * scale[e, :, None])^T, e = expert_ids[m, j]."""
+    _check_q(q, scale, 3)
+    e, n, k = q.shape
+    x2 = _rows(x, k)
+    if expert_ids.dim() != 2 or expert_ids.shape[0] != x2.shape[0]:
+        raise ValueError(f"expert_ids must be [M, topk] with M={x2.shape[0]}, got {tuple(expert_ids.shape)}")
+    ids = expert_ids.to(torch.int64).contiguous()
+    if check and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= e):
+        raise ValueError(f"expert ids must lie in [0, {e})")
+    if out_dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"out_dtype must be bf16 or fp32, got {out_dtype}")
+    m, topk = ids.shape
+    out = torch.zeros(m, topk, n, dtype=out_dtype)  # [M, topk, N]
+    if ids.numel() and n and k:
+        _lib.gs_gemv_int8_experts(q.data_ptr(), scale.data_ptr(), scale.dtype is torch.float32, e, n, k, ids.data_ptr(),
+                                  m, topk, x2.data_ptr(), x2.stride(0), out.data_ptr(), out_dtype is torch.float32,
+                                  torch.get_num_threads())
     return out
 
 
