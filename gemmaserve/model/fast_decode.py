@@ -1,4 +1,4 @@
-"""One-call CPU decode layers: a fused bf16 MoE decoder layer run by the gcc-built decode_layer kernel."""
+"""One-call CPU decode layers: a fused bf16 (or weight-only int8) MoE decoder layer run by the gcc-built decode_layer kernel."""
 
 from __future__ import annotations
 
@@ -24,19 +24,32 @@ _WEIGHTS = (
     "experts.gate_up_proj", "experts.down_proj", "post_feedforward_layernorm_2.weight",
     "post_feedforward_layernorm.weight", "layer_scalar",
 )  # fmt: skip
+# A weight-only int8 layer (model/quantize.py) holds these six as int8 tensors with per-row scales: kernel
+# slot -> (int8 tensor, scale), the scales going to the W_*_S slots after _WEIGHTS, in this order.
+_INT8 = {
+    "self_attn.qkv_proj.weight": ("self_attn.qkv_proj.qweight", "self_attn.qkv_proj.scale"),
+    "self_attn.o_proj.weight": ("self_attn.o_proj.qweight", "self_attn.o_proj.scale"),
+    "mlp.gate_up_proj.weight": ("mlp.gate_up_proj.qweight", "mlp.gate_up_proj.scale"),
+    "mlp.down_proj.weight": ("mlp.down_proj.qweight", "mlp.down_proj.scale"),
+    "experts.gate_up_proj": ("experts.gate_up_q", "experts.gate_up_scale"),
+    "experts.down_proj": ("experts.down_q", "experts.down_scale"),
+}
 
 
 class _Packed:
     """A layer's weight pointers and dims for the kernel, with the tensors they point into (kept alive,
     and compared by identity so a re-fused or re-quantized layer is packed again)."""
 
-    def __init__(self, layer: nn.Module, tensors: list[torch.Tensor]) -> None:
+    def __init__(self, layer: nn.Module, tensors: list[torch.Tensor], scales: list[torch.Tensor] | None) -> None:
         attn = layer.self_attn
-        self.tensors = tensors
-        self.ptrs = (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
-        e, two_i, _ = layer.experts.gate_up_proj.shape
-        dims = [layer.input_layernorm.weight.shape[0], attn.num_heads, attn.num_kv_heads, attn.head_dim,
-                int(attn.has_v), layer.mlp.down_proj.weight.shape[1], e, two_i // 2, layer.router.top_k]
+        self.tensors = tensors + (scales or [])
+        ptrs = [t.data_ptr() for t in tensors] + ([s.data_ptr() for s in scales] if scales else [None] * len(_INT8))
+        self.ptrs = (ctypes.c_void_p * len(ptrs))(*ptrs)
+        named = dict(zip(_WEIGHTS, tensors))
+        e, two_i, _ = named["experts.gate_up_proj"].shape
+        dims = [named["input_layernorm.weight"].shape[0], attn.num_heads, attn.num_kv_heads, attn.head_dim,
+                int(attn.has_v), named["mlp.down_proj.weight"].shape[1], e, two_i // 2, layer.router.top_k,
+                int(scales is not None), int(bool(scales) and scales[0].dtype is torch.float32)]
         self.dims = (ctypes.c_int64 * len(dims))(*dims)
         self.root = float(layer.router.root_size)
         # The submodules at packing time, one level below the layer too (fuse_ and the int8 swap
@@ -44,32 +57,53 @@ class _Packed:
         self.modules = [(m, dict(m._modules)) for m in (layer, attn, layer.mlp)]
 
 
-def _tensors(layer: nn.Module) -> list[torch.Tensor] | None:
-    """The layer's 19 tensors in kernel order, or None when the layer is not a fused bf16 MoE layer.
-    Looked up in _modules/_parameters/_buffers only: an attribute such as QuantLinear.weight is a
-    property that would dequantize a fresh copy (the int8 layer must not take this path)."""
-    out = []
-    for name in _WEIGHTS:
-        *path, leaf = name.split(".")
-        mod = layer
-        for part in path:
-            mod = mod._modules.get(part)
-            if mod is None:
-                return None
-        t = mod._parameters.get(leaf)
-        if t is None:
-            t = mod._buffers.get(leaf)
-        if t is None or t.dtype is not torch.bfloat16 or t.device.type != "cpu" or not t.is_contiguous():
+def _lookup(layer: nn.Module, name: str) -> torch.Tensor | None:
+    """A parameter or buffer by dotted name, through _modules/_parameters/_buffers only: an attribute such
+    as QuantLinear.weight is a property that would dequantize a fresh copy."""
+    *path, leaf = name.split(".")
+    mod = layer
+    for part in path:
+        mod = mod._modules.get(part)
+        if mod is None:
             return None
-        out.append(t)
-    return out
+    t = mod._parameters.get(leaf)
+    return mod._buffers.get(leaf) if t is None else t
+
+
+def _usable(t: torch.Tensor | None, dtypes: tuple[torch.dtype, ...]) -> bool:
+    return t is not None and t.dtype in dtypes and t.device.type == "cpu" and t.is_contiguous()
+
+
+def _tensors(layer: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor] | None] | None:
+    """The layer's 19 tensors in kernel order and, for a weight-only int8 layer, the six scales (the
+    six projections' slots then hold their int8 tensors); None when the layer is neither a fused bf16
+    MoE layer nor its int8 form (all six projections int8, scales of one dtype, the rest bf16)."""
+    tensors, scales = [], []
+    for name in _WEIGHTS:
+        t = _lookup(layer, name)
+        if t is None and name in _INT8:
+            q, s = (_lookup(layer, n) for n in _INT8[name])
+            if not (_usable(q, (torch.int8,)) and _usable(s, (torch.bfloat16, torch.float32))):
+                return None
+            tensors.append(q)
+            scales.append(s)
+        elif _usable(t, (torch.bfloat16,)):
+            tensors.append(t)
+        else:
+            return None
+    if not scales:
+        return tensors, None
+    if len(scales) != len(_INT8) or len({s.dtype for s in scales}) != 1:
+        return None  # a partly quantized layer: the torch layer handles it
+    return tensors, scales
 
 
 def decode_layer(layer: nn.Module, h: torch.Tensor, cos_sin, plan, slot_mapping: torch.Tensor, kv_cache,
                  keep_rows: torch.Tensor | None) -> torch.Tensor | None:
     """The layer's forward for a pure decode batch in one kernel call, or None when it does not apply
     (then the caller runs the torch layer): h [T, H] bf16 CPU with T <= MAX_ROWS, one in-order decode
-    group, every row kept, a fused bf16 MoE layer, contiguous bf16 caches and int64 slots."""
+    group, every row kept, a fused bf16 (or weight-only int8) MoE layer, contiguous bf16 caches and
+    int64 slots."""
     t = h.shape[0]
     if t > MAX_ROWS or h.dtype is not torch.bfloat16 or h.device.type != "cpu" or not layer.enable_moe:
         return None
@@ -111,9 +145,9 @@ def _packed(layer: nn.Module) -> _Packed | None:
         )
         if same_mods and all(t.data_ptr() == p for t, p in zip(cached.tensors, cached.ptrs)):
             return cached
-    tensors = _tensors(layer)
-    if tensors is None:
+    found = _tensors(layer)
+    if found is None:
         return None
-    cached = _Packed(layer, tensors)
+    cached = _Packed(layer, *found)
     layer.__dict__["_fast_decode_packed"] = cached  # plain attribute: not a submodule or buffer
     return cached

@@ -258,23 +258,18 @@ def _plan(model, batch, kind):
 
 
 @needs_kernel
-def test_int8_and_fp32_layers_take_the_torch_path():
-    from gemmaserve.model.quantize import quantize_model_int8_
-
+def test_fp32_layers_take_the_torch_path():
+    # (int8 layers take the one-call path: tests/model/test_int8_decode_layer.py)
     m16, m32 = _tiny_pair()
-    q8 = quantize_model_int8_(_tiny_pair()[0]).fuse_()
-    for model in (q8, m32):
-        sim = PagedSim(model, block_size=4, num_blocks=16, dtype=model.dtype)
-        model(sim.batch([(0, [5, 6, 7])]), sim.caches)
-        batch = sim.batch([(0, [8])])
-        kind = model.config.layer_types[0]
-        h = torch.randn(1, model.config.hidden_size).to(model.dtype)
-        cos_sin = _rope(model, batch, kind) if model.dtype == torch.bfloat16 else (None, None)
-        assert fast_decode._tensors(model.layers[0]) is None
-        if model is q8:
-            out = fast_decode.decode_layer(model.layers[0], h, cos_sin, _plan(model, batch, kind),
-                                           batch.kinds[kind].slot_mapping, sim.caches[0], None)
-            assert out is None
-            logits = model(batch, sim.caches)
-            assert logits.shape == (1, model.config.vocab_size) and bool(torch.isfinite(logits).all())
-    assert len(fast_decode._tensors(m16.layers[0])) == len(fast_decode._WEIGHTS)
+    sim = PagedSim(m32, block_size=4, num_blocks=16, dtype=m32.dtype)
+    m32(sim.batch([(0, [5, 6, 7])]), sim.caches)
+    batch = sim.batch([(0, [8])])
+    assert fast_decode._tensors(m32.layers[0]) is None
+    kind = m32.config.layer_types[0]
+    out = fast_decode.decode_layer(m32.layers[0], torch.randn(1, m32.config.hidden_size), (None, None),
+                                   _plan(m32, batch, kind), batch.kinds[kind].slot_mapping, sim.caches[0], None)
+    assert out is None
+    logits = m32(batch, sim.caches)
+    assert logits.shape == (1, m32.config.vocab_size) and bool(torch.isfinite(logits).all())
+    tensors, scales = fast_decode._tensors(m16.layers[0])
+    assert len(tensors) == len(fast_decode._WEIGHTS) and scales is None

@@ -2,6 +2,8 @@
 // the GEMV, RMSNorm, q/k/v post-processing and paged decode attention kernels (same .so), with every
 // elementwise step rounded to bf16 where the torch layer (model/decoder.py) rounds. The Python layer
 // issues ~55 small ops per decode step whose dispatch cost (~0.5 ms per layer) rivals the weight reads.
+// A weight-only int8 layer (model/quantize.py) runs the same composition with the int8 GEMV kernels for
+// its six projections (dims[D_INT8], per-row scales in the W_*_S slots); the router stays bf16.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -23,6 +25,11 @@ void gs_qkv_post_bf16(const bf16_t* qkv, int64_t T, int64_t ld, int64_t hq, int6
                       const bf16_t* qw, const bf16_t* kw, float eps, const bf16_t* cos, const bf16_t* sin,
                       const int64_t* slots, bf16_t* kc, bf16_t* vc, bf16_t* q_out);
 void gs_geglu_bf16(const bf16_t* gu, int64_t rows, int64_t ld, int64_t w, bf16_t* out);
+void gs_gemv_int8(const int8_t* q, const void* scale, int scale_f32, int64_t N, int64_t K, const bf16_t* x, int64_t M,
+                  int64_t xs, void* out, int out_f32, int nthreads);
+void gs_gemv_int8_experts(const int8_t* q, const void* scale, int scale_f32, int64_t E, int64_t N, int64_t K,
+                          const int64_t* ids, int64_t M, int64_t topk, const bf16_t* x, int64_t xs, void* out,
+                          int out_f32, int nthreads);
 }
 
 static inline float lf(bf16_t v) {
@@ -45,10 +52,35 @@ static inline float r16(float f) { return lf(rb(f)); }
 // Weight pointers, in this order (model/fast_decode.py builds the array).
 enum {
     W_IN_LN, W_QKV, W_Q_NORM, W_K_NORM, W_O, W_POST_ATTN, W_PRE_FF, W_GATE_UP, W_DOWN, W_POST_FF1, W_R_SCALE,
-    W_R_PROJ, W_PES, W_PRE_FF2, W_E_GATE_UP, W_E_DOWN, W_POST_FF2, W_POST_FF, W_LAYER_SCALAR, W_COUNT
+    W_R_PROJ, W_PES, W_PRE_FF2, W_E_GATE_UP, W_E_DOWN, W_POST_FF2, W_POST_FF, W_LAYER_SCALAR,
+    // int8 layers only (null otherwise): the per-output-row scales of the six int8 projections.
+    W_QKV_S, W_O_S, W_GATE_UP_S, W_DOWN_S, W_E_GATE_UP_S, W_E_DOWN_S, W_COUNT
 };
-// Dimensions, in this order.
-enum { D_H, D_HQ, D_HKV, D_HEAD, D_HAS_V, D_WIDTH, D_E, D_I, D_K, D_COUNT };
+// Dimensions, in this order. D_INT8: the six projections are int8 with scales (fp32 if D_SCALE_F32, else bf16).
+enum { D_H, D_HQ, D_HKV, D_HEAD, D_HAS_V, D_WIDTH, D_E, D_I, D_K, D_INT8, D_SCALE_F32, D_COUNT };
+
+namespace {
+
+// The projections of one layer: bf16 weights, or int8 weights with their scales.
+struct Proj {
+    const void* const* w;
+    int int8, sf32, nthreads;
+
+    // out [T, N] = x [T, K] (row stride xs) @ W[wi]^T.
+    void dense(int wi, int si, int64_t N, int64_t K, const bf16_t* x, int64_t T, int64_t xs, void* out) const {
+        if (int8) gs_gemv_int8((const int8_t*)w[wi], w[si], sf32, N, K, x, T, xs, out, 0, nthreads);
+        else gs_gemv_bf16((const bf16_t*)w[wi], N, K, x, T, xs, out, 0, nthreads);
+    }
+
+    // out [M, topk, N] = per (row, slot) expert W[wi][ids] @ x[row].
+    void experts(int wi, int si, int64_t E, int64_t N, int64_t K, const int64_t* ids, int64_t M, int64_t topk,
+                 const bf16_t* x, int64_t xs, void* out, int out_f32) const {
+        if (int8) gs_gemv_int8_experts((const int8_t*)w[wi], w[si], sf32, E, N, K, ids, M, topk, x, xs, out, out_f32, nthreads);
+        else gs_gemv_bf16_experts((const bf16_t*)w[wi], E, N, K, ids, M, topk, x, xs, out, out_f32, nthreads);
+    }
+};
+
+}  // namespace
 
 extern "C" {
 
@@ -63,6 +95,7 @@ void gs_decode_layer_bf16(const bf16_t* h, bf16_t* out, int64_t T, const void* c
     const int64_t H = dims[D_H], hq = dims[D_HQ], hkv = dims[D_HKV], d = dims[D_HEAD], W = dims[D_WIDTH];
     const int64_t E = dims[D_E], I = dims[D_I], K = dims[D_K];
     const int has_v = (int)dims[D_HAS_V];
+    const Proj proj{wp, (int)dims[D_INT8], (int)dims[D_SCALE_F32], nthreads};
     const int64_t qkv_n = (hq + hkv * (has_v ? 2 : 1)) * d;
     const int64_t wide = std::max<int64_t>({qkv_n, 2 * W, hq * d, H, K * 2 * I});
     std::vector<bf16_t> xn(T * H), buf(T * wide), q(T * hq * d), o(T * hq * d), a(T * H), r(T * H), dd(T * H);
@@ -70,19 +103,19 @@ void gs_decode_layer_bf16(const bf16_t* h, bf16_t* out, int64_t T, const void* c
 
     // Attention block: r = h + norm(o_proj(attn(norm(h))))
     gs_rms_norm_bf16(h, T, H, H, w[W_IN_LN], eps, xn.data());
-    gs_gemv_bf16(w[W_QKV], qkv_n, H, xn.data(), T, H, buf.data(), 0, nthreads);
+    proj.dense(W_QKV, W_QKV_S, qkv_n, H, xn.data(), T, H, buf.data());
     gs_qkv_post_bf16(buf.data(), T, qkv_n, hq, hkv, d, has_v, w[W_Q_NORM], w[W_K_NORM], eps, cos, sin, slot_mapping,
                      kc, vc, q.data());
     gs_decode_attn_bf16(q.data(), hq * d, kc, vc, hkv, d, att_slots, att_ls, nkeys, T, hq, 1.0f, o.data(), nthreads);
-    gs_gemv_bf16(w[W_O], H, hq * d, o.data(), T, hq * d, a.data(), 0, nthreads);
+    proj.dense(W_O, W_O_S, H, hq * d, o.data(), T, hq * d, a.data());
     gs_rms_norm_bf16(a.data(), T, H, H, w[W_POST_ATTN], eps, tmp.data());
     for (int64_t i = 0; i < T * H; ++i) r[i] = rb(lf(h[i]) + lf(tmp[i]));
 
     // Dense GeGLU MLP: dd = norm(down(geglu(gate_up(norm(r)))))
     gs_rms_norm_bf16(r.data(), T, H, H, w[W_PRE_FF], eps, xn.data());
-    gs_gemv_bf16(w[W_GATE_UP], 2 * W, H, xn.data(), T, H, buf.data(), 0, nthreads);
+    proj.dense(W_GATE_UP, W_GATE_UP_S, 2 * W, H, xn.data(), T, H, buf.data());
     gs_geglu_bf16(buf.data(), T, 2 * W, W, act.data());
-    gs_gemv_bf16(w[W_DOWN], H, W, act.data(), T, W, tmp.data(), 0, nthreads);
+    proj.dense(W_DOWN, W_DOWN_S, H, W, act.data(), T, W, tmp.data());
     gs_rms_norm_bf16(tmp.data(), T, H, H, w[W_POST_FF1], eps, dd.data());
 
     // Router on r: bf16(bf16(norm(r)) * scale) * root -> logits -> fp32 softmax -> top-k -> renormalise
@@ -116,10 +149,10 @@ void gs_decode_layer_bf16(const bf16_t* h, bf16_t* out, int64_t T, const void* c
 
     // Experts on norm(r): m = bf16(sum_j w_j * down_e(geglu(gate_up_e(x)))) with fp32 down outputs.
     gs_rms_norm_bf16(r.data(), T, H, H, w[W_PRE_FF2], eps, xn.data());
-    gs_gemv_bf16_experts(w[W_E_GATE_UP], E, 2 * I, H, ids.data(), T, K, xn.data(), H, buf.data(), 0, nthreads);
+    proj.experts(W_E_GATE_UP, W_E_GATE_UP_S, E, 2 * I, H, ids.data(), T, K, xn.data(), H, buf.data(), 0);
     gs_geglu_bf16(buf.data(), T * K, 2 * I, I, act.data());
     std::vector<float> y(T * K * H);
-    gs_gemv_bf16_experts(w[W_E_DOWN], E, H, I, ids.data(), T * K, 1, act.data(), I, y.data(), 1, nthreads);
+    proj.experts(W_E_DOWN, W_E_DOWN_S, E, H, I, ids.data(), T * K, 1, act.data(), I, y.data(), 1);
     for (int64_t t = 0; t < T; ++t)
         for (int64_t i = 0; i < H; ++i) {
             float s = 0.f;
