@@ -1,5 +1,7 @@
 """Times the gather and grouped MoE expert paths over token counts and prints one JSON summary with
-the crossover that sets gemmaserve.ops.moe.GROUPED_MIN_TOKENS."""
+the crossover that sets gemmaserve.ops.moe.GROUPED_MIN_TOKENS. In bf16 it also times the grouped-GEMM
+form (moe_grouped_mm): what CUDA (sm90+) uses at every token count, and what CPU declines (slower
+than the loop at 1 thread, mixed at 2)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import time
 
 import torch
 
-from gemmaserve.ops.moe import moe_gather, moe_grouped
+from gemmaserve.ops.moe import moe_gather, moe_grouped, moe_grouped_mm
 
 
 def _time_pair(fns: dict, reps: int) -> dict[str, tuple[float, float]]:
@@ -49,6 +51,8 @@ def main() -> None:
     gate_up = (torch.randn(e, 2 * i, h, generator=gen) * 0.02).to(args.device, dtype)
     down = (torch.randn(e, h, i, generator=gen) * 0.02).to(args.device, dtype)
     per_pair_bytes = 3 * i * h * gate_up.element_size()
+    # Device work is asynchronous: each timed call ends with a sync so the wall time covers it.
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     rows = []
     with torch.inference_mode():
         for t in (int(x) for x in args.tokens.split(",")):
@@ -56,9 +60,11 @@ def main() -> None:
             logits = torch.randn(t, e, generator=gen)
             w, idx = torch.softmax(logits, -1).topk(k, dim=-1)
             w, idx = w.to(args.device), idx.to(args.device)
-            fns = {"grouped": lambda: moe_grouped(x, gate_up, down, idx, w)}
+            fns = {"grouped": lambda: (moe_grouped(x, gate_up, down, idx, w), sync())}
             if t * k * per_pair_bytes <= args.gather_max_bytes:
-                fns["gather"] = lambda: moe_gather(x, gate_up, down, idx, w)
+                fns["gather"] = lambda: (moe_gather(x, gate_up, down, idx, w), sync())
+            if dtype is torch.bfloat16 and hasattr(torch, "_grouped_mm"):
+                fns["grouped_mm"] = lambda: (moe_grouped_mm(x, gate_up, down, idx, w), sync())
             row: dict = {"tokens": t}
             for name, (wall, cpu) in _time_pair(fns, args.reps).items():
                 row[f"{name}_ms"], row[f"{name}_cpu_ms"] = wall, cpu
