@@ -53,6 +53,10 @@ class SamplingParams:
     ignore_eos: bool = False  # benchmarks: do not stop on eos / stop ids
     include_stop_str_in_output: bool = False
     logprobs: int | None = None  # None = no logprobs; k >= 0 = chosen token + k top alternatives (k <= 20)
+    # Log-probabilities of the prompt's own tokens (each under the model given the tokens before it),
+    # with k top alternatives: scoring and echo. Such a request skips the prefix cache (every position
+    # is computed) and may set max_tokens=0 to generate nothing.
+    prompt_logprobs: int | None = None
     skip_special_tokens: bool = False  # the server keeps them: parsers need <|channel>, <|tool_call> ...
     constraints: list[TokenConstraint] = field(default_factory=list)
     # Free-form tag the API can use to find its own bookkeeping; the engine never reads it.
@@ -95,6 +99,9 @@ class RequestOutput:
     text: str
     logprobs: list[TokenLogprob] | None = None  # cumulative; None when not requested
     new_logprobs: list[TokenLogprob] | None = None
+    # One entry per prompt token, the first None (nothing precedes it); set once the whole prompt
+    # is computed, on every later output; None when not requested.
+    prompt_logprobs: list[TokenLogprob | None] | None = None
     finished: bool = False
     finish_reason: FinishReason | None = None
     stop_reason: int | str | None = None  # the stop token id or stop string that matched

@@ -47,6 +47,31 @@ def text_logprobs(items: list[TokenLogprob] | None, offset0: int) -> dict[str, A
     }
 
 
+def echo_logprobs(items: list[TokenLogprob | None], prompt_ids: list[int], prompt_text: str, tok: Any
+                  ) -> dict[str, Any]:
+    """The prompt's part of an echo's logprobs object, as OpenAI's legacy API gives it: one entry per
+    prompt token, the first with null logprob and alternatives (nothing precedes it). Offsets point
+    into the echoed text; a token it does not contain (the <bos> the server added) does not advance."""
+    tokens = [tok.decode([t], skip_special_tokens=False) for t in prompt_ids]
+    offsets, pos = [], 0
+    for text in tokens:
+        offsets.append(pos)
+        if prompt_text.startswith(text, pos):
+            pos += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [None if lp is None else lp.logprob for lp in items],
+        "top_logprobs": [None if lp is None else {t.token: t.logprob for t in lp.top} for lp in items],
+        "text_offset": offsets,
+    }
+
+
+def joined_logprobs(head: dict[str, Any] | None, tail: dict[str, Any] | None) -> dict[str, Any] | None:
+    if head is None or tail is None:
+        return head or tail
+    return {k: head[k] + tail[k] for k in head}
+
+
 @router.post("/api/v1/completions", dependencies=[Depends(require_auth)])
 @router.post("/v1/completions", dependencies=[Depends(require_auth)])
 async def completions(req: CompletionRequest, request: Request):
@@ -76,10 +101,18 @@ async def completions(req: CompletionRequest, request: Request):
     if constraint is not None:
         params.constraints.append(constraint)
     add_top_a(params, req)
+    if req.echo and (req.logprobs is not None or max_tokens == 0):
+        params.prompt_logprobs = req.logprobs or 0
     created = int(time.time())
     gen_id = new_generation_id(created)
     run = EngineRun(state, prompt_ids, params, gen_id)
     prefix = prompt_text if req.echo else ""
+
+    def prompt_part(out: Any) -> dict[str, Any] | None:
+        """The echoed prompt's logprobs entries (echo with logprobs only)."""
+        if not req.echo or req.logprobs is None or out is None or out.prompt_logprobs is None:
+            return None
+        return echo_logprobs(out.prompt_logprobs, prompt_ids, prompt_text, tok)
 
     def record(finish, native, streamed, cancelled):
         out = run.last
@@ -109,7 +142,8 @@ async def completions(req: CompletionRequest, request: Request):
         native = last.finish_reason.value if last and last.finish_reason else None
         usage = record(finish, native, False, False)
         choice = {"text": prefix + (last.text if last else ""), "index": 0,
-                  "logprobs": text_logprobs(last.logprobs if last else None, len(prefix)),
+                  "logprobs": joined_logprobs(prompt_part(last), text_logprobs(last.logprobs if last else None,
+                                                                                 len(prefix))),
                   "finish_reason": finish, "native_finish_reason": native}
         if last is not None and last.finish_reason == FinishReason.ERROR:
             choice["error"] = {"code": 500, "message": last.error or "generation failed",
@@ -119,19 +153,27 @@ async def completions(req: CompletionRequest, request: Request):
     async def stream(first: Any) -> AsyncIterator[bytes]:
         out, finish, native, cancelled = first, None, None, True
         offset = len(prefix)
+        # With logprobs the echoed prompt waits for its own logprobs, which the first output carries.
+        prompt_pending = bool(prefix) and req.logprobs is not None
         try:
-            if prefix:
+            if prefix and not prompt_pending:
                 yield sse_data(body([{"text": prefix, "index": 0, "logprobs": None, "finish_reason": None}]))
             try:
                 while out is not None:
                     if out is TIMEOUT:
                         yield KEEPALIVE
-                    elif out.new_text or out.new_logprobs:
-                        lp = text_logprobs(out.new_logprobs, offset) if req.logprobs is not None else None
-                        offset += len(out.new_text)
-                        yield sse_data(body([{"text": out.new_text, "index": 0, "logprobs": lp, "finish_reason": None}]))
-                    if out is not TIMEOUT and out.finished:
-                        break
+                    else:
+                        if prompt_pending:
+                            prompt_pending = False
+                            yield sse_data(body([{"text": prefix, "index": 0, "logprobs": prompt_part(out),
+                                                  "finish_reason": None}]))
+                        if out.new_text or out.new_logprobs:
+                            lp = text_logprobs(out.new_logprobs, offset) if req.logprobs is not None else None
+                            offset += len(out.new_text)
+                            yield sse_data(body([{"text": out.new_text, "index": 0, "logprobs": lp,
+                                                  "finish_reason": None}]))
+                        if out.finished:
+                            break
                     out = await run.next(timeout=state.config.keepalive_interval_s if run.t_first is None else None)
                 last = run.last
                 if last is not None and last.finish_reason == FinishReason.ERROR:

@@ -146,8 +146,8 @@ class Engine:
         bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
         if bad is not None:
             raise InvalidRequestError(f"prompt token id {bad} is outside the vocabulary [0, {self.vocab_size})")
-        if params.max_tokens is not None and params.max_tokens < 1:
-            raise InvalidRequestError("max_tokens must be at least 1")
+        if params.max_tokens is not None and params.max_tokens < (0 if params.prompt_logprobs is not None else 1):
+            raise InvalidRequestError("max_tokens must be at least 1 (0 only with prompt_logprobs)")
         if len(ids) + (params.max_tokens or 1) > self.max_model_len:
             raise PromptTooLongError(len(ids), self.max_model_len, params.max_tokens)
         state = self._state_cls(params, ids, self.vocab_size, self.eos_token_ids)
@@ -189,6 +189,11 @@ class Engine:
         sched_out = self.scheduler.schedule()
         if sched_out.is_empty:
             return self._fail_unschedulable()
+        scored: list[Request] = []  # max_tokens=0: the prompt is done, nothing is sampled
+        for s in sched_out.scheduled:
+            if s.samples and s.request.params.max_tokens == 0:
+                s.samples = False
+                scored.append(s.request)
         sampling = [s.request for s in sched_out.scheduled if s.samples]
         try:
             logits = self.runner.execute(sched_out.scheduled)
@@ -200,12 +205,17 @@ class Engine:
                 outs.append(self._output(s.request, [], "", None))
             return outs
         self.scheduler.on_step_done(sched_out)
+        if getattr(self.runner, "prompt_rows", None):  # test doubles of the runner have none
+            self._store_prompt_logprobs(self.runner.prompt_rows, self.runner.prompt_logits)
+        outputs = []
+        for req in scored:
+            self.scheduler.finish_request(req, FinishReason.LENGTH)
+            outputs.append(self._output(req, [], "", None))
         if not sampling:
-            return []
+            return outputs
         results = self.runner.sample(
             logits, [r.sampling_state for r in sampling], [r.output_token_ids for r in sampling]
         )
-        outputs = []
         for req, res in zip(sampling, results):
             try:
                 if isinstance(res, Exception):
@@ -256,15 +266,33 @@ class Engine:
         req.text += new_text
         return self._output(req, [tid], new_text, new_lp)
 
+    def _store_prompt_logprobs(self, rows: list[tuple[Request, int]], logits: torch.Tensor) -> None:
+        """rows[i] = (request, position p); logits[i] [V] fp32 predict prompt token p + 1. Same
+        distribution as generated-token logprobs: soft-capped logits, no temperature, no masks."""
+        lp = torch.log_softmax(logits.float(), dim=-1)  # [R, V]
+        targets = torch.tensor([r.prompt_token_ids[p + 1] for r, p in rows], device=lp.device)  # [R]
+        chosen = lp.gather(1, targets[:, None])[:, 0].tolist()
+        k = max(r.params.prompt_logprobs or 0 for r, _ in rows)
+        top_v, top_i = (lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long()))
+        top_v, top_i = top_v.tolist(), top_i.tolist()
+        for i, (req, p) in enumerate(rows):
+            tid = req.prompt_token_ids[p + 1]
+            n = req.params.prompt_logprobs or 0
+            top = list(zip(top_i[i][:n], top_v[i][:n]))
+            req.prompt_logprobs[p + 1] = self._token_logprob(req, tid, chosen[i], top)
+
     def _logprob(self, req: Request, tid: int, sampled: Any) -> TokenLogprob:
+        lp = float(sampled.logprob) if sampled.logprob is not None else float("nan")
+        return self._token_logprob(req, tid, lp, sampled.top or [])
+
+    def _token_logprob(self, req: Request, tid: int, logprob: float, top: Any) -> TokenLogprob:
         detok = req.detokenizer
         if detok is None:  # no tokenizer: ids only
             text, raw = (lambda _i: ""), (lambda _i: None)
         else:
             text, raw = detok.token_text, detok.token_bytes
-        top = [TopLogprob(int(i), text(int(i)), float(lp), raw(int(i))) for i, lp in (sampled.top or [])]
-        lp = float(sampled.logprob) if sampled.logprob is not None else float("nan")
-        return TokenLogprob(tid, text(tid), lp, top, raw(tid))
+        alts = [TopLogprob(int(i), text(int(i)), float(lp), raw(int(i))) for i, lp in top]
+        return TokenLogprob(tid, text(tid), float(logprob), alts, raw(tid))
 
     def _output(
         self, req: Request, new_ids: list[int], new_text: str, new_lp: list[TokenLogprob] | None
@@ -278,6 +306,9 @@ class Engine:
             text=req.text,
             logprobs=list(req.logprobs) if req.logprobs is not None else None,
             new_logprobs=(new_lp or []) if req.logprobs is not None else None,
+            prompt_logprobs=(list(req.prompt_logprobs)
+                             if req.prompt_logprobs is not None and req.num_computed_tokens >= req.num_prompt_tokens
+                             else None),
             finished=req.is_finished,
             finish_reason=req.finish_reason,
             stop_reason=req.stop_reason,

@@ -160,8 +160,8 @@ class KVCacheManager:
         assert not req.block_tables and req.num_computed_tokens == 0
         req.block_tables = {k: [] for k in self.pools}
         req.num_published_blocks = 0
-        if not self.enable_prefix_caching:
-            return 0
+        if not self.enable_prefix_caching or req.params.prompt_logprobs is not None:
+            return 0  # prompt logprobs need the logits of every prompt position
         bs = self.block_size
         max_blocks = (req.num_tokens - 1) // bs
         self._compute_hashes(req, max_blocks)

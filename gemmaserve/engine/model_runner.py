@@ -47,6 +47,10 @@ class ModelRunner:
         self.device = torch.device(device)
         self.kinds = [s.kind for s in config.attention_kinds()]
         self.sampler = sampler
+        # After execute(): the requests and positions whose next prompt token wants a logprob, and
+        # their logits [len(rows), V] (rows past the sampled ones in the forward's logits_indices).
+        self.prompt_rows: list[tuple[Any, int]] = []
+        self.prompt_logits: torch.Tensor | None = None
         # Graphs are captured only on CUDA, unless disabled, for models whose static steps never read
         # back to the host (int8 experts do); static_decode=True without that runs the same code eagerly.
         capture = self.device.type == "cuda" and not enforce_eager and graphs_supported(model)
@@ -78,6 +82,8 @@ class ModelRunner:
         seq_lens: list[int] = []
         logits_indices: list[int] = []
         slots: dict[str, list[int]] = {k: [] for k in self.kinds}
+        self.prompt_rows = []
+        prompt_indices: list[int] = []
         for s in scheduled:
             req, start, n = s.request, s.start, s.num_new_tokens
             span = range(start, start + n)
@@ -89,6 +95,13 @@ class ModelRunner:
             seq_lens.append(start + n)
             if s.samples:
                 logits_indices.append(query_start_loc[-1] - 1)
+            if req.prompt_logprobs is not None:
+                # Row of position p predicts prompt token p + 1: the chunk's positions before the last prompt token.
+                first = query_start_loc[-2] - start
+                for p in range(start, min(start + n, req.num_prompt_tokens - 1)):
+                    self.prompt_rows.append((req, p))
+                    prompt_indices.append(first + p)
+        logits_indices += prompt_indices  # after the sampled rows: execute() splits them off
 
         kinds: dict[str, KindMetadata] = {}
         for kind in self.kinds:
@@ -124,6 +137,8 @@ class ModelRunner:
         """The graph runner's inputs for a pure-decode step that fits a bucket, else None."""
         if self.graphs is None or not scheduled or any(s.num_new_tokens != 1 for s in scheduled):
             return None
+        if any(s.request.prompt_logprobs is not None and s.start < s.request.num_prompt_tokens - 1 for s in scheduled):
+            return None  # a one-token prompt chunk that wants its logprob: the graph returns sampled rows only
         positions = [s.start for s in scheduled]
         seq_lens = [p + 1 for p in positions]
         if self.graphs.bucket(len(scheduled), max(seq_lens)) is None:
@@ -143,6 +158,7 @@ class ModelRunner:
 
     def execute(self, scheduled: Sequence[ScheduledRequest]) -> torch.Tensor:
         """Run one step; float32 logits [num_sample, V] in the order of the sampling requests."""
+        self.prompt_rows, self.prompt_logits = [], None
         step = self._static_step(scheduled)
         if step is not None:
             logits = self.graphs.run(step)  # [num_seqs, V]
@@ -152,7 +168,12 @@ class ModelRunner:
             return logits[torch.tensor(sampled, dtype=torch.int64, device=logits.device)]
         batch = self.prepare(scheduled)
         with torch.inference_mode():
-            return self.model.forward(batch, self.kv_caches)
+            logits = self.model.forward(batch, self.kv_caches)  # [num_sample + len(prompt_rows), V]
+        if not self.prompt_rows:
+            return logits
+        n = logits.shape[0] - len(self.prompt_rows)
+        self.prompt_logits = logits[n:]
+        return logits[:n]
 
     def sample(self, logits: torch.Tensor, states: list[Any], outputs: list[list[int]]) -> list[Any]:
         """Sample every row; if the batch call fails (say a constraint raised), retry row by row

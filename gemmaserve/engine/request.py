@@ -56,6 +56,10 @@ class Request:
         self.error: str | None = None
         self.text = ""
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
+        # Filled by position as prefill chunks are computed (a recompute after preemption rewrites the same entries).
+        self.prompt_logprobs: list[TokenLogprob | None] | None = (
+            [None] * len(self.prompt_token_ids) if params.prompt_logprobs is not None else None
+        )
         # Index into output_token_ids/logprobs of what the last RequestOutput already reported.
         self.num_reported_tokens = 0
 

@@ -50,8 +50,9 @@ def _check_range(name: str, value, lo: float, hi: float, lo_open: bool = False) 
 
 def validate_params(params: SamplingParams, vocab_size: int) -> None:
     """Check every SamplingParams field against the ranges of openrouter-api.md §2.1."""
-    if params.max_tokens is not None and (not isinstance(params.max_tokens, int) or params.max_tokens < 1):
-        raise InvalidRequestError(f"max_tokens must be >= 1, got {params.max_tokens!r}")
+    least = 0 if params.prompt_logprobs is not None else 1  # 0: score the prompt, generate nothing
+    if params.max_tokens is not None and (not isinstance(params.max_tokens, int) or params.max_tokens < least):
+        raise InvalidRequestError(f"max_tokens must be >= {least}, got {params.max_tokens!r}")
     if not isinstance(params.min_tokens, int) or params.min_tokens < 0:
         raise InvalidRequestError(f"min_tokens must be >= 0, got {params.min_tokens!r}")
     if params.max_tokens is not None and params.min_tokens > params.max_tokens:
@@ -77,6 +78,11 @@ def validate_params(params: SamplingParams, vocab_size: int) -> None:
         or not 0 <= params.logprobs <= MAX_LOGPROBS
     ):
         raise InvalidRequestError(f"top_logprobs must be in [0, {MAX_LOGPROBS}], got {params.logprobs!r}")
+    if params.prompt_logprobs is not None and (
+        not isinstance(params.prompt_logprobs, int) or isinstance(params.prompt_logprobs, bool)
+        or not 0 <= params.prompt_logprobs <= MAX_LOGPROBS
+    ):
+        raise InvalidRequestError(f"prompt_logprobs must be in [0, {MAX_LOGPROBS}], got {params.prompt_logprobs!r}")
     if len(params.stop) > MAX_STOP_STRINGS:
         raise InvalidRequestError(f"stop accepts at most {MAX_STOP_STRINGS} sequences, got {len(params.stop)}")
     for s in params.stop:

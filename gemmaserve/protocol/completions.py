@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from gemmaserve.protocol.chat import ResponseFormat
 from gemmaserve.protocol.common import WIRE_CONFIG, SamplingFields
@@ -18,6 +18,8 @@ class CompletionRequest(SamplingFields):
     prompt: str | list[int] | list[str] | list[list[int]]
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     echo: bool = False
+    # 0 is allowed with echo: score the prompt (its logprobs), generate nothing (lm-eval's loglikelihood).
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
     suffix: str | None = None  # fill-in-the-middle: Gemma 4 has no FIM format, so only "" or null
     best_of: Annotated[int, Field(ge=1, le=20)] | None = None  # one candidate only: 1 or null
     response_format: ResponseFormat | None = None
@@ -28,6 +30,12 @@ class CompletionRequest(SamplingFields):
         if v:
             raise ValueError("suffix (fill-in-the-middle) is not supported by this model")
         return v
+
+    @model_validator(mode="after")
+    def _zero_needs_echo(self) -> "CompletionRequest":
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens 0 needs echo (it returns only the prompt and its logprobs)")
+        return self
 
     @field_validator("best_of")
     @classmethod

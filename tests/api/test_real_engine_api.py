@@ -150,3 +150,49 @@ def test_strict_tool_in_auto_mode_calls_validate(real):
             assert call.function.name == "get_weather" and args["city"] in ("Paris", "Rome") and args["days"] in (1, 2, 3)
             seen.add(choice.finish_reason)
     assert "tool_calls" in seen
+
+
+def test_legacy_echo_logprobs_score_the_prompt(real):
+    # lm-eval's loglikelihood call: echo + logprobs + max_tokens 0 returns the prompt with one entry
+    # per prompt token (the first null), equal to the engine's own prompt logprobs; with tokens to
+    # generate the completion's entries follow, and a stream sends the same prompt entries first.
+    from gemmaserve.types import SamplingParams
+
+    tok = real.state.tokenizer
+    prompt = "The sea is deep"
+    ids = [tok.bos_token_id] + tok.encode(prompt)
+    scored = real.client.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=2, max_tokens=0)
+    choice = scored.choices[0]
+    assert choice.text == prompt and choice.finish_reason == "length" and scored.usage.completion_tokens == 0
+    lp = choice.logprobs
+    assert lp.tokens == [tok.decode([t]) for t in ids]
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.text_offset[0] == lp.text_offset[1] == 0  # <bos> is not in the echoed text
+    assert "".join(lp.tokens[1:]) == prompt
+
+    async def engine_scores():
+        params = SamplingParams(max_tokens=0, prompt_logprobs=2)
+        async for out in real.engine.generate(ids, params, "direct-score"):
+            last = out
+        return last.prompt_logprobs
+
+    import asyncio
+
+    direct = asyncio.run(engine_scores())
+    assert lp.token_logprobs[1:] == pytest.approx([d.logprob for d in direct[1:]], abs=1e-6)
+    # {token text: logprob}: two byte-fallback alternatives that both print U+FFFD share one key.
+    for got, d in zip(lp.top_logprobs[1:], direct[1:]):
+        assert len(d.top) == 2 and got == pytest.approx({t.token: t.logprob for t in d.top}, abs=1e-6)
+    both = real.client.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=1, max_tokens=3,
+                                          temperature=0, extra_body={"ignore_eos": True})
+    blp = both.choices[0].logprobs
+    assert len(blp.tokens) == len(ids) + 3 and blp.token_logprobs[: len(ids)][1:] == pytest.approx(
+        lp.token_logprobs[1:], abs=1e-6)
+    assert blp.text_offset[len(ids)] == len(prompt)
+    chunks = list(real.client.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=1, max_tokens=3,
+                                                 temperature=0, stream=True, extra_body={"ignore_eos": True}))
+    first = chunks[0].choices[0]
+    assert first.text == prompt and first.logprobs.token_logprobs[1:] == pytest.approx(lp.token_logprobs[1:], abs=1e-6)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == both.choices[0].text
+    r = httpx.post(real.url + "/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 0})
+    assert r.status_code == 400 and "echo" in r.json()["error"]["message"]

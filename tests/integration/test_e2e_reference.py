@@ -151,3 +151,49 @@ def test_stream_deltas_add_up_through_preemption(demo, cases, reference):
         assert lp_d[rid] == ref_tokens
         assert text_d[rid] == finals[rid].text
     assert _leak_free(llm)
+
+
+@pytest.fixture(scope="module")
+def prompt_reference(demo, cases):
+    """transformers' logits over each whole prompt in one forward: row p predicts prompt token p + 1."""
+    ref = Gemma4ForConditionalGeneration.from_pretrained(str(demo), dtype=torch.float32).eval()
+    with torch.no_grad():
+        return [torch.log_softmax(ref(torch.tensor([ids])).logits[0].float(), dim=-1) for ids, _ in cases]
+
+
+@pytest.mark.parametrize("budget, max_tokens", [(24, 0), (64, 3)])
+def test_prompt_logprobs_equal_transformers(demo, cases, prompt_reference, budget, max_tokens):
+    # Chunked prefill (a 24-token budget splits the long prompts) and a warm prefix cache (the first
+    # generate fills it; prompt logprobs must skip it); max_tokens=0 scores the prompt only.
+    llm = LLM(model=str(demo), dtype="float32", max_model_len=128, block_size=4, max_num_batched_tokens=budget,
+              enable_prefix_caching=True)
+    llm.generate([ids for ids, _ in cases], [_greedy(2) for _ in cases])
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, prompt_logprobs=3)
+    outs = llm.generate([ids for ids, _ in cases], [params for _ in cases])
+    for (ids, _), out, ref_lp in zip(cases, outs, prompt_reference):
+        assert out.num_cached_tokens == 0 and len(out.token_ids) == max_tokens
+        assert out.finish_reason is FinishReason.LENGTH
+        plp = out.prompt_logprobs
+        assert len(plp) == len(ids) and plp[0] is None
+        assert [lp.token_id for lp in plp[1:]] == ids[1:]
+        expected = ref_lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+        torch.testing.assert_close(torch.tensor([lp.logprob for lp in plp[1:]]), expected, atol=LOGPROB_ATOL, rtol=0)
+        top = ref_lp[: len(ids) - 1].topk(3, dim=-1)
+        assert [[t.token_id for t in lp.top] for lp in plp[1:]] == top.indices.tolist()
+        torch.testing.assert_close(torch.tensor([[t.logprob for t in lp.top] for lp in plp[1:]]), top.values,
+                                   atol=LOGPROB_ATOL, rtol=0)
+    assert _leak_free(llm)
+
+
+def test_prompt_logprobs_survive_preemption(demo, cases, prompt_reference):
+    llm = LLM(model=str(demo), dtype="float32", max_model_len=64, block_size=4, max_num_batched_tokens=64,
+              num_blocks={SLIDING: 64, FULL: 16}, enable_prefix_caching=False)
+    params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True, prompt_logprobs=0) for _, m in cases]
+    outs = llm.generate([ids for ids, _ in cases], params)
+    assert llm.engine.scheduler.num_preemptions > 0
+    for (ids, _), out, ref_lp in zip(cases, outs, prompt_reference):
+        expected = ref_lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+        got = torch.tensor([lp.logprob for lp in out.prompt_logprobs[1:]])
+        torch.testing.assert_close(got, expected, atol=LOGPROB_ATOL, rtol=0)
+        assert all(lp.top == [] for lp in out.prompt_logprobs[1:])
+    assert _leak_free(llm)
