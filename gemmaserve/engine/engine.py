@@ -27,6 +27,9 @@ from gemmaserve.types import (
 
 log = logging.getLogger(__name__)
 
+# Prompt-logprob rows per log_softmax slice (see Engine._store_prompt_logprobs).
+PROMPT_LOGPROB_ROWS = 256
+
 
 class Engine:
     """Owns scheduler, KV cache and model runner. Not thread-safe: one thread drives it
@@ -268,18 +271,21 @@ class Engine:
 
     def _store_prompt_logprobs(self, rows: list[tuple[Request, int]], logits: torch.Tensor) -> None:
         """rows[i] = (request, position p); logits[i] [V] fp32 predict prompt token p + 1. Same
-        distribution as generated-token logprobs: soft-capped logits, no temperature, no masks."""
-        lp = torch.log_softmax(logits.float(), dim=-1)  # [R, V]
-        targets = torch.tensor([r.prompt_token_ids[p + 1] for r, p in rows], device=lp.device)  # [R]
-        chosen = lp.gather(1, targets[:, None])[:, 0].tolist()
+        distribution as generated-token logprobs: soft-capped logits, no temperature, no masks.
+        In slices of PROMPT_LOGPROB_ROWS rows: a chunk's [rows, V] log_softmax would otherwise double
+        the logits' memory (2 GiB for 2,048 rows of a 262,144-token vocabulary)."""
         k = max(r.params.prompt_logprobs or 0 for r, _ in rows)
-        top_v, top_i = (lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long()))
-        top_v, top_i = top_v.tolist(), top_i.tolist()
-        for i, (req, p) in enumerate(rows):
-            tid = req.prompt_token_ids[p + 1]
-            n = req.params.prompt_logprobs or 0
-            top = list(zip(top_i[i][:n], top_v[i][:n]))
-            req.prompt_logprobs[p + 1] = self._token_logprob(req, tid, chosen[i], top)
+        for lo in range(0, len(rows), PROMPT_LOGPROB_ROWS):
+            part = rows[lo : lo + PROMPT_LOGPROB_ROWS]
+            lp = torch.log_softmax(logits[lo : lo + len(part)].float(), dim=-1)  # [R, V]
+            targets = torch.tensor([r.prompt_token_ids[p + 1] for r, p in part], device=lp.device)  # [R]
+            chosen = lp.gather(1, targets[:, None])[:, 0].tolist()
+            top_v, top_i = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())  # [R, k]
+            top_v, top_i = top_v.tolist(), top_i.tolist()
+            for i, (req, p) in enumerate(part):
+                n = req.params.prompt_logprobs or 0
+                top = list(zip(top_i[i][:n], top_v[i][:n]))
+                req.prompt_logprobs[p + 1] = self._token_logprob(req, req.prompt_token_ids[p + 1], chosen[i], top)
 
     def _logprob(self, req: Request, tid: int, sampled: Any) -> TokenLogprob:
         lp = float(sampled.logprob) if sampled.logprob is not None else float("nan")

@@ -185,7 +185,10 @@ def test_prompt_logprobs_equal_transformers(demo, cases, prompt_reference, budge
     assert _leak_free(llm)
 
 
-def test_prompt_logprobs_survive_preemption(demo, cases, prompt_reference):
+def test_prompt_logprobs_survive_preemption(demo, cases, prompt_reference, monkeypatch):
+    import gemmaserve.engine.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "PROMPT_LOGPROB_ROWS", 7)  # several log_softmax slices per chunk
     llm = LLM(model=str(demo), dtype="float32", max_model_len=64, block_size=4, max_num_batched_tokens=64,
               num_blocks={SLIDING: 64, FULL: 16}, enable_prefix_caching=False)
     params = [SamplingParams(max_tokens=m, temperature=0.0, ignore_eos=True, prompt_logprobs=0) for _, m in cases]
