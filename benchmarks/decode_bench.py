@@ -5,6 +5,8 @@
     python -m benchmarks.decode_bench --baseline      # unfused model, plain F.linear for few rows, no kernels
     python -m benchmarks.decode_bench --ab            # torch and candidate in one process, interleaved, medians
     python -m benchmarks.decode_bench --ab --variants baseline,torch,candidate
+    python -m benchmarks.decode_bench --ab --variants candidate,int8 --batches 1,8   # int8 weights vs bf16
+    python -m benchmarks.decode_bench --int8          # the candidate with int8 weights
 
 Times Gemma4ForCausalLM.forward alone (no scheduler, no sampler) over a paged KV cache: a 512-token
 prefill, then decode steps at batch 1, 8 and 32 with a 512-token context per sequence.
@@ -42,7 +44,8 @@ def _kernel_knobs() -> list[tuple[object, str, object]]:
     knobs = [("gemmaserve.ops.linear", "GEMV_MAX_ROWS"), ("gemmaserve.ops.moe", "GEMV_MAX_TOKENS"),
              ("gemmaserve.ops.attention", "DECODE_KERNEL"), ("gemmaserve.ops.norm", "KERNEL_MAX_NUMEL"),
              ("gemmaserve.ops.norm", "USE_KERNEL"), ("gemmaserve.ops.activation", "KERNEL_MIN_NUMEL"),
-             ("gemmaserve.model.attention", "QKV_KERNEL_MAX_ROWS"), ("gemmaserve.model.fast_decode", "MAX_ROWS")]
+             ("gemmaserve.model.attention", "QKV_KERNEL_MAX_ROWS"), ("gemmaserve.model.fast_decode", "MAX_ROWS"),
+             ("gemmaserve.ops.quant", "KERNEL_MAX_ROWS"), ("gemmaserve.ops.quant", "KERNEL_MAX_TOKENS")]
     out = []
     for mod_name, attr in knobs:
         try:
@@ -146,7 +149,9 @@ def measure(model: Gemma4ForCausalLM, batches: Sequence[int], ctx: int, steps: i
     return res
 
 
-VARIANTS = {"baseline": (False, False), "torch": (True, False), "candidate": (True, True)}  # (fused, kernels)
+# (fused, kernels, int8 weights). int8-torch: int8 weights on torch's ops (_weight_int8pack_mm, per-expert loop).
+VARIANTS = {"baseline": (False, False, False), "torch": (True, False, False), "candidate": (True, True, False),
+            "int8": (True, True, True), "int8-torch": (True, False, True)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -159,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --ab")
     p.add_argument("--variants", default="torch,candidate", help="with --ab: any of " + ",".join(VARIANTS))
-    p.add_argument("--int8", action="store_true", help="weight-only int8 (loader's quantization='int8')")
+    p.add_argument("--int8", action="store_true", help="weight-only int8 (loader's quantization='int8') for every variant")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--baseline", action="store_true", help="unfused model, F.linear for few rows, no CPU kernels")
     g.add_argument("--torch", action="store_true", help="fused model, every CPU kernel off")
@@ -171,19 +176,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         load = f.read().split()[:3]
     if not args.ab:
         variant = "baseline" if args.baseline else "torch" if args.torch else "candidate"
-        fused, kernels = VARIANTS[variant]
-        model = build(args.size, fused=fused, int8=args.int8)
+        fused, kernels, int8 = VARIANTS[variant]
+        model = build(args.size, fused=fused, int8=args.int8 or int8)
         res = measure(model, batches, args.ctx, args.steps, args.prefill, kernels)
         print(json.dumps({"variant": variant + ("-int8" if args.int8 else ""), "loadavg": load, **res}))
         return
     names = [v for v in args.variants.split(",") if v]
-    built = {fused: build(args.size, fused, int8=args.int8) for fused in {VARIANTS[n][0] for n in names}}
+    # One model per (fused, int8) form, all built from the same seed: int8 is the quantization of the bf16 weights.
+    forms = {(VARIANTS[n][0], args.int8 or VARIANTS[n][2]) for n in names}
+    built = {form: build(args.size, form[0], int8=form[1]) for form in forms}
     rounds: dict[str, list[dict]] = {n: [] for n in names}
     for _ in range(args.rounds):
         for name in names:
-            fused, kernels = VARIANTS[name]
-            rounds[name].append(measure(built[fused], batches, args.ctx, args.steps, args.prefill, kernels))
-    out: dict = {"loadavg_before": load}
+            fused, kernels, int8 = VARIANTS[name]
+            model = built[(fused, args.int8 or int8)]
+            rounds[name].append(measure(model, batches, args.ctx, args.steps, args.prefill, kernels))
+    out: dict = {"loadavg_before": load, "threads": args.threads}
     for name, rs in rounds.items():
         out[name] = {
             case: {k: statistics.median(r[case][k] for r in rs) for k in rs[0][case]} for case in rs[0]

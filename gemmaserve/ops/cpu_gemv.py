@@ -137,10 +137,10 @@ def isa() -> str:
 
 
 def int8_isa() -> str:
-    """The int8-weight GEMV's path: 'avx512' or 'portable' ('' if unavailable)."""
+    """The int8-weight GEMV's path: 'amx+avx512' (AMX tiles from 3 rows), 'avx512' or 'portable' ('' if unavailable)."""
     if not available():
         return ""
-    return ("portable", "avx512")[_lib.gs_gemv_int8_isa()]
+    return ("portable", "avx512", "amx+avx512")[_lib.gs_gemv_int8_isa()]
 
 
 def _check_w(w: torch.Tensor, ndim: int) -> None:
