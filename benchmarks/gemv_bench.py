@@ -1,5 +1,8 @@
 """GB/s of weight reads for few-row bf16 matmuls on CPU: torch.mv, F.linear, W @ x^T and the
-gemmaserve.ops.cpu_gemv kernel over the bench model's shapes; prints one JSON summary."""
+gemmaserve.ops.cpu_gemv kernel over the bench model's shapes; prints one JSON summary.
+
+    python -m benchmarks.gemv_bench --int8    # int8-weight kernel vs the bf16 kernel (G weights/s)
+"""
 
 from __future__ import annotations
 
@@ -79,6 +82,37 @@ def _experts(args) -> list[dict]:
     return rows
 
 
+def _int8(args) -> list[dict]:
+    """Weights per second (what decode needs: int8 reads half the bytes) of the int8-weight kernel, the
+    bf16 kernel and torch's _weight_int8pack_mm on the same shapes, interleaved."""
+    from gemmaserve.ops.quant import quantize_per_channel
+
+    rows = []
+    for name, n, k in SHAPES:
+        copies = args.copies or max(1, (256 << 20) // (n * k * 2))
+        ws = [torch.randn(n, k).bfloat16() for _ in range(copies)]
+        qs = [quantize_per_channel(w) for w in ws]
+        for m in (int(r) for r in args.rows.split(",")):
+            x = torch.randn(m, k).bfloat16()
+            it = {"i": 0}
+
+            def nxt(pool):
+                it["i"] = (it["i"] + 1) % copies
+                return pool[it["i"]]
+
+            fns = {"bf16_kernel": lambda: cpu_gemv.gemv(nxt(ws), x),
+                   "int8_kernel": lambda: cpu_gemv.gemv_int8(*nxt(qs), x)}
+            if k % 32 == 0:
+                fns["int8pack"] = lambda: torch.ops.aten._weight_int8pack_mm(x, *nxt(qs))
+            t = _time(fns, args.reps, args.warm_s)
+            row = {"shape": name, "N": n, "K": k, "M": m, **{f"{p}_gws": round(n * k / s / 1e9, 2) for p, s in t.items()},
+                   "int8_speedup_vs_bf16_kernel": round(t["bf16_kernel"] / t["int8_kernel"], 2)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del ws, qs
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", default="1,2,4,8")
@@ -88,11 +122,19 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=0,
                     help="weight copies cycled through so reads come from DRAM, not cache "
                          "(default: enough for 256 MiB per shape)")
+    ap.add_argument("--int8", action="store_true", help="int8-weight kernel vs bf16 kernel instead")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if not cpu_gemv.available():
         raise SystemExit("cpu_gemv kernel unavailable")
+    if args.int8:
+        results = _int8(args)
+        speedups = sorted(r["int8_speedup_vs_bf16_kernel"] for r in results)
+        print(json.dumps({"bench": "gemv_int8", "threads": args.threads, "isa": cpu_gemv.int8_isa(),
+                          "loadavg": os.getloadavg(), "median_int8_speedup": speedups[len(speedups) // 2],
+                          "results": results}))
+        return
     results = []
     for name, n, k in SHAPES:
         nbytes = n * k * 2
