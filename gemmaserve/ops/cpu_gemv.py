@@ -92,6 +92,8 @@ def _compile() -> ctypes.CDLL:
     lib.gs_gemv_int8.restype = None
     lib.gs_gemv_int8_experts.argtypes = [_p, _p, _int, _i64, _i64, _i64, _p, _i64, _i64, _p, _i64, _p, _int, _int]
     lib.gs_gemv_int8_experts.restype = None
+    lib.gs_int8_to_bf16.argtypes = [_p, _i64, _p, _int]
+    lib.gs_int8_to_bf16.restype = None
     lib.gs_rms_norm_bf16.argtypes = [_p, _i64, _i64, _i64, _p, ctypes.c_float, _p]
     lib.gs_rms_norm_bf16.restype = None
     lib.gs_decode_attn_bf16.argtypes = [_p, _i64, _p, _p, _i64, _i64, _p, _i64, _p, _i64, _i64, ctypes.c_float, _p, _int]
@@ -254,6 +256,16 @@ def gemv_int8_experts(q: torch.Tensor, scale: torch.Tensor, expert_ids: torch.Te
         _lib.gs_gemv_int8_experts(q.data_ptr(), scale.data_ptr(), scale.dtype is torch.float32, e, n, k, ids.data_ptr(),
                                   m, topk, x2.data_ptr(), x2.stride(0), out.data_ptr(), out_dtype is torch.float32,
                                   torch.get_num_threads())
+    return out
+
+
+def int8_to_bf16(q: torch.Tensor) -> torch.Tensor:
+    """q.to(torch.bfloat16) for a contiguous int8 CPU tensor (exact), vectorised and threaded."""
+    if q.dtype != torch.int8 or not q.is_cpu or not q.is_contiguous():
+        raise ValueError(f"q must be a contiguous int8 CPU tensor, got {q.dtype} {tuple(q.shape)}")
+    out = torch.empty(q.shape, dtype=torch.bfloat16)
+    if q.numel():
+        _lib.gs_int8_to_bf16(q.data_ptr(), q.numel(), out.data_ptr(), torch.get_num_threads())
     return out
 
 

@@ -234,3 +234,12 @@ def test_portable_build_matches_the_vector_build(tmp_path):
         out = torch.empty(m, n)
         lib.gs_gemv_int8(q.data_ptr(), s.data_ptr(), 0, n, k, x.data_ptr(), m, k, out.data_ptr(), 1, 1)
         _close(out, _ref(q, s, x), k)
+
+
+def test_int8_to_bf16_widening_is_exact_and_feeds_the_many_row_path():
+    q = torch.randint(-128, 128, (600, 1001), dtype=torch.int8)  # > 2^18 elements: the threaded split
+    assert torch.equal(cpu_gemv.int8_to_bf16(q), q.bfloat16())
+    assert torch.equal(cpu_gemv.int8_to_bf16(q[:3, :5].contiguous()), q[:3, :5].bfloat16())
+    qq, s = _q(96, 64, 9)
+    x = torch.randn(40, 64).bfloat16()  # past KERNEL_MAX_ROWS and INT8PACK_MAX_ROWS: dequantising path
+    assert torch.equal(int8_linear(x, qq, s), torch.nn.functional.linear(x, qq.bfloat16()) * s)

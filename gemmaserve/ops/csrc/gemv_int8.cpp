@@ -345,4 +345,24 @@ void gs_gemv_int8_experts(const int8_t* q, const void* scale, int scale_f32, int
     }
 }
 
+// out[i] = bf16(q[i]), exact, split over the OpenMP threads for large arrays: the weight copy of the
+// dequantising path that prefill-sized int8 matmuls take (torch's int8 -> bf16 cast measured 0.6 ms for
+// [1024, 1024] at one thread, two thirds of the 512-row GEMM that follows).
+void gs_int8_to_bf16(const int8_t* q, int64_t n, bf16_t* out, int nthreads) {
+    const int nt = n >= (1 << 18) && nthreads > 1 ? nthreads : 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t c = 0; c < n; c += 8192) {
+        const int64_t e = std::min(n, c + 8192);
+        int64_t i = c;
+#if GS_I8_VEC && defined(__AVX512BF16__)
+        for (; i + 32 <= e; i += 32) {
+            const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + i))));
+            const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(q + i + 16))));
+            _mm512_storeu_si512(out + i, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        }
+#endif
+        for (; i < e; ++i) out[i] = f32_to_bf16((float)q[i]);
+    }
+}
+
 }  // extern "C"
