@@ -1,4 +1,4 @@
-"""One-call CPU decode layers: a fused bf16 (or weight-only int8) MoE decoder layer run by the gcc-built decode_layer kernel."""
+"""One-call CPU decode layers: a fused bf16 or weight-only int8 MoE decoder layer in one decode_layer kernel call."""
 
 from __future__ import annotations
 

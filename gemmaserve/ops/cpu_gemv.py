@@ -1,4 +1,4 @@
-"""CPU decode kernels built with gcc: few-row bf16 and int8-weight GEMV (each weight row streamed once), RMSNorm, paged decode attention."""
+"""CPU decode kernels built with gcc: few-row bf16/int8-weight GEMV, RMSNorm, paged decode attention, one-call layer."""
 
 from __future__ import annotations
 
@@ -213,10 +213,12 @@ def _check_q(q: torch.Tensor, scale: torch.Tensor, ndim: int) -> None:
     if q.dim() != ndim or q.dtype != torch.int8 or not q.is_cpu or not q.is_contiguous():
         raise ValueError(f"q must be a contiguous {ndim}-D int8 CPU tensor, got {q.dtype} {tuple(q.shape)}")
     if scale.dtype not in (torch.bfloat16, torch.float32) or scale.shape != q.shape[:-1] or not scale.is_contiguous():
-        raise ValueError(f"scale must be contiguous bf16/fp32 {tuple(q.shape[:-1])}, got {scale.dtype} {tuple(scale.shape)}")
+        raise ValueError(f"scale must be contiguous bf16/fp32 {tuple(q.shape[:-1])}, "
+                         f"got {scale.dtype} {tuple(scale.shape)}")
 
 
-def gemv_int8(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+def gemv_int8(q: torch.Tensor, scale: torch.Tensor, x: torch.Tensor,
+              out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """Weight-only int8: x [..., K] bf16 @ (q [N, K] int8 * scale[N, None])^T -> [..., N] (bf16 or fp32),
     computed as scale[n] * sum_k x q in fp32 with q widened in registers; one rounding. Fast for up to
     MAX_ROWS rows. scale bf16 or fp32 [N]; call available() first."""

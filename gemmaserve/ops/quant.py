@@ -17,9 +17,10 @@ KERNEL_MAX_ROWS = cpu_gemv.MAX_ROWS
 KERNEL_MAX_TOKENS = 8
 # Past the kernel's rows (or without it), up to this many rows torch's int8 kernel
 # (aten._weight_int8pack_mm: reads int8, converts in registers) beats dequantising; above it the
-# matmul is compute-bound and a bf16 GEMM on a dequantised copy wins. Measured on [1024, 1024] bf16, 2 threads: the kernel costs ~11 us per
-# row, dequantise + GEMM ~150 us flat; crossover at ~12-16 rows. The kernel needs
-# K % 32 == 0: torch 2.13 returns garbage for bf16 with K = 24 or 40 and crashes on K = 13.
+# matmul is compute-bound and a bf16 GEMM on a dequantised copy wins. Measured on [1024, 1024]
+# bf16, 2 threads: the kernel costs ~11 us per row, dequantise + GEMM ~150 us flat; crossover at
+# ~12-16 rows. It needs K % 32 == 0: torch 2.13 returns garbage for bf16 with K = 24 or 40 and
+# crashes on K = 13.
 INT8PACK_MAX_ROWS = 12
 
 
@@ -77,7 +78,8 @@ def moe_experts_int8(
     x [T, H]; gate_up_q [E, 2I, H] int8 (gate rows first), gate_up_scale [E, 2I]; down_q [E, H, I]
     int8, down_scale [E, H]; topk_idx [T, K] int64; topk_w [T, K] fp32 -> [T, H] in x's dtype.
     Same contract and summation order as ops.moe.moe_grouped (few bf16 CPU tokens: moe_gather_int8)."""
-    if _kernel_ok(x, gate_up_q, gate_up_scale, KERNEL_MAX_TOKENS, 3) and down_q.is_contiguous() and down_scale.is_contiguous():
+    few = _kernel_ok(x, gate_up_q, gate_up_scale, KERNEL_MAX_TOKENS, 3)
+    if few and down_q.is_contiguous() and down_scale.is_contiguous():
         return moe_gather_int8(x, gate_up_q, gate_up_scale, down_q, down_scale, topk_idx, topk_w)
     t, k = topk_idx.shape
     flat = topk_idx.reshape(-1)  # [T*K]
@@ -114,9 +116,10 @@ def moe_gather_int8(
     rounding points of the bf16 path and of the one-call decode layer). Same contract as
     moe_experts_int8; x bf16 on CPU, contiguous int8 tensors, cpu_gemv.available()."""
     t, k = topk_idx.shape
-    gate, up = cpu_gemv.gemv_int8_experts(gate_up_q, gate_up_scale, topk_idx, x, check=False).chunk(2, dim=-1)  # [T, K, I]
-    act = gelu_tanh_mul(gate, up).view(t * k, -1)  # [T*K, I]
-    y = cpu_gemv.gemv_int8_experts(down_q, down_scale, topk_idx.view(t * k, 1), act, torch.float32, check=False)  # [T*K, 1, H]
+    gate_up = cpu_gemv.gemv_int8_experts(gate_up_q, gate_up_scale, topk_idx, x, check=False)  # [T, K, 2I]
+    act = gelu_tanh_mul(*gate_up.chunk(2, dim=-1)).view(t * k, -1)  # [T*K, I]
+    y = cpu_gemv.gemv_int8_experts(down_q, down_scale, topk_idx.view(t * k, 1), act, torch.float32, check=False)
+    # y [T*K, 1, H] fp32
     return torch.bmm(topk_w[:, None, :], y.view(t, k, -1)).view(t, -1).to(x.dtype)  # [T, H]
 
 
