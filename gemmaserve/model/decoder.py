@@ -62,6 +62,8 @@ class Gemma4DecoderLayer(nn.Module):
         r = h + rms_norm(a, self.post_attention_layernorm.weight, eps)  # [T, H]
         if keep_rows is not None:
             r = r[keep_rows]
+            if r.shape[0] == 0:  # a step where no row samples (a prompt chunk that is not its last)
+                return r
         d = self.mlp(rms_norm(r, self.pre_feedforward_layernorm.weight, eps))  # [T, H] dense GeGLU
         if self.enable_moe:
             d = rms_norm(d, self.post_feedforward_layernorm_1.weight, eps)

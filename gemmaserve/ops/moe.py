@@ -206,6 +206,8 @@ def moe_experts(
     """Pick the path by token count and, on CPU, the share of experts chosen (see GROUPED_MIN_TOKENS,
     PADDED_MAX_TOKENS)."""
     t = x.shape[0]
+    if t == 0:  # no rows (a last layer that keeps none): nothing to route, and the paths assume rows
+        return torch.zeros_like(x)
     if (
         t <= GEMV_MAX_TOKENS
         and x.dtype is torch.bfloat16

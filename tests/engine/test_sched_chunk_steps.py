@@ -14,11 +14,6 @@ def demo(tmp_path_factory):
 
 
 @pytest.mark.skipif(not cpu_gemv.available(), reason="the bf16 CPU kernels did not build")
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (reported to the lead): a step whose rows all are non-final prefill chunks keeps "
-    "0 rows in the last layer and ops.moe.moe_gather_gemv fails on 0 tokens; remove this mark with the fix",
-)
 def test_a_prompt_longer_than_the_cap_alone_is_prefilled_in_chunks_on_bf16(demo):
     # 20 prompt tokens under an 8-token prefill cap: steps of 8, 8 and 4 tokens, only the last samples.
     llm = LLM(model=str(demo), dtype="bfloat16", max_model_len=64, max_num_prefill_tokens=8)

@@ -222,3 +222,13 @@ def test_in_order_decode_group_returns_sdpa_rows_directly():
     v = vc.view(-1, 2, 16)[:9].repeat_interleave(4, dim=1)
     ref = torch.softmax(torch.einsum("hd,lhd->hl", q[0], k), dim=-1)
     torch.testing.assert_close(fast[0], torch.einsum("hl,lhd->hd", ref, v), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_moe_experts_with_no_tokens(dtype):
+    # A last layer that keeps no rows (a step where nothing samples) routes zero tokens: every path
+    # must return [0, H], not fail on an empty reshape.
+    gate_up, down = torch.zeros(8, 24, 32, dtype=dtype), torch.zeros(8, 32, 12, dtype=dtype)
+    out = moe_experts(torch.zeros(0, 32, dtype=dtype), gate_up, down, torch.zeros(0, 2, dtype=torch.int64),
+                      torch.zeros(0, 2))
+    assert out.shape == (0, 32) and out.dtype == dtype
