@@ -23,9 +23,11 @@ _DTYPES = {
 CPU_DEFAULT_MAX_MODEL_LEN = 8192
 GPU_DEFAULT_MAX_MODEL_LEN = 32768
 CPU_DEFAULT_KV_BYTES = 1 << 30
-# `serve`/`generate` on CPU cap new-prompt tokens per step at one 512-token prompt so that an
-# arrival is prefilled (and gets its first token) in the next step beside the running decodes
-# instead of queueing behind other prompts' prefill (issue 4 TTFT; measured in RESULTS.md).
+# `serve`/`generate` on CPU cap a step's prompt tokens at 512 (about half a second of prefill on
+# the 2-core bench box): a 512-token arrival gets its whole prefill and first token in the next step
+# beside the running decodes, and no step holds the streams for more. Chosen by serving A/Bs (bench
+# model, 512/128 tokens): 16-stream TTFT p50 1.9x the single stream's (5.5x uncapped), 32-stream
+# output 1-3% above uncapped; 256 splits a lone 512-token prompt (+14% TTFT) and lost 7% at 32.
 CPU_DEFAULT_MAX_NUM_PREFILL_TOKENS = 512
 
 

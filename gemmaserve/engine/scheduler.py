@@ -114,7 +114,7 @@ class Scheduler:
             is_prefill = req.num_remaining > 1
             n = min(req.num_remaining, budget, chunk, prefill_budget if is_prefill else 1)
             if n == 0:
-                continue  # the prefill cap is spent; decodes behind it still run
+                continue  # the prefill cap is spent: this prompt continues next step
             while not self.kv.allocate_slots(req, n):
                 victim = self.running[-1]
                 self._preempt(victim)
