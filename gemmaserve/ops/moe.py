@@ -25,7 +25,10 @@ PADDED_MAX_TOKENS = 64
 PADDED_MIN_ACTIVE = 0.75
 # Up to this many tokens, bf16 on CPU, the GEMV kernel's expert gather (ops/cpu_gemv.py) replaces every
 # path above: two calls per layer, each chosen expert read once for all tokens that chose it; 0 = off.
-GEMV_MAX_TOKENS = 8
+# Bench shape, 2 threads, quiet machine, min ms gemv vs padded: 8 tokens 1.95/3.33, 16 2.52/3.38,
+# 32 3.23/3.67, 64 4.97/4.03; decode steps of 24 / 32 rows (decode_bench) 107.9 -> 103.1 and
+# 109.9 -> 106.3 ms when raised from 8 to 32.
+GEMV_MAX_TOKENS = 32
 # The grouped GEMM on CPU measured mixed against the per-expert loop (bench shape, 2 threads: 15%
 # faster at 256-512 tokens, 5-25% slower at 16 and 2048, noisy), so CPU keeps the loop.
 GROUPED_MM_CPU = False

@@ -152,9 +152,11 @@ def test_bf16_decode_with_kernels_is_as_accurate_as_torch_fallback(monkeypatch):
     calls = _count_calls(monkeypatch, ["gemv", "gemv_experts", "rms_norm", "decode_attention", "qkv_post"])
     per_op = _decode(m16, prompt, forced)
     # Per decode step and layer: qkv, o, router, gate_up, down and two expert calls, plus the LM head;
-    # the prefill's last layer runs its feed-forward (4 GEMVs with the LM head) on the one sampled row.
+    # the prefill's last layer runs its feed-forward (4 GEMVs with the LM head) on the one sampled row,
+    # and every prefill layer's MoE (13 rows, within moe.GEMV_MAX_TOKENS) takes the expert gather.
     # Norms: 7 per layer + the final one (q/k/v norms are inside qkv_post, prefill included).
-    assert calls["gemv"] == n * (5 * layers + 1) + 4 and calls["gemv_experts"] == n * 2 * layers + 2
+    assert len(prompt) <= moe_op.GEMV_MAX_TOKENS
+    assert calls["gemv"] == n * (5 * layers + 1) + 4 and calls["gemv_experts"] == n * 2 * layers + 2 * layers
     assert calls["decode_attention"] == n * layers and calls["qkv_post"] == (n + 1) * layers
     assert calls["rms_norm"] >= n * (7 * layers + 1)
     for mod, knob, off in [(linear_op, "GEMV_MAX_ROWS", 0), (moe_op, "GEMV_MAX_TOKENS", 0),
