@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from layer_inputs import layer_plan, layer_rope
 from parity_batch import PagedSim
 
 import gemmaserve.model.attention as model_attn
@@ -18,7 +19,6 @@ from gemmaserve.demo import demo_config
 from gemmaserve.model.config import Gemma4TextConfig
 from gemmaserve.model.decoder import Gemma4ForCausalLM
 from gemmaserve.ops import cpu_gemv
-from gemmaserve.ops.attention import build_plan
 from gemmaserve.ops.linear import linear
 
 needs_kernel = pytest.mark.skipif(not cpu_gemv.available(), reason="CPU GEMV kernel unavailable")
@@ -190,7 +190,7 @@ def test_one_call_layer_matches_torch_layer(rows, monkeypatch):
     for i in (0, 5):  # a sliding layer and the full (K=V) layer
         layer, kind = m16.layers[i], m16.config.layer_types[i]
         h = torch.randn(rows, m16.config.hidden_size, generator=g).bfloat16()
-        plan, cos_sin = _plan(m16, batch, kind), _rope(m16, batch, kind)
+        plan, cos_sin = layer_plan(m16, batch, kind), layer_rope(m16, batch, kind)
         slots = batch.kinds[kind].slot_mapping
         kv_fast = (sim.caches[i][0].clone(), sim.caches[i][1].clone())
         fast = fast_decode.decode_layer(layer, h, cos_sin, plan, slots, kv_fast, None)
@@ -223,7 +223,7 @@ def test_qkv_post_kernel_rounds_like_torch(layer, k_eq_v, monkeypatch):
     sim = PagedSim(model, block_size=4, num_blocks=16, dtype=torch.bfloat16)
     batch = sim.batch([(0, list(range(3, 12)))])  # 9 rows of prefill: every position's rope differs
     kind = cfg.layer_types[layer]
-    cos, sin = _rope(model, batch, kind)
+    cos, sin = layer_rope(model, batch, kind)
     g = torch.Generator().manual_seed(layer)
     x = (torch.randn(9, cfg.hidden_size, generator=g)).bfloat16()
     slots = batch.kinds[kind].slot_mapping
@@ -234,7 +234,7 @@ def test_qkv_post_kernel_rounds_like_torch(layer, k_eq_v, monkeypatch):
     for rows in (64, 0):
         monkeypatch.setattr(model_attn, "QKV_KERNEL_MAX_ROWS", rows)
         caches = [(c[0].clone().zero_(), c[1].clone().zero_()) for c in sim.caches]
-        plan = _plan(model, batch, kind)
+        plan = layer_plan(model, batch, kind)
         attn(x, (cos, sin), plan, slots, caches[layer])
         outs.append((captured["q"][-1], caches[layer][0], caches[layer][1]))
     (q1, k1, v1), (q0, k0, v0) = outs
@@ -244,19 +244,6 @@ def test_qkv_post_kernel_rounds_like_torch(layer, k_eq_v, monkeypatch):
         assert float((a != b).float().mean()) < 0.01
         assert bool(((a.float() - b.float()).abs() <= 2**-7 * b.float().abs()).all())
     assert bool(k1.abs().sum() > 0) and bool(v1.abs().sum() > 0)  # the kernel did write the caches
-
-
-def _rope(model, batch, kind):
-    from gemmaserve.ops.rope import rope_cos_sin, signed_sin
-
-    cos, sin = rope_cos_sin(batch.positions, getattr(model, f"{kind}_inv_freq"), torch.bfloat16)
-    return cos, signed_sin(sin)
-
-
-def _plan(model, batch, kind):
-    spec = next(s for s in model.config.attention_kinds() if s.kind == kind)
-    meta = batch.kinds[kind]
-    return build_plan(meta.block_tables, batch.query_lens_cpu, batch.seq_lens_cpu, batch.block_size, spec.window)
 
 
 @needs_kernel
@@ -269,7 +256,7 @@ def test_fp32_layers_take_the_torch_path():
     assert fast_decode._tensors(m32.layers[0]) is None
     kind = m32.config.layer_types[0]
     out = fast_decode.decode_layer(m32.layers[0], torch.randn(1, m32.config.hidden_size), (None, None),
-                                   _plan(m32, batch, kind), batch.kinds[kind].slot_mapping, sim.caches[0], None)
+                                   layer_plan(m32, batch, kind), batch.kinds[kind].slot_mapping, sim.caches[0], None)
     assert out is None
     logits = m32(batch, sim.caches)
     assert logits.shape == (1, m32.config.vocab_size) and bool(torch.isfinite(logits).all())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from layer_inputs import layer_plan, layer_rope
 from parity_batch import PagedSim
 
 import gemmaserve.model.decoder as decoder_mod
@@ -16,8 +17,6 @@ from gemmaserve.model.config import Gemma4TextConfig
 from gemmaserve.model.decoder import Gemma4ForCausalLM
 from gemmaserve.model.quantize import QuantExperts, QuantLinear, quantize_model_int8_
 from gemmaserve.ops import cpu_gemv
-from gemmaserve.ops.attention import build_plan
-from gemmaserve.ops.rope import rope_cos_sin, signed_sin
 
 needs_kernel = pytest.mark.skipif(not cpu_gemv.available(), reason="CPU kernels unavailable")
 
@@ -31,17 +30,6 @@ def _tiny(int8: bool = True, seed: int = 3) -> Gemma4ForCausalLM:
         for layer in model.layers:
             layer.router.proj.weight.mul_(60.0)
     return (quantize_model_int8_(model) if int8 else model).fuse_()
-
-
-def _rope(model, batch, kind):
-    cos, sin = rope_cos_sin(batch.positions, getattr(model, f"{kind}_inv_freq"), torch.bfloat16)
-    return cos, signed_sin(sin)
-
-
-def _plan(model, batch, kind):
-    spec = next(s for s in model.config.attention_kinds() if s.kind == kind)
-    meta = batch.kinds[kind]
-    return build_plan(meta.block_tables, batch.query_lens_cpu, batch.seq_lens_cpu, batch.block_size, spec.window)
 
 
 @needs_kernel
@@ -86,7 +74,7 @@ def test_one_call_int8_layer_matches_torch_int8_layer(rows, monkeypatch):
     for i in (0, 5):  # a sliding layer and the full (K=V) layer
         layer, kind = model.layers[i], model.config.layer_types[i]
         h = torch.randn(rows, model.config.hidden_size, generator=g).bfloat16()
-        plan, cos_sin = _plan(model, batch, kind), _rope(model, batch, kind)
+        plan, cos_sin = layer_plan(model, batch, kind), layer_rope(model, batch, kind)
         slots = batch.kinds[kind].slot_mapping
         kv_fast = (sim.caches[i][0].clone(), sim.caches[i][1].clone())
         fast = fast_decode.decode_layer(layer, h, cos_sin, plan, slots, kv_fast, None)
