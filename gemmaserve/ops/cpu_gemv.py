@@ -186,6 +186,19 @@ def gemv(w: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype = torch.bfloat
     return out if x.dim() <= 2 else out.view(*x.shape[:-1], n)
 
 
+def _expert_ids(expert_ids: torch.Tensor, m: int, e: int, out_dtype: torch.dtype, check: bool) -> torch.Tensor:
+    """The expert-gather calls' shared argument checks: ids [M, topk] as contiguous int64 (in [0, E)
+    when `check`), and an fp32 or bf16 output dtype."""
+    if expert_ids.dim() != 2 or expert_ids.shape[0] != m:
+        raise ValueError(f"expert_ids must be [M, topk] with M={m}, got {tuple(expert_ids.shape)}")
+    ids = expert_ids.to(torch.int64).contiguous()
+    if check and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= e):
+        raise ValueError(f"expert ids must lie in [0, {e})")
+    if out_dtype not in (torch.bfloat16, torch.float32):
+        raise ValueError(f"out_dtype must be bf16 or fp32, got {out_dtype}")
+    return ids
+
+
 def gemv_experts(w: torch.Tensor, expert_ids: torch.Tensor, x: torch.Tensor,
                  out_dtype: torch.dtype = torch.bfloat16, check: bool = True) -> torch.Tensor:
     """MoE gather: out[m, j] = w[expert_ids[m, j]] @ x[m] for w [E, N, K], expert_ids [M, topk],
@@ -194,14 +207,8 @@ def gemv_experts(w: torch.Tensor, expert_ids: torch.Tensor, x: torch.Tensor,
     _check_w(w, 3)
     e, n, k = w.shape
     x2 = _rows(x, k)
-    if expert_ids.dim() != 2 or expert_ids.shape[0] != x2.shape[0]:
-        raise ValueError(f"expert_ids must be [M, topk] with M={x2.shape[0]}, got {tuple(expert_ids.shape)}")
-    ids = expert_ids.to(torch.int64).contiguous()
-    if check and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= e):
-        raise ValueError(f"expert ids must lie in [0, {e})")
+    ids = _expert_ids(expert_ids, x2.shape[0], e, out_dtype, check)
     m, topk = ids.shape
-    if out_dtype not in (torch.bfloat16, torch.float32):
-        raise ValueError(f"out_dtype must be bf16 or fp32, got {out_dtype}")
     out = torch.zeros(m, topk, n, dtype=out_dtype)
     if ids.numel() and n and k:
         _lib.gs_gemv_bf16_experts(w.data_ptr(), e, n, k, ids.data_ptr(), m, topk, x2.data_ptr(), x2.stride(0),
@@ -245,13 +252,7 @@ def gemv_int8_experts(q: torch.Tensor, scale: torch.Tensor, expert_ids: torch.Te
     _check_q(q, scale, 3)
     e, n, k = q.shape
     x2 = _rows(x, k)
-    if expert_ids.dim() != 2 or expert_ids.shape[0] != x2.shape[0]:
-        raise ValueError(f"expert_ids must be [M, topk] with M={x2.shape[0]}, got {tuple(expert_ids.shape)}")
-    ids = expert_ids.to(torch.int64).contiguous()
-    if check and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= e):
-        raise ValueError(f"expert ids must lie in [0, {e})")
-    if out_dtype not in (torch.bfloat16, torch.float32):
-        raise ValueError(f"out_dtype must be bf16 or fp32, got {out_dtype}")
+    ids = _expert_ids(expert_ids, x2.shape[0], e, out_dtype, check)
     m, topk = ids.shape
     out = torch.zeros(m, topk, n, dtype=out_dtype)  # [M, topk, N]
     if ids.numel() and n and k:
