@@ -192,11 +192,7 @@ class Engine:
         sched_out = self.scheduler.schedule()
         if sched_out.is_empty:
             return self._fail_unschedulable()
-        scored: list[Request] = []  # max_tokens=0: the prompt is done, nothing is sampled
-        for s in sched_out.scheduled:
-            if s.samples and s.request.params.max_tokens == 0:
-                s.samples = False
-                scored.append(s.request)
+        scored = [s.request for s in sched_out.scheduled if s.completes and not s.samples]  # max_tokens=0
         sampling = [s.request for s in sched_out.scheduled if s.samples]
         try:
             logits = self.runner.execute(sched_out.scheduled)

@@ -64,6 +64,11 @@ class Request:
         self.num_reported_tokens = 0
 
     @property
+    def scores_only(self) -> bool:
+        """max_tokens=0 (with prompt_logprobs): the prompt is computed and scored, nothing sampled."""
+        return self.params.max_tokens == 0
+
+    @property
     def num_tokens(self) -> int:
         return len(self.all_token_ids)
 

@@ -16,11 +16,13 @@ class ScheduledRequest:
     request: Request
     num_new_tokens: int  # tokens computed this step, starting at request.num_computed_tokens
     start: int = -1  # request.num_computed_tokens when scheduled (first new position)
-    samples: bool = False  # this step reaches the end of the request's tokens: its logits are sampled
+    completes: bool = False  # this step reaches the end of the request's tokens
+    samples: bool = False  # ... and its logits are sampled (not for a max_tokens=0 scoring request)
 
     def __post_init__(self) -> None:
         self.start = self.request.num_computed_tokens
-        self.samples = self.start + self.num_new_tokens == self.request.num_tokens
+        self.completes = self.start + self.num_new_tokens == self.request.num_tokens
+        self.samples = self.completes and not self.request.scores_only
 
 
 @dataclass

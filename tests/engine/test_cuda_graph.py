@@ -59,7 +59,8 @@ class _Sim:
                     r.kv_caches[i][1][blk].fill_(float("nan"))
 
     def add(self, rid: str, prompt: list[int]) -> None:
-        self.reqs[rid] = SimpleNamespace(all_token_ids=list(prompt), num_computed_tokens=0, prompt_logprobs=None,
+        self.reqs[rid] = SimpleNamespace(all_token_ids=list(prompt), num_computed_tokens=0,
+                                         prompt_logprobs=None, scores_only=False,
                                          block_tables={SLIDING: [], FULL: []}, num_tokens=len(prompt))
 
     def finish(self, rid: str) -> None:
@@ -182,7 +183,8 @@ def test_26b_a4b_shape_static_decode_builds_on_the_model_device():
     assert graphs.buf.device.type == "meta" and runner.kv_caches[5][0].shape == (1201, 16, 2, 512)
     assert runner.kv_caches[0][0].shape == (301, 16, 8, 256)
     for lens in ([7], [100] * 33 + [8000]):  # buckets (1, 256) and (64, 8192)
-        reqs = [SimpleNamespace(all_token_ids=list(range(n)), num_computed_tokens=n - 1, num_tokens=n, prompt_logprobs=None,
+        reqs = [SimpleNamespace(all_token_ids=list(range(n)), num_computed_tokens=n - 1, num_tokens=n,
+                                prompt_logprobs=None, scores_only=False,
                                 block_tables={SLIDING: [i % 300 for i in range((n + 15) // 16)],
                                               FULL: [i % 1200 for i in range((n + 15) // 16)]}) for n in lens]
         scheduled = [ScheduledRequest(r, 1) for r in reqs]
@@ -198,7 +200,8 @@ def test_prepare_puts_the_batch_on_a_non_cpu_device_without_pinning():
     cfg = Gemma4TextConfig.from_dict(dict(TEXT_CONFIGS["tiny"], sliding_window=WINDOW))
     model = Gemma4ForCausalLM(cfg, dtype=torch.bfloat16, device="meta")
     runner = ModelRunner(model, cfg, {SLIDING: 8, FULL: 8}, BS, torch.bfloat16, "meta", sampler=None)
-    req = SimpleNamespace(all_token_ids=[5, 6, 7, 8, 9], num_computed_tokens=0, num_tokens=5, prompt_logprobs=None,
+    req = SimpleNamespace(all_token_ids=[5, 6, 7, 8, 9], num_computed_tokens=0, num_tokens=5,
+                          prompt_logprobs=None, scores_only=False,
                           block_tables={SLIDING: [3, 4], FULL: [1, 2]})
     batch = runner.prepare([ScheduledRequest(req, 5)])
     fields = [batch.input_ids, batch.positions, batch.query_start_loc, batch.seq_lens, batch.logits_indices]
