@@ -13,7 +13,7 @@ from gemmaserve.api.auth import require_auth
 from gemmaserve.api.chat_output import DeltaStream, chat_logprobs, whole_message
 from gemmaserve.api.chat_prep import PreparedChat, prepare_chat
 from gemmaserve.api.errors import APIError, engine_error_to_api
-from gemmaserve.api.guards import admit, check_model, respond, run_to_end
+from gemmaserve.api.guards import admit, respond, run_to_end
 from gemmaserve.api.run import (
     TIMEOUT,
     EngineRun,
@@ -36,14 +36,15 @@ router = APIRouter()
 class _Ctx:
     """What every frame of one response repeats."""
 
-    def __init__(self, state: ServerState, req: ChatCompletionRequest, prep: PreparedChat, request: Request):
+    def __init__(self, state: ServerState, req: ChatCompletionRequest, prep: PreparedChat, request: Request,
+                 model: str):
         self.state = state
         self.req = req
         self.prep = prep
         self.headers = request.headers
         self.created = int(time.time())
         self.gen_id = new_generation_id(self.created)
-        self.model = state.config.response_model_for(check_model(state, req))
+        self.model = model
         self.provider = state.config.provider_name
 
     def counts(self, run: EngineRun) -> TokenCounts:
@@ -83,11 +84,11 @@ def _native(out: RequestOutput | None, has_tool_calls: bool) -> str | None:
 @router.post("/api/v1/chat/completions", dependencies=[Depends(require_auth)])
 @router.post("/v1/chat/completions", dependencies=[Depends(require_auth)])
 async def chat_completions(req: ChatCompletionRequest, request: Request):
-    state = admit(request, req)
+    state, model = admit(request, req)
     # Rendering, tokenizing and grammar compilation are CPU work: keep them off the event loop
     # so other streams keep flowing while a long prompt is prepared.
     prep = await asyncio.to_thread(prepare_chat, state, req)
-    ctx = _Ctx(state, req, prep, request)
+    ctx = _Ctx(state, req, prep, request, model)
     run = EngineRun(state, prep.prompt_ids, prep.params, ctx.gen_id)
     return await respond(request, run, stream=bool(req.stream), whole=lambda: _whole(ctx, run),
                          frames=lambda first: _stream(ctx, run, first),

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from gemmaserve.api.auth import require_auth
 from gemmaserve.api.errors import APIError, engine_error_to_api
-from gemmaserve.api.guards import admit, check_model, respond, run_to_end
+from gemmaserve.api.guards import admit, respond, run_to_end
 from gemmaserve.api.run import (
     TIMEOUT,
     EngineRun,
@@ -75,8 +75,7 @@ def joined_logprobs(head: dict[str, Any] | None, tail: dict[str, Any] | None) ->
 @router.post("/api/v1/completions", dependencies=[Depends(require_auth)])
 @router.post("/v1/completions", dependencies=[Depends(require_auth)])
 async def completions(req: CompletionRequest, request: Request):
-    state = admit(request, req)
-    model = state.config.response_model_for(check_model(state, req))
+    state, model = admit(request, req)
     engine, tok = state.engine, state.tokenizer
     assert engine is not None
     if isinstance(req.prompt, str):

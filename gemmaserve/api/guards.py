@@ -72,13 +72,14 @@ def check_provider(state: ServerState, req: SamplingFields) -> None:
                        {"param": reason})
 
 
-def admit(request: Request, req: SamplingFields) -> ServerState:
-    """The app's state, once the model, provider preferences and engine readiness all pass."""
+def admit(request: Request, req: SamplingFields) -> tuple[ServerState, str]:
+    """The app's state and the `model` its responses name (the request's variant kept), once the
+    model, provider preferences and engine readiness all pass."""
     state: ServerState = request.app.state.gs
-    check_model(state, req)
+    model = state.config.response_model_for(check_model(state, req))
     check_provider(state, req)
     ensure_ready(state)
-    return state
+    return state, model
 
 
 def ensure_ready(state: ServerState) -> None:
