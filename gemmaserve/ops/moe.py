@@ -3,6 +3,7 @@ sorted/grouped path (one matmul pair per active expert) for many."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -165,11 +166,15 @@ def grouped_mm_ok(x: torch.Tensor, gate_up: torch.Tensor) -> bool:
     device (sm90+, where torch ships the grouped kernel)."""
     if not GROUPED_MM or x.dtype is not torch.bfloat16 or gate_up.dtype is not torch.bfloat16:
         return False
-    if not hasattr(torch, "_grouped_mm"):
-        return False
     if x.device.type == "cuda":
-        return torch.cuda.get_device_capability(x.device) >= (9, 0)
-    return GROUPED_MM_CPU and x.device.type == "cpu"
+        return _cuda_grouped_mm(x.device.index)
+    return GROUPED_MM_CPU and x.device.type == "cpu" and hasattr(torch, "_grouped_mm")
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_grouped_mm(index: int | None) -> bool:
+    # Asked per layer and step: the answer is fixed per device.
+    return hasattr(torch, "_grouped_mm") and torch.cuda.get_device_capability(index) >= (9, 0)
 
 
 def moe_padded(
