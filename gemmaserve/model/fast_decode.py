@@ -9,11 +9,13 @@ from torch import nn
 
 from gemmaserve.ops import cpu_gemv
 
-# Decode batches of at most this many rows (one sequence each) take the one-call layer; 0 = off. Past 8
-# rows the GEMV kernel re-reads dense weights per 8-row group, yet saving the ops still pays up to ~16:
-# bench model, 1 thread, ms/step torch layer vs one call: 12 rows 192/160, 16 rows 199/185, 24 rows
-# 223/222, 32 rows 239/249.
-MAX_ROWS = 16
+# Decode batches of at most this many rows (one sequence each) take the one-call layer; 0 = off. With
+# AMX one GEMV pass serves 32 rows (cpu_gemv.rows_per_pass()): bench model, 2 threads, same process,
+# medians of 3, ms/step torch layer vs one call: 24 rows 101.8/92.1, 32 rows 113.1/105.5.
+MAX_ROWS = 32
+# Without AMX the GEMV re-reads dense weights per 8-row group, yet saving the ops still pays up to ~16
+# rows (1 thread, ms/step torch layer vs one call: 12 rows 192/160, 16 rows 199/185, 24 rows 223/222).
+MAX_ROWS_WITHOUT_AMX = 16
 
 # Order of the weight pointers the kernel expects (ops/csrc/decode_layer.cpp, enum W_*).
 _WEIGHTS = (
@@ -52,6 +54,7 @@ class _Packed:
                 int(scales is not None), int(bool(scales) and scales[0].dtype is torch.float32)]
         self.dims = (ctypes.c_int64 * len(dims))(*dims)
         self.root = float(layer.router.root_size)
+        self.int8 = scales is not None
         # The submodules at packing time, one level below the layer too (fuse_ and the int8 swap
         # replace the projections inside self_attn and mlp).
         self.modules = [(m, dict(m._modules)) for m in (layer, attn, layer.mlp)]
@@ -107,6 +110,8 @@ def decode_layer(layer: nn.Module, h: torch.Tensor, cos_sin, plan, slot_mapping:
     t = h.shape[0]
     if t > MAX_ROWS or h.dtype is not torch.bfloat16 or h.device.type != "cpu" or not layer.enable_moe:
         return None
+    if t > MAX_ROWS_WITHOUT_AMX and t > cpu_gemv.rows_per_pass():
+        return None
     if getattr(plan, "static", False) or plan.prefills or len(plan.decodes) != 1:
         return None
     group = plan.decodes[0]
@@ -126,6 +131,8 @@ def decode_layer(layer: nn.Module, h: torch.Tensor, cos_sin, plan, slot_mapping:
     packed = _packed(layer)
     if packed is None or not cpu_gemv.available():
         return None
+    if packed.int8 and t > MAX_ROWS_WITHOUT_AMX:
+        return None  # the int8 GEMV passes 8 rows at a time: past 16 rows the torch layer is faster
     out = torch.empty_like(h)  # [T, H]
     cpu_gemv.lib().gs_decode_layer_bf16(
         h.data_ptr(), out.data_ptr(), t, packed.ptrs, packed.dims, layer.eps, packed.root, cos.data_ptr(),

@@ -21,8 +21,10 @@ _SRCS = [Path(__file__).parent / "csrc" / name for name in ("gemv_bf16.cpp", "ge
                                                                  "decode_layer.cpp")]
 _HEADERS = [Path(__file__).parent / "csrc" / "bf16.h"]  # hashed into the build key with the sources
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
-# Rows handled per weight pass; more rows still work (in groups of MAX_ROWS) but re-read the weight.
+# Rows handled per weight pass by the AVX512/portable kernels; more rows still work (in groups of
+# MAX_ROWS) but re-read the weight. The AMX path takes AMX_ROWS per pass (rows_per_pass()).
 MAX_ROWS = 8
+AMX_ROWS = 32
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -83,6 +85,8 @@ def _compile() -> ctypes.CDLL:
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(so))
     lib.gs_gemv_isa.restype = _int
+    lib.gs_gemv_rows_per_pass.argtypes = [_i64, _i64]
+    lib.gs_gemv_rows_per_pass.restype = _int
     lib.gs_gemv_bf16.argtypes = [_p, _i64, _i64, _p, _i64, _i64, _p, _int, _int]
     lib.gs_gemv_bf16.restype = None
     lib.gs_gemv_bf16_experts.argtypes = [_p, _i64, _i64, _i64, _p, _i64, _i64, _p, _i64, _p, _int, _int]
@@ -104,6 +108,8 @@ def _compile() -> ctypes.CDLL:
     lib.gs_gemv_set_chunks.restype = None
     lib.gs_gemv_set_experts_merged.argtypes = [_int]
     lib.gs_gemv_set_experts_merged.restype = None
+    lib.gs_gemv_set_dense_merged.argtypes = [_int]
+    lib.gs_gemv_set_dense_merged.restype = None
     lib.gs_geglu_bf16.argtypes = [_p, _i64, _i64, _i64, _p]
     lib.gs_geglu_bf16.restype = None
     lib.gs_decode_layer_bf16.argtypes = [_p, _p, _i64, _p, _p, ctypes.c_float, ctypes.c_float, _p, _p, _p, _p, _p,
@@ -138,6 +144,20 @@ def isa() -> str:
     return ("portable", "avx512", "avx512bf16", "amx+avx512bf16")[_lib.gs_gemv_isa()]
 
 
+def rows_per_pass() -> int:
+    """Input rows one bf16 GEMV pass reads the weights once for: AMX_ROWS where the AMX path runs
+    (weights [N, K] with K % 32 == 0 and N >= 16, as every model projection is), else MAX_ROWS."""
+    if not available():
+        return 0
+    global _rows_per_pass
+    if _rows_per_pass is None:
+        _rows_per_pass = int(_lib.gs_gemv_rows_per_pass(1024, 1024))
+    return _rows_per_pass
+
+
+_rows_per_pass: int | None = None
+
+
 def int8_isa() -> str:
     """The int8-weight GEMV's path: 'amx+avx512' (AMX tiles from 3 rows), 'avx512' or 'portable' ('' if unavailable)."""
     if not available():
@@ -162,7 +182,7 @@ def _rows(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def gemv(w: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """x [..., K] @ w[N, K]^T -> [..., N] (bf16 or fp32 out), fp32 accumulation. Fast for up to
-    MAX_ROWS rows of x. w must be contiguous bf16 on CPU; call available() first."""
+    rows_per_pass() rows of x. w must be contiguous bf16 on CPU; call available() first."""
     # Kept to cheap attribute reads: the Python side costs ~3 us per call, ctypes ~1.3 us of it.
     _check_w(w, 2)
     n, k = w.shape

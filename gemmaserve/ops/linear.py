@@ -13,8 +13,9 @@ from gemmaserve.ops import cpu_gemv
 # transposed (non-contiguous) view; callers reshape rather than view it.
 WXT_MAX_ROWS = 64
 # Up to this many rows, bf16 on CPU, the gcc-built GEMV kernel (ops/cpu_gemv.py) reads each weight row
-# once for all rows; 0 turns it off (decode_bench's baseline). Beyond 8 rows it would re-read W.
-GEMV_MAX_ROWS = cpu_gemv.MAX_ROWS
+# once for all rows; 0 turns it off (decode_bench's baseline). Past cpu_gemv.rows_per_pass() (8
+# without AMX) it would re-read W, so W @ x^T takes those rows.
+GEMV_MAX_ROWS = cpu_gemv.AMX_ROWS
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -35,6 +36,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             and weight.dim() == 2
             and weight.is_contiguous()
             and cpu_gemv.available()
+            and m <= cpu_gemv.rows_per_pass()
         ):
             return cpu_gemv.gemv(weight, x)  # [M, out], contiguous
         if m == 1:

@@ -72,6 +72,28 @@ def test_more_than_eight_rows_and_leading_dims():
     _close(out, _ref(w, x.reshape(-1, 1024)).reshape(2, 11, 257), 1024)
 
 
+@pytest.mark.parametrize("m", [9, 16, 17, 24, 31, 32, 33, 70])
+def test_many_rows_are_exact_per_row_and_match_fp32(m):
+    # Up to rows_per_pass() rows share one weight pass (AMX: two 16-column B tiles; 17..32 rows use
+    # both), more go in further passes. Each row's sum runs in the same k order whatever the row count,
+    # so a row of a many-row call equals the one-row call exactly; N = 16*k + 5 and 16*k + 16 leave the
+    # vector-path tail and the lone last 16-row block, K = 704 and 1024 both tile.
+    for n, k in [(261, 704), (304, 1024)]:
+        g = torch.Generator().manual_seed(m * 1000 + n)
+        w = torch.randn(n, k, generator=g).bfloat16()
+        x = torch.randn(m, k, generator=g).bfloat16()
+        multi = cpu_gemv.gemv(w, x, out_dtype=torch.float32)
+        _close(multi, _ref(w, x), k)
+        for i in range(m):
+            assert torch.equal(multi[i], cpu_gemv.gemv(w, x[i], out_dtype=torch.float32)), (n, k, i)
+        assert torch.equal(cpu_gemv.gemv(w, x), multi.bfloat16())
+
+
+def test_rows_per_pass_names_the_path():
+    per_pass = cpu_gemv.rows_per_pass()
+    assert per_pass == (cpu_gemv.AMX_ROWS if cpu_gemv.isa() == "amx+avx512bf16" else cpu_gemv.MAX_ROWS)
+
+
 def test_non_contiguous_x_is_handled():
     w = torch.randn(96, 512).bfloat16()
     base = torch.randn(512, 6).bfloat16()
@@ -143,6 +165,21 @@ def test_experts_many_tokens_share_one_expert():
     out = cpu_gemv.gemv_experts(w, ids, x, out_dtype=torch.float32)
     _close(out[:, 0], _ref(w[1], x), 96)
     _close(out[:, 1], _ref(w[2], x), 96)
+
+
+@pytest.mark.parametrize("m", [10, 20, 40, 70])
+def test_experts_groups_past_one_pass_equal_one_token_calls(m):
+    # m tokens on expert 1 fill groups of up to rows_per_pass() pairs (AMX: 32, so 40 and 70 tokens
+    # take two and three groups; 20 uses both B tiles); every (token, slot) equals its one-token call.
+    g = torch.Generator().manual_seed(m)
+    w = torch.randn(4, 48, 128, generator=g).bfloat16()
+    x = torch.randn(m, 128, generator=g).bfloat16()
+    ids = torch.tensor([[1, 3 if i % 3 else 0] for i in range(m)])
+    out = cpu_gemv.gemv_experts(w, ids, x, out_dtype=torch.float32)
+    _close(out[:, 0], _ref(w[1], x), 128)
+    for i in range(m):
+        assert torch.equal(out[i], cpu_gemv.gemv_experts(w, ids[i : i + 1], x[i : i + 1], out_dtype=torch.float32)[0])
+    assert torch.equal(cpu_gemv.gemv_experts(w, ids, x), out.bfloat16())
 
 
 def test_experts_rejects_out_of_range_ids():

@@ -154,9 +154,12 @@ def test_bf16_decode_with_kernels_is_as_accurate_as_torch_fallback(monkeypatch):
     # Per decode step and layer: qkv, o, router, gate_up, down and two expert calls, plus the LM head;
     # the prefill's last layer runs its feed-forward (4 GEMVs with the LM head) on the one sampled row,
     # and every prefill layer's MoE (13 rows, within moe.GEMV_MAX_TOKENS) takes the expert gather.
+    # The 13-row prefill projections take the GEMV too where one pass serves 13 rows (AMX: 5 per layer
+    # but the last layer's qkv and o only, then the 4 one-row calls), else W @ x^T.
     # Norms: 7 per layer + the final one (q/k/v norms are inside qkv_post, prefill included).
     assert len(prompt) <= moe_op.GEMV_MAX_TOKENS
-    assert calls["gemv"] == n * (5 * layers + 1) + 4 and calls["gemv_experts"] == n * 2 * layers + 2 * layers
+    prefill_gemv = 5 * (layers - 1) + 2 + 4 if len(prompt) <= cpu_gemv.rows_per_pass() else 4
+    assert calls["gemv"] == n * (5 * layers + 1) + prefill_gemv and calls["gemv_experts"] == n * 2 * layers + 2 * layers
     assert calls["decode_attention"] == n * layers and calls["qkv_post"] == (n + 1) * layers
     assert calls["rms_norm"] >= n * (7 * layers + 1)
     for mod, knob, off in [(linear_op, "GEMV_MAX_ROWS", 0), (moe_op, "GEMV_MAX_TOKENS", 0),
@@ -174,7 +177,7 @@ def test_bf16_decode_with_kernels_is_as_accurate_as_torch_fallback(monkeypatch):
 
 
 @needs_kernel
-@pytest.mark.parametrize("rows", [1, 3, 8, 13])  # 13: two 8-row GEMV groups
+@pytest.mark.parametrize("rows", [1, 3, 8, 13, 24, 32])  # 13: two 8-row groups without AMX; 24, 32: two B tiles
 def test_one_call_layer_matches_torch_layer(rows, monkeypatch):
     """The fused kernel layer == the torch layer (per-op kernels on) on the same inputs, up to rare
     one-ulp differences (gelu's tanh, softmax's exp); K/V written to the same cache slots."""
@@ -182,7 +185,7 @@ def test_one_call_layer_matches_torch_layer(rows, monkeypatch):
     with torch.no_grad():
         for layer in m16.layers:
             layer.router.proj.weight.mul_(60.0)  # decisive routing: no near-tied experts to flip
-    sim = PagedSim(m16, block_size=4, num_blocks=64, dtype=torch.bfloat16)
+    sim = PagedSim(m16, block_size=4, num_blocks=128, dtype=torch.bfloat16)
     for s in range(rows):
         m16(sim.batch([(s, [3 + s, 9, 27 + s, 4, 5][: 2 + s % 4])]), sim.caches)
     batch = sim.batch([(s, [11 + s]) for s in range(rows)])
@@ -194,15 +197,19 @@ def test_one_call_layer_matches_torch_layer(rows, monkeypatch):
         slots = batch.kinds[kind].slot_mapping
         kv_fast = (sim.caches[i][0].clone(), sim.caches[i][1].clone())
         fast = fast_decode.decode_layer(layer, h, cos_sin, plan, slots, kv_fast, None)
+        if rows > fast_decode.MAX_ROWS_WITHOUT_AMX and cpu_gemv.rows_per_pass() < rows:
+            assert fast is None  # without AMX the torch layer takes batches past 16 rows
+            continue
         assert fast is not None  # the one-call path applies to this batch
+        default_rows = fast_decode.MAX_ROWS
         monkeypatch.setattr(fast_decode, "MAX_ROWS", 0)
-        # Past 8 rows the torch layer would take W @ x^T and the grouped MoE (other rounding points):
-        # compare against its kernel paths, which the one-call layer composes.
-        monkeypatch.setattr(linear_op, "GEMV_MAX_ROWS", 16)
-        monkeypatch.setattr(moe_op, "GEMV_MAX_TOKENS", 16)
+        # Past the GEMV's rows the torch layer would take W @ x^T and the grouped MoE (other rounding
+        # points): compare against its kernel paths, which the one-call layer composes.
+        monkeypatch.setattr(linear_op, "GEMV_MAX_ROWS", 32)
+        monkeypatch.setattr(moe_op, "GEMV_MAX_TOKENS", 32)
         kv_slow = (sim.caches[i][0].clone(), sim.caches[i][1].clone())
         slow = layer(h, cos_sin, plan, slots, kv_slow, None)
-        monkeypatch.setattr(fast_decode, "MAX_ROWS", 16)
+        monkeypatch.setattr(fast_decode, "MAX_ROWS", default_rows)
         (kf, vf), (ks, vs) = kv_fast, kv_slow
         assert fast.shape == slow.shape == (rows, m16.config.hidden_size)
         assert float((fast != slow).float().mean()) < 0.05  # bit-equal on this model and seed
@@ -262,3 +269,35 @@ def test_fp32_layers_take_the_torch_path():
     assert logits.shape == (1, m32.config.vocab_size) and bool(torch.isfinite(logits).all())
     tensors, scales = fast_decode._tensors(m16.layers[0])
     assert len(tensors) == len(fast_decode._WEIGHTS) and scales is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 5, 32])
+def test_one_call_layer_merged_mlp_and_experts_stages_change_no_bit(rows):
+    """The dense MLP and expert projections share one parallel region per stage (AMX): the layer's
+    output and K/V are bit-equal to running them as separate calls."""
+    m16, _ = _tiny_pair()
+    sim = PagedSim(m16, block_size=4, num_blocks=128, dtype=torch.bfloat16)
+    for s in range(rows):
+        m16(sim.batch([(s, [3 + s, 9, 27 + s][: 1 + s % 3])]), sim.caches)
+    batch = sim.batch([(s, [11 + s]) for s in range(rows)])
+    g = torch.Generator().manual_seed(rows)
+    lib = cpu_gemv.lib()
+    for i in (0, 5):
+        layer, kind = m16.layers[i], m16.config.layer_types[i]
+        h = torch.randn(rows, m16.config.hidden_size, generator=g).bfloat16()
+        plan, cos_sin = layer_plan(m16, batch, kind), layer_rope(m16, batch, kind)
+        outs = []
+        try:
+            for merged in (1, 0):
+                lib.gs_gemv_set_dense_merged(merged)
+                kv = (sim.caches[i][0].clone(), sim.caches[i][1].clone())
+                out = fast_decode.decode_layer(layer, h, cos_sin, plan, batch.kinds[kind].slot_mapping, kv, None)
+                assert out is not None or rows > cpu_gemv.rows_per_pass()
+                outs.append((out, kv))
+        finally:
+            lib.gs_gemv_set_dense_merged(1)
+        (a, (ka, va)), (b, (kb, vb)) = outs
+        if a is not None:
+            assert torch.equal(a, b) and torch.equal(ka.nan_to_num(7.0), kb.nan_to_num(7.0))
+            assert torch.equal(va.nan_to_num(7.0), vb.nan_to_num(7.0))

@@ -25,6 +25,10 @@ void gs_qkv_post_bf16(const bf16_t* qkv, int64_t T, int64_t ld, int64_t hq, int6
                       const bf16_t* qw, const bf16_t* kw, float eps, const bf16_t* cos, const bf16_t* sin,
                       const int64_t* slots, bf16_t* kc, bf16_t* vc, bf16_t* q_out);
 void gs_geglu_bf16(const bf16_t* gu, int64_t rows, int64_t ld, int64_t w, bf16_t* out);
+void gs_gemv_bf16_dense_experts(const bf16_t* dw, int64_t dN, int64_t dK, const bf16_t* dx, int64_t dM, int64_t dxs,
+                                void* dout, int dout_f32, const bf16_t* ew, int64_t E, int64_t eN, int64_t eK,
+                                const int64_t* ids, int64_t eM, int64_t topk, const bf16_t* ex, int64_t exs, void* eout,
+                                int eout_f32, int nthreads);
 void gs_gemv_int8(const int8_t* q, const void* scale, int scale_f32, int64_t N, int64_t K, const bf16_t* x, int64_t M,
                   int64_t xs, void* out, int out_f32, int nthreads);
 void gs_gemv_int8_experts(const int8_t* q, const void* scale, int scale_f32, int64_t E, int64_t N, int64_t K,
@@ -78,6 +82,19 @@ struct Proj {
         if (int8) gs_gemv_int8_experts((const int8_t*)w[wi], w[si], sf32, E, N, K, ids, M, topk, x, xs, out, out_f32, nthreads);
         else gs_gemv_bf16_experts((const bf16_t*)w[wi], E, N, K, ids, M, topk, x, xs, out, out_f32, nthreads);
     }
+
+    // dense(dwi) and experts(ewi) together: independent branches, one parallel region for bf16 weights.
+    void dense_experts(int dwi, int dsi, int64_t dN, int64_t dK, const bf16_t* dx, int64_t T, void* dout, int ewi,
+                       int esi, int64_t E, int64_t eN, int64_t eK, const int64_t* ids, int64_t M, int64_t topk,
+                       const bf16_t* ex, void* eout, int eout_f32) const {
+        if (int8) {
+            dense(dwi, dsi, dN, dK, dx, T, dK, dout);
+            experts(ewi, esi, E, eN, eK, ids, M, topk, ex, eK, eout, eout_f32);
+            return;
+        }
+        gs_gemv_bf16_dense_experts((const bf16_t*)w[dwi], dN, dK, dx, T, dK, dout, 0, (const bf16_t*)w[ewi], E, eN, eK,
+                                   ids, M, topk, ex, eK, eout, eout_f32, nthreads);
+    }
 };
 
 }  // namespace
@@ -97,9 +114,9 @@ void gs_decode_layer_bf16(const bf16_t* h, bf16_t* out, int64_t T, const void* c
     const int has_v = (int)dims[D_HAS_V];
     const Proj proj{wp, (int)dims[D_INT8], (int)dims[D_SCALE_F32], nthreads};
     const int64_t qkv_n = (hq + hkv * (has_v ? 2 : 1)) * d;
-    const int64_t wide = std::max<int64_t>({qkv_n, 2 * W, hq * d, H, K * 2 * I});
+    const int64_t wide = std::max<int64_t>({qkv_n, 2 * W, hq * d, H});
     std::vector<bf16_t> xn(T * H), buf(T * wide), q(T * hq * d), o(T * hq * d), a(T * H), r(T * H), dd(T * H);
-    std::vector<bf16_t> act(T * std::max<int64_t>(W, K * I)), tmp(T * H);
+    std::vector<bf16_t> act(T * W), tmp(T * H);
 
     // Attention block: r = h + norm(o_proj(attn(norm(h))))
     gs_rms_norm_bf16(h, T, H, H, w[W_IN_LN], eps, xn.data());
@@ -110,13 +127,6 @@ void gs_decode_layer_bf16(const bf16_t* h, bf16_t* out, int64_t T, const void* c
     proj.dense(W_O, W_O_S, H, hq * d, o.data(), T, hq * d, a.data());
     gs_rms_norm_bf16(a.data(), T, H, H, w[W_POST_ATTN], eps, tmp.data());
     for (int64_t i = 0; i < T * H; ++i) r[i] = rb(lf(h[i]) + lf(tmp[i]));
-
-    // Dense GeGLU MLP: dd = norm(down(geglu(gate_up(norm(r)))))
-    gs_rms_norm_bf16(r.data(), T, H, H, w[W_PRE_FF], eps, xn.data());
-    proj.dense(W_GATE_UP, W_GATE_UP_S, 2 * W, H, xn.data(), T, H, buf.data());
-    gs_geglu_bf16(buf.data(), T, 2 * W, W, act.data());
-    proj.dense(W_DOWN, W_DOWN_S, H, W, act.data(), T, W, tmp.data());
-    gs_rms_norm_bf16(tmp.data(), T, H, H, w[W_POST_FF1], eps, dd.data());
 
     // Router on r: bf16(bf16(norm(r)) * scale) * root -> logits -> fp32 softmax -> top-k -> renormalise
     // -> per-expert scale. Ties pick the lower expert id (torch.topk's order on exact ties is unspecified).
@@ -147,12 +157,20 @@ void gs_decode_layer_bf16(const bf16_t* h, bf16_t* out, int64_t T, const void* c
         for (int64_t j = 0; j < K; ++j) wts[t * K + j] = wts[t * K + j] / wsum * lf(w[W_PES][ids[t * K + j]]);
     }
 
-    // Experts on norm(r): m = bf16(sum_j w_j * down_e(geglu(gate_up_e(x)))) with fp32 down outputs.
-    gs_rms_norm_bf16(r.data(), T, H, H, w[W_PRE_FF2], eps, xn.data());
-    proj.experts(W_E_GATE_UP, W_E_GATE_UP_S, E, 2 * I, H, ids.data(), T, K, xn.data(), H, buf.data(), 0);
-    gs_geglu_bf16(buf.data(), T * K, 2 * I, I, act.data());
+    // The dense GeGLU MLP, dd = norm(down(geglu(gate_up(norm(r))))), beside the experts on another norm
+    // of r, m = bf16(sum_j w_j * down_e(geglu(gate_up_e(x)))) with fp32 down outputs: the two branches
+    // are independent, so each projection stage of both runs as one parallel region.
+    std::vector<bf16_t> xe(T * H), bufe(T * K * 2 * I), acte(T * K * I);
+    gs_rms_norm_bf16(r.data(), T, H, H, w[W_PRE_FF], eps, xn.data());
+    gs_rms_norm_bf16(r.data(), T, H, H, w[W_PRE_FF2], eps, xe.data());
+    proj.dense_experts(W_GATE_UP, W_GATE_UP_S, 2 * W, H, xn.data(), T, buf.data(), W_E_GATE_UP, W_E_GATE_UP_S, E,
+                       2 * I, H, ids.data(), T, K, xe.data(), bufe.data(), 0);
+    gs_geglu_bf16(buf.data(), T, 2 * W, W, act.data());
+    gs_geglu_bf16(bufe.data(), T * K, 2 * I, I, acte.data());
     std::vector<float> y(T * K * H);
-    proj.experts(W_E_DOWN, W_E_DOWN_S, E, H, I, ids.data(), T * K, 1, act.data(), I, y.data(), 1);
+    proj.dense_experts(W_DOWN, W_DOWN_S, H, W, act.data(), T, tmp.data(), W_E_DOWN, W_E_DOWN_S, E, H, I, ids.data(),
+                       T * K, 1, acte.data(), y.data(), 1);
+    gs_rms_norm_bf16(tmp.data(), T, H, H, w[W_POST_FF1], eps, dd.data());
     for (int64_t t = 0; t < T; ++t)
         for (int64_t i = 0; i < H; ++i) {
             float s = 0.f;

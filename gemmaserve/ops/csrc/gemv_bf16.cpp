@@ -23,6 +23,8 @@
 static int g_chunks_per_thread = 8;
 // Expert gather in one parallel region over all chosen experts (1) or one region per expert (0).
 static int g_experts_merged = 1;
+// The MoE layer's dense MLP projections in the same parallel region as the experts (1) or separate (0).
+static int g_dense_merged = 1;
 
 #ifndef GS_AMX_MIN_ROWS
 #define GS_AMX_MIN_ROWS 1  // AMX also for one row: ~5% more read bandwidth than dpbf16 (measured)
@@ -160,62 +162,132 @@ struct alignas(64) TileCfg {
     uint8_t rows[16];
 };
 
-// Rows [n0, n1) of w, (n1 - n0) a multiple of 16; K a multiple of 32; xb = packed X^T [K/2][M][2].
+// Up to this many input rows share one pass over the weights on the AMX path: two B tiles of 16
+// columns each (the C tile's 64-byte rows hold 16 fp32 sums).
+static constexpr int kAmxMaxRows = 32;
+
+// X^T [M, K] (row stride xs) packed as the VNNI B tiles of amx_rows: m-block 0 (rows 0..15) as
+// [K/2][M0][2] followed by m-block 1 (rows 16..M-1) as [K/2][M-M0][2], M0 = min(M, 16).
+static void amx_pack(const bf16_t* x, int64_t xs, const int64_t* row_of, int M, int64_t K, bf16_t* pk) {
+    const int m0 = M < 16 ? M : 16;
+    for (int b = 0; b < 2; ++b) {
+        const int lo = b ? m0 : 0, cnt = b ? M - m0 : m0;
+        bf16_t* dst = pk + (b ? K * m0 : 0);
+        for (int m = 0; m < cnt; ++m) {
+            const int64_t row = row_of ? row_of[lo + m] : lo + m;
+            const bf16_t* xr = x + row * xs;
+            for (int64_t kp = 0; kp < K / 2; ++kp) {
+                dst[(kp * cnt + m) * 2] = xr[2 * kp];
+                dst[(kp * cnt + m) * 2 + 1] = xr[2 * kp + 1];
+            }
+        }
+    }
+}
+
+// Rows [n0, n1) of w, (n1 - n0) a multiple of 16; K a multiple of 32; xb = amx_pack of M <= 32 rows.
+// Tiles: tmm0-3 C [16 n x 16 m] fp32 (n-block a/b x m-block 0/1), tmm4/5 B of m-blocks 0/1, tmm6/7 A
+// [16 n x 32 k] bf16 read in place. Each weight tile is loaded once for all M rows; every (n, m) sum
+// accumulates in the same k order whatever M is, so results do not depend on the grouping.
 static void amx_rows(const bf16_t* w, int64_t K, const bf16_t* xb, int M, void* out, int64_t ldo, int out_f32,
                      int64_t n0, int64_t n1) {
+    const int m0 = M < 16 ? M : 16, m1 = M - m0;
     TileCfg cfg;
     std::memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
-    for (int t = 0; t < 2; ++t) {  // tmm0/1: C [16 n x M] fp32; tmm2/3: A [16 n x 32 k] bf16
-        cfg.rows[t] = 16; cfg.colsb[t] = (uint16_t)(M * 4);
-        cfg.rows[2 + t] = 16; cfg.colsb[2 + t] = 64;
+    const uint16_t cb[2] = {(uint16_t)(m0 * 4), (uint16_t)(m1 * 4)};
+    for (int t = 0; t < 4; ++t) {
+        if (cb[t & 1] == 0) continue;
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = cb[t & 1];
     }
-    cfg.rows[4] = 16; cfg.colsb[4] = (uint16_t)(M * 4);  // tmm4: B [16 k-pairs x M x 2] bf16
+    for (int b = 0; b < 2; ++b)
+        if (cb[b]) cfg.rows[4 + b] = 16, cfg.colsb[4 + b] = cb[b];
+    cfg.rows[6] = cfg.rows[7] = 16;
+    cfg.colsb[6] = cfg.colsb[7] = 64;
     _tile_loadconfig(&cfg);
-    float cbuf[2][16 * 16];
-    const int64_t ws = K * 2, bs = M * 4;
+    alignas(64) float cbuf[4][16 * 16];
+    const int64_t ws = K * 2;
+    const bf16_t* xb1 = xb + K * m0;
+    auto flush = [&](int tile, int64_t nb, int mlo, int cnt) {
+        for (int i = 0; i < 16; ++i)
+            for (int m = 0; m < cnt; ++m) store(out, out_f32, (mlo + m) * ldo + nb + i, cbuf[tile][i * cnt + m]);
+    };
     int64_t n = n0;
     for (; n + 32 <= n1; n += 32) {
-        _tile_zero(0);
-        _tile_zero(1);
         const bf16_t* a0 = w + n * K;
         const bf16_t* a1 = a0 + 16 * K;
-        for (int64_t k = 0; k < K; k += 32) {
-            _tile_loadd(4, xb + k * M, bs);
-            _tile_loadd(2, a0 + k, ws);
-            _tile_loadd(3, a1 + k, ws);
-            _tile_dpbf16ps(0, 2, 4);
-            _tile_dpbf16ps(1, 3, 4);
+        _tile_zero(0);
+        _tile_zero(2);
+        if (m1) {
+            _tile_zero(1);
+            _tile_zero(3);
+            for (int64_t k = 0; k < K; k += 32) {
+                _tile_loadd(4, xb + k * m0, m0 * 4);
+                _tile_loadd(5, xb1 + k * m1, m1 * 4);
+                _tile_loadd(6, a0 + k, ws);
+                _tile_loadd(7, a1 + k, ws);
+                _tile_dpbf16ps(0, 6, 4);
+                _tile_dpbf16ps(1, 6, 5);
+                _tile_dpbf16ps(2, 7, 4);
+                _tile_dpbf16ps(3, 7, 5);
+            }
+        } else {
+            for (int64_t k = 0; k < K; k += 32) {
+                _tile_loadd(4, xb + k * m0, m0 * 4);
+                _tile_loadd(6, a0 + k, ws);
+                _tile_loadd(7, a1 + k, ws);
+                _tile_dpbf16ps(0, 6, 4);
+                _tile_dpbf16ps(2, 7, 4);
+            }
         }
-        _tile_stored(0, cbuf[0], bs);
-        _tile_stored(1, cbuf[1], bs);
-        for (int t = 0; t < 2; ++t)
-            for (int i = 0; i < 16; ++i)
-                for (int m = 0; m < M; ++m) store(out, out_f32, m * ldo + n + t * 16 + i, cbuf[t][i * M + m]);
+        _tile_stored(0, cbuf[0], m0 * 4);
+        _tile_stored(2, cbuf[2], m0 * 4);
+        flush(0, n, 0, m0);
+        flush(2, n + 16, 0, m0);
+        if (m1) {
+            _tile_stored(1, cbuf[1], m1 * 4);
+            _tile_stored(3, cbuf[3], m1 * 4);
+            flush(1, n, m0, m1);
+            flush(3, n + 16, m0, m1);
+        }
     }
     if (n < n1) {  // one last block of 16 rows
         _tile_zero(0);
+        if (m1) _tile_zero(1);
         for (int64_t k = 0; k < K; k += 32) {
-            _tile_loadd(4, xb + k * M, bs);
-            _tile_loadd(2, w + n * K + k, ws);
-            _tile_dpbf16ps(0, 2, 4);
+            _tile_loadd(4, xb + k * m0, m0 * 4);
+            _tile_loadd(6, w + n * K + k, ws);
+            _tile_dpbf16ps(0, 6, 4);
+            if (m1) {
+                _tile_loadd(5, xb1 + k * m1, m1 * 4);
+                _tile_dpbf16ps(1, 6, 5);
+            }
         }
-        _tile_stored(0, cbuf[0], bs);
-        for (int i = 0; i < 16; ++i)
-            for (int m = 0; m < M; ++m) store(out, out_f32, m * ldo + n + i, cbuf[0][i * M + m]);
+        _tile_stored(0, cbuf[0], m0 * 4);
+        flush(0, n, 0, m0);
+        if (m1) {
+            _tile_stored(1, cbuf[1], m1 * 4);
+            flush(1, n, m0, m1);
+        }
     }
     _tile_release();
 }
 
-// All of w for M <= 8 rows through AMX (rows past the last multiple of 16 go through rows_range).
-static void amx_gemv(rows_fn fn, const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, int64_t xs, int M,
+// Rows [n0, n1) for any M through the AVX512/portable row kernels, 8 input rows per weight pass.
+static void rows_any(const bf16_t* w, int64_t K, const bf16_t* x, int64_t xs, int M, void* out, int64_t ldo,
+                     int out_f32, int64_t n0, int64_t n1) {
+    const int esz = out_f32 ? 4 : 2;
+    for (int m = 0; m < M; m += 8) {
+        const int mm = M - m < 8 ? M - m : 8;
+        kRows[mm](w, K, x + m * xs, xs, (char*)out + m * ldo * esz, ldo, out_f32, n0, n1);
+    }
+}
+
+// All of w for M <= kAmxMaxRows rows through AMX (rows past the last multiple of 16 go through rows_any).
+static void amx_gemv(const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, int64_t xs, int M,
                      void* out, int64_t ldo, int out_f32, int nthreads) {
-    std::vector<bf16_t> pack(K * M);  // [K/2][M][2]
-    for (int64_t kp = 0; kp < K / 2; ++kp)
-        for (int m = 0; m < M; ++m) {
-            pack[(kp * M + m) * 2] = x[m * xs + 2 * kp];
-            pack[(kp * M + m) * 2 + 1] = x[m * xs + 2 * kp + 1];
-        }
+    std::vector<bf16_t> pack(K * M);
+    amx_pack(x, xs, nullptr, M, K, pack.data());
     const bf16_t* xb = pack.data();
     const int64_t N16 = N / 16 * 16;
     int nt = nthreads < 1 ? 1 : nthreads;
@@ -228,7 +300,7 @@ static void amx_gemv(rows_fn fn, const bf16_t* w, int64_t N, int64_t K, const bf
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (int64_t c = 0; c < nchunks; ++c)
             amx_rows(w, K, xb, M, out, ldo, out_f32, c * chunk, std::min(N16, (c + 1) * chunk));
-        if (N16 < N) fn(w, K, x, xs, out, ldo, out_f32, N16, N);
+        if (N16 < N) rows_any(w, K, x, xs, M, out, ldo, out_f32, N16, N);
         return;
     }
 #pragma omp parallel num_threads(nt)
@@ -237,85 +309,141 @@ static void amx_gemv(rows_fn fn, const bf16_t* w, int64_t N, int64_t K, const bf
         int64_t per = ((N16 + T - 1) / T + 31) / 32 * 32;
         int64_t n0 = t * per, n1 = n0 + per < N16 ? n0 + per : N16;
         if (n0 < n1) amx_rows(w, K, xb, M, out, ldo, out_f32, n0, n1);
-        if (t == T - 1 && N16 < N) fn(w, K, x, xs, out, ldo, out_f32, N16, N);
+        if (t == T - 1 && N16 < N) rows_any(w, K, x, xs, M, out, ldo, out_f32, N16, N);
     }
 }
 #endif
 
 #if defined(__AMX_BF16__)
-// The expert gather through AMX with every chosen expert's rows in one parallel region: one fork/join
-// per call instead of one per expert (8 per layer at one token), chunks handed out dynamically.
-// Groups of up to 8 (token, slot) pairs share an expert's read, as in the per-expert loop; results are
-// the same fp32 sums stored with the same rounding. Returns false when AMX does not apply.
-static bool experts_amx(const bf16_t* w, int64_t E, int64_t N, int64_t K, const int64_t* ids, int64_t M,
-                        int64_t topk, const bf16_t* x, int64_t xs, void* out, int out_f32, int nthreads) {
+// One weight pass of the AMX jobs below: rows [0, N) of w [N, K] for the M <= kAmxMaxRows packed rows
+// xb (amx_pack), written to out [M, ldo] as fp32 or bf16.
+struct AmxJob {
+    const bf16_t* w;
+    int64_t N, K;
+    const bf16_t* xb;
+    int M;
+    void* out;
+    int64_t ldo;
+    int out_f32;
+};
+
+// Every job's rows in one parallel region, in chunks of up to 256 rows handed out as threads ask: one
+// fork/join for all of them, and the threads stream one long run of weights instead of a short one per
+// job (a short stream ends before the prefetchers ramp up). Needs N % 16 == 0 and K % 32 == 0.
+static void run_amx_jobs(const std::vector<AmxJob>& jobs, int nthreads) {
+    const int64_t chunk = 256;
+    std::vector<int64_t> start(jobs.size() + 1, 0);  // first item of each job
+    for (size_t j = 0; j < jobs.size(); ++j) start[j + 1] = start[j] + (jobs[j].N + chunk - 1) / chunk;
+    const int64_t items = start.back();
+    int nt = nthreads < 1 ? 1 : nthreads;
+    if (items < 2) nt = 1;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t it = 0; it < items; ++it) {
+        const size_t j = std::upper_bound(start.begin(), start.end(), it) - start.begin() - 1;
+        const AmxJob& jb = jobs[j];
+        const int64_t n0 = (it - start[j]) * chunk, n1 = std::min(jb.N, n0 + chunk);
+        amx_rows(jb.w, jb.K, jb.xb, jb.M, jb.out, jb.ldo, jb.out_f32, n0, n1);
+    }
+}
+
+// The expert gather's AMX jobs: groups of up to kAmxMaxRows (token, slot) pairs that chose the same
+// expert share its read; each (pair, n) is the same fp32 sum whatever its group. `order` gets the pair
+// ids grouped by expert, `packs` their packed x rows and `res` room for their fp32 results [pairs][N]
+// (scatter_experts stores them). False when AMX does not apply.
+struct ExpertPlan {
+    std::vector<int64_t> order;
+    std::vector<bf16_t> packs;
+    std::vector<float> res;
+};
+
+static bool plan_experts(const bf16_t* w, int64_t E, int64_t N, int64_t K, const int64_t* ids, int64_t M,
+                         int64_t topk, const bf16_t* x, int64_t xs, ExpertPlan& plan, std::vector<AmxJob>& jobs) {
     if (K % 32 != 0 || N % 16 != 0 || N < 16 || !amx_ok()) return false;
-    struct Group { int64_t e; int cnt; int64_t pairs[8]; };
+    struct Group { int64_t e; int cnt; int64_t first; };  // pairs [first, first + cnt) of order
     const int64_t P = M * topk;
+    std::vector<int64_t>& order = plan.order;
+    order.clear();
+    order.reserve(P);
     std::vector<Group> groups;
     for (int64_t p = 0; p < P; ++p) {
         const int64_t e = ids[p];
         bool seen = false;
         for (int64_t q = 0; q < p; ++q) seen |= ids[q] == e;
         if (seen || e < 0 || e >= E) continue;
-        Group g{e, 0, {}};
+        Group g{e, 0, (int64_t)order.size()};
         for (int64_t q = p; q < P; ++q) {
             if (ids[q] != e) continue;
-            g.pairs[g.cnt++] = q;
-            if (g.cnt == 8) {
+            order.push_back(q);
+            if (++g.cnt == kAmxMaxRows) {
                 groups.push_back(g);
-                g.cnt = 0;
+                g = Group{e, 0, (int64_t)order.size()};
             }
         }
         if (g.cnt) groups.push_back(g);
     }
-    const int64_t G = (int64_t)groups.size();
-    std::vector<bf16_t> packs(G * K * 8);  // per group X^T packed as the VNNI B tile [K/2][cnt][2]
-    std::vector<float> res(G * 8 * N);     // per group fp32 results [cnt][N]
-    for (int64_t g = 0; g < G; ++g) {
-        const Group& gr = groups[g];
-        bf16_t* pk = packs.data() + g * K * 8;
-        for (int m = 0; m < gr.cnt; ++m) {
-            const bf16_t* xr = x + (gr.pairs[m] / topk) * xs;
-            for (int64_t kp = 0; kp < K / 2; ++kp) {
-                pk[(kp * gr.cnt + m) * 2] = xr[2 * kp];
-                pk[(kp * gr.cnt + m) * 2 + 1] = xr[2 * kp + 1];
-            }
-        }
+    const int64_t R = (int64_t)order.size();
+    std::vector<int64_t> rows(R);
+    for (int64_t i = 0; i < R; ++i) rows[i] = order[i] / topk;
+    plan.packs.resize(R * K);
+    plan.res.resize(R * N);
+    for (const Group& g : groups) {
+        amx_pack(x, xs, rows.data() + g.first, g.cnt, K, plan.packs.data() + g.first * K);
+        jobs.push_back(AmxJob{w + g.e * N * K, N, K, plan.packs.data() + g.first * K, g.cnt,
+                              plan.res.data() + g.first * N, N, 1});
     }
-    const int64_t chunk = 256, nch = (N + chunk - 1) / chunk, items = G * nch;
-    int nt = nthreads < 1 ? 1 : nthreads;
-    if (items < 2) nt = 1;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (int64_t it = 0; it < items; ++it) {
-        const int64_t g = it / nch, n0 = (it % nch) * chunk, n1 = std::min(N, n0 + chunk);
-        const Group& gr = groups[g];
-        amx_rows(w + gr.e * N * K, K, packs.data() + g * K * 8, gr.cnt, res.data() + g * 8 * N, N, 1, n0, n1);
-    }
-    for (int64_t g = 0; g < G; ++g)
-        for (int i = 0; i < groups[g].cnt; ++i)
-            for (int64_t n = 0; n < N; ++n) store(out, out_f32, groups[g].pairs[i] * N + n, res[(g * 8 + i) * N + n]);
+    return true;
+}
+
+static void scatter_experts(const ExpertPlan& plan, int64_t N, void* out, int out_f32) {
+    for (size_t i = 0; i < plan.order.size(); ++i)
+        for (int64_t n = 0; n < N; ++n) store(out, out_f32, plan.order[i] * N + n, plan.res[i * N + n]);
+}
+
+static bool experts_amx(const bf16_t* w, int64_t E, int64_t N, int64_t K, const int64_t* ids, int64_t M,
+                        int64_t topk, const bf16_t* x, int64_t xs, void* out, int out_f32, int nthreads) {
+    ExpertPlan plan;
+    std::vector<AmxJob> jobs;
+    if (!plan_experts(w, E, N, K, ids, M, topk, x, xs, plan, jobs)) return false;
+    run_amx_jobs(jobs, nthreads);
+    scatter_experts(plan, N, out, out_f32);
     return true;
 }
 #endif
 
-// One group of mm <= 8 rows: AMX where it applies, else the AVX512/portable row kernel.
+// One group of rows: up to kAmxMaxRows through AMX where it applies, else up to 8 through the
+// AVX512/portable row kernel.
 static void gemv_group(const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, int64_t xs, int mm, void* out,
                        int64_t ldo, int out_f32, int nthreads) {
 #if defined(__AMX_BF16__)
     if (mm >= GS_AMX_MIN_ROWS && K % 32 == 0 && N >= 16 && amx_ok()) {
-        amx_gemv(kRows[mm], w, N, K, x, xs, mm, out, ldo, out_f32, nthreads);
+        amx_gemv(w, N, K, x, xs, mm, out, ldo, out_f32, nthreads);
         return;
     }
 #endif
     run_rows(kRows[mm], w, N, K, x, xs, out, ldo, out_f32, nthreads);
 }
 
+// Input rows one gemv_group reads the weights once for: kAmxMaxRows on the AMX path, else 8.
+static int group_rows(int64_t N, int64_t K) {
+#if defined(__AMX_BF16__)
+    if (K % 32 == 0 && N >= 16 && amx_ok()) return kAmxMaxRows;
+#endif
+    (void)N;
+    (void)K;
+    return 8;
+}
+
+
 extern "C" {
 
 void gs_gemv_set_experts_merged(int on) { g_experts_merged = on != 0; }
 
+void gs_gemv_set_dense_merged(int on) { g_dense_merged = on != 0; }
+
 void gs_gemv_set_chunks(int chunks_per_thread) { g_chunks_per_thread = chunks_per_thread < 0 ? 0 : chunks_per_thread; }
+
+// Input rows of x that one pass over a [N, K] weight serves (32 on the AMX path, 8 otherwise).
+int gs_gemv_rows_per_pass(int64_t N, int64_t K) { return group_rows(N, K); }
 
 // Which code path this build took: 3 = AMX-BF16 (+ AVX512-BF16), 2 = AVX512-BF16, 1 = AVX512F, 0 = portable.
 int gs_gemv_isa() {
@@ -331,12 +459,13 @@ int gs_gemv_isa() {
 }
 
 // w [N, K] contiguous bf16, x [M, K] bf16 with row stride xs, out [M, N] (bf16 or fp32) contiguous.
-// Rows beyond 8 go in groups of 8 (each group re-reads w).
+// Rows go in groups of gs_gemv_rows_per_pass(N, K) (32 on AMX, else 8); each group re-reads w.
 void gs_gemv_bf16(const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, int64_t M, int64_t xs, void* out,
                   int out_f32, int nthreads) {
     const int esz = out_f32 ? 4 : 2;
-    for (int64_t m0 = 0; m0 < M; m0 += 8) {
-        int64_t mm = M - m0 < 8 ? M - m0 : 8;
+    const int64_t per = group_rows(N, K);
+    for (int64_t m0 = 0; m0 < M; m0 += per) {
+        int64_t mm = M - m0 < per ? M - m0 : per;
         gemv_group(w, N, K, x + m0 * xs, xs, (int)mm, (char*)out + m0 * N * esz, N, out_f32, nthreads);
     }
 }
@@ -380,6 +509,32 @@ void gs_gemv_bf16_experts(const bf16_t* w, int64_t E, int64_t N, int64_t K, cons
             }
         }
     }
+}
+
+// A dense GEMV and an expert gather that do not depend on each other (the MoE layer's dense MLP and
+// experts branches), in one parallel region where AMX applies to both: the dense part as
+// gs_gemv_bf16(dw, dN, dK, dx, dM, dxs, dout, dout_f32), the experts as gs_gemv_bf16_experts(ew, E, eN,
+// eK, ids, eM, topk, ex, exs, eout, eout_f32); the same results as the two calls.
+void gs_gemv_bf16_dense_experts(const bf16_t* dw, int64_t dN, int64_t dK, const bf16_t* dx, int64_t dM, int64_t dxs,
+                                void* dout, int dout_f32, const bf16_t* ew, int64_t E, int64_t eN, int64_t eK,
+                                const int64_t* ids, int64_t eM, int64_t topk, const bf16_t* ex, int64_t exs, void* eout,
+                                int eout_f32, int nthreads) {
+#if defined(__AMX_BF16__)
+    if (g_experts_merged && g_dense_merged && dM >= 1 && dM <= kAmxMaxRows && dN % 16 == 0 && dK % 32 == 0) {
+        ExpertPlan plan;
+        std::vector<AmxJob> jobs;
+        if (plan_experts(ew, E, eN, eK, ids, eM, topk, ex, exs, plan, jobs)) {
+            std::vector<bf16_t> dpack(dK * dM);
+            amx_pack(dx, dxs, nullptr, (int)dM, dK, dpack.data());
+            jobs.insert(jobs.begin(), AmxJob{dw, dN, dK, dpack.data(), (int)dM, dout, dN, dout_f32});
+            run_amx_jobs(jobs, nthreads);
+            scatter_experts(plan, eN, eout, eout_f32);
+            return;
+        }
+    }
+#endif
+    gs_gemv_bf16(dw, dN, dK, dx, dM, dxs, dout, dout_f32, nthreads);
+    gs_gemv_bf16_experts(ew, E, eN, eK, ids, eM, topk, ex, exs, eout, eout_f32, nthreads);
 }
 
 }  // extern "C"
