@@ -73,9 +73,11 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 2048  # token budget of one step (decode + prefill chunks)
     max_waiting: int = 256  # QueueFullError beyond this many queued requests
     long_prefill_chunk: int | None = None  # cap on one request's prefill tokens per step; None = budget
-    # Cap on prompt (prefill) tokens of all requests in one step; decode tokens do not count
-    # against it. None = prefills share max_num_batched_tokens with the decodes (the old rule).
-    # max_num_batched_tokens still bounds the whole step.
+    # Cap on prompt (prefill) tokens of all requests in one step while more than one request is on
+    # the server (a lone request's prompt is not capped); decode tokens do not count against it.
+    # None = prefills share
+    # max_num_batched_tokens with the decodes (the old rule). max_num_batched_tokens still bounds
+    # the whole step.
     max_num_prefill_tokens: int | None = None
 
     def __post_init__(self) -> None:
@@ -92,10 +94,16 @@ class SchedulerConfig:
 
     @property
     def prefill_chunk(self) -> int:
-        """Most prompt tokens one request computes in one step."""
+        """Most prompt tokens one request computes in a step beside other requests."""
+        return self.chunk_for(under_load=True)
+
+    def chunk_for(self, under_load: bool) -> int:
+        """Most prompt tokens one request computes in one step; the prefill cap counts only when other
+        requests share the server (`under_load`)."""
+        cap = self.max_num_prefill_tokens if under_load else None
         return min(
             self.long_prefill_chunk or self.max_num_batched_tokens,
-            self.max_num_prefill_tokens or self.max_num_batched_tokens,
+            cap or self.max_num_batched_tokens,
             self.max_num_batched_tokens,
         )
 

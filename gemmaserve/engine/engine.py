@@ -87,7 +87,7 @@ class Engine:
                 sched.max_num_batched_tokens,
             )
         self.kv = KVCacheManager(specs, num_blocks, cache.block_size, cache.enable_prefix_caching)
-        fit = self.kv.max_tokens_per_seq(sched.prefill_chunk)
+        fit = self.kv.max_tokens_per_seq(sched.chunk_for(under_load=False))  # a lone sequence: uncapped chunks
         if fit < self.max_model_len:
             if config.max_model_len is not None:
                 raise ValueError(f"the KV cache holds {fit} tokens per sequence, below max_model_len {self.max_model_len}")

@@ -49,7 +49,8 @@ class Scheduler:
     plus the tokens it already generated). No admissions happen in a step that preempted.
 
     Two budgets: max_num_batched_tokens bounds every token of the step; max_num_prefill_tokens,
-    when set, also bounds the prompt tokens (everything but the one-token decodes). With it a
+    when set, also bounds the prompt tokens (everything but the one-token decodes) whenever more
+    than one request is on the server (a lone request's prompt takes the whole budget). With it a
     prompt of that size beside N decodes runs whole in one step instead of being split by the N
     decode rows, and a burst of arrivals is prefilled one cap-full per step while decodes go on.
     Unfinished prefills keep going before new admissions (first come, first served): the
@@ -100,14 +101,18 @@ class Scheduler:
     # -- one step -----------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         budget = self.config.max_num_batched_tokens
-        # Without a prefill cap the prompt tokens are bounded by `budget` alone (the old rule).
-        prefill_budget = self.config.max_num_prefill_tokens or budget
-        chunk = self.config.prefill_chunk
+        decoding = [r for r in self.running if r.num_remaining == 1]
+        prefilling = [r for r in self.running if r.num_remaining > 1]
+        # The prefill cap bounds how long a step of prompt tokens keeps the other requests waiting
+        # (decodes, and prompts queued behind); a request alone on the server has no one to keep
+        # waiting, and its prompt gets the whole budget (an idle server's TTFT). Without a cap the
+        # prompt tokens are bounded by `budget` alone (the old rule).
+        under_load = len(self.running) + len(self.waiting) > 1
+        prefill_budget = (self.config.max_num_prefill_tokens if under_load else None) or budget
+        chunk = self.config.chunk_for(under_load)
         chosen: dict[str, ScheduledRequest] = {}
         out = SchedulerOutput()
 
-        decoding = [r for r in self.running if r.num_remaining == 1]
-        prefilling = [r for r in self.running if r.num_remaining > 1]
         for req in decoding + prefilling:
             if budget == 0:
                 break

@@ -186,3 +186,25 @@ def test_cli_flag_defaults_by_device_and_zero_turns_it_off():
     assert cfg().max_num_batched_tokens == 2048  # the step budget keeps its default and meaning
     with pytest.raises(ValueError):
         cfg("--max-num-prefill-tokens", "-1")
+
+
+def test_a_lone_request_is_not_capped_and_the_cap_returns_with_company():
+    # Alone on the server nothing waits behind a long prompt: it gets the whole step budget. Once a
+    # second request arrives the cap bounds the prompt tokens again (and the chunk of each request).
+    sched, _ = make(max_num_seqs=32, max_num_batched_tokens=2048, max_num_prefill_tokens=256)
+    sched.add_request(req("lone", 1300, first=2000))
+    assert step(sched) == [("lone", 1300, True)]
+    sched.add_request(req("late", 600, first=4000))
+    assert step(sched) == [("lone", 1, True), ("late", 256, False)]
+    assert step(sched) == [("lone", 1, True), ("late", 256, False)]
+    assert step(sched) == [("lone", 1, True), ("late", 88, True)]
+
+
+def test_lone_long_prompt_chunks_by_the_budget_then_by_the_cap_when_joined():
+    sched, _ = make(max_num_seqs=32, max_num_batched_tokens=1024, max_num_prefill_tokens=256)
+    sched.add_request(req("lone", 3000, first=2000))
+    assert step(sched) == [("lone", 1024, False)]
+    sched.add_request(req("queued", 40, first=6000))
+    # Two requests now: the unfinished prompt goes first (FCFS), capped; the newcomer gets nothing.
+    assert step(sched) == [("lone", 256, False)]
+    assert step(sched) == [("lone", 256, False)]
