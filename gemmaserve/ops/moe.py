@@ -24,6 +24,12 @@ GROUPED_MIN_TOKENS = 3
 # 8.33/6.52. Prefill sizes stay grouped: padding to the busiest expert multiplies the FLOPs.
 PADDED_MAX_TOKENS = 64
 PADDED_MIN_ACTIVE = 0.75
+# At any token count on CPU the padded path also replaces the grouped loop when padding adds at most
+# this factor of rows (E * busiest expert's count <= PADDED_MAX_WASTE * T * K): a prefill whose tokens
+# spread evenly over the experts. Bench shape, bf16, 2 threads, ms grouped vs padded (padding factor):
+# 128 tokens 12.2/9.5 (1.38), 10.0/9.3 (2.31), 8.5/12.5 (3.81); 512 tokens 20.6/17.8 (1.20), 20.1/27.2
+# (2.41); 1024 tokens 27.0/19.3 (1.14), 27.7/37.6 (2.41).
+PADDED_MAX_WASTE = 1.5
 # Up to this many tokens, bf16 on CPU, the GEMV kernel's expert gather (ops/cpu_gemv.py) replaces every
 # path above: two calls per layer, each chosen expert read once for all tokens that chose it; 0 = off.
 # Bench shape, 2 threads, quiet machine, min ms gemv vs padded: 8 tokens 1.95/3.33, 16 2.52/3.38,
@@ -203,6 +209,16 @@ def moe_padded(
     return out
 
 
+def _padded_pays(topk_idx: torch.Tensor, e: int) -> bool:
+    """CPU: whether moe_padded beats moe_grouped for this routing (PADDED_MAX_TOKENS, PADDED_MIN_ACTIVE,
+    PADDED_MAX_WASTE). One bincount and host read, as the grouped path itself does."""
+    t, k = topk_idx.shape
+    counts = torch.bincount(topk_idx.reshape(-1), minlength=e)  # [E]
+    if t <= PADDED_MAX_TOKENS and int((counts > 0).sum()) >= PADDED_MIN_ACTIVE * e:
+        return True
+    return e * int(counts.max()) <= PADDED_MAX_WASTE * t * k
+
+
 def moe_experts(
     x: torch.Tensor,
     gate_up: torch.Tensor,
@@ -211,8 +227,8 @@ def moe_experts(
     topk_w: torch.Tensor,
     grouped_min_tokens: int = GROUPED_MIN_TOKENS,
 ) -> torch.Tensor:
-    """Pick the path by token count and, on CPU, the share of experts chosen (see GROUPED_MIN_TOKENS,
-    PADDED_MAX_TOKENS)."""
+    """Pick the path by token count and, on CPU, how the tokens spread over the experts (see
+    GROUPED_MIN_TOKENS, PADDED_MAX_TOKENS, PADDED_MAX_WASTE)."""
     t = x.shape[0]
     if t == 0:  # no rows (a last layer that keeps none): nothing to route, and the paths assume rows
         return torch.zeros_like(x)
@@ -230,10 +246,7 @@ def moe_experts(
         # Any token count: one launch per projection, only the chosen experts read, no sync.
         return moe_grouped_mm(x, gate_up, down, topk_idx, topk_w)
     if t >= grouped_min_tokens:
-        if x.device.type == "cpu" and t <= PADDED_MAX_TOKENS:
-            e = gate_up.shape[0]
-            active = int((torch.bincount(topk_idx.reshape(-1), minlength=e) > 0).sum())
-            if active >= PADDED_MIN_ACTIVE * e:
-                return moe_padded(x, gate_up, down, topk_idx, topk_w)
+        if x.device.type == "cpu" and _padded_pays(topk_idx, gate_up.shape[0]):
+            return moe_padded(x, gate_up, down, topk_idx, topk_w)
         return moe_grouped(x, gate_up, down, topk_idx, topk_w)
     return moe_gather(x, gate_up, down, topk_idx, topk_w)

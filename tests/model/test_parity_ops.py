@@ -116,6 +116,27 @@ def test_moe_padded_skewed_routing_and_path_choice(monkeypatch):
     assert taken == ["grouped", "padded"]
 
 
+@pytest.mark.parametrize("spread,path", [("even", "padded"), ("skewed", "grouped")])
+def test_many_tokens_take_padded_only_when_padding_is_cheap(monkeypatch, spread, path):
+    """Past PADDED_MAX_TOKENS the padded path is taken when padding adds at most PADDED_MAX_WASTE
+    rows (tokens spread evenly over the experts), else the grouped loop; both = the per-pair loop."""
+    t, e = moe_ops.PADDED_MAX_TOKENS + 36, 4
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(t, 32, generator=gen)
+    gate_up, down = torch.randn(e, 24, 32, generator=gen) * 0.2, torch.randn(e, 32, 12, generator=gen) * 0.2
+    if spread == "even":  # every expert chosen 50 times: no padding
+        idx = torch.tensor([[i % e, (i + 1) % e] for i in range(t)])
+    else:  # expert 0 in every token: padding to its t rows is 2x
+        idx = torch.tensor([[0, 1 + i % (e - 1)] for i in range(t)])
+    w = torch.rand(t, 2, generator=gen)
+    taken = []
+    monkeypatch.setattr(moe_ops, "moe_padded", lambda *a: taken.append("padded") or moe_padded(*a))
+    monkeypatch.setattr(moe_ops, "moe_grouped", lambda *a: taken.append("grouped") or moe_grouped(*a))
+    torch.testing.assert_close(moe_experts(x, gate_up, down, idx, w), _moe_loop(x, gate_up, down, idx, w),
+                               atol=1e-5, rtol=1e-5)
+    assert taken == [path]
+
+
 def _dense_attention(q, k, v, window):
     """q [N, Hq, D], k/v [N, Hkv, D] of one whole sequence -> [N, Hq, D], causal + window."""
     n, hq, _ = q.shape
