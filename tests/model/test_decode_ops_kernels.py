@@ -62,6 +62,27 @@ def test_decode_attention_kernel_matches_fp32(hq, hkv, d):
 
 
 @needs_kernel
+@pytest.mark.parametrize("hq,hkv,d", [(8, 2, 128), (8, 1, 256), (4, 4, 64), (4, 2, 32), (8, 1, 512)])
+def test_decode_attention_over_paged_blocks_matches_fp32(hq, hkv, d):
+    # Keys in whole 16-slot blocks take the AMX score tiles where the CPU has them (G = 4, 8, 1, 2;
+    # D up to 512); a block broken by one moved slot, and tails shorter than a block, take the vector
+    # path in the same call. Scale != 1 checks it multiplies the tile's bf16 dot products.
+    g = torch.Generator().manual_seed(hq * 7 + d)
+    kc = torch.randn(64, 16, hkv, d, generator=g).bfloat16()
+    vc = torch.randn(64, 16, hkv, d, generator=g).bfloat16()
+    blocks = torch.randperm(64, generator=g)[:40].view(4, 10)  # each row: 10 blocks in any order
+    slots = (blocks[:, :, None] * 16 + torch.arange(16)).reshape(4, 160)  # [4, 160]
+    slots[2, 37] = slots[2, 0]  # row 2's third block is no longer 16 consecutive slots
+    lens = [16, 47, 160, 129]
+    q = torch.randn(4, hq, d, generator=g).bfloat16()
+    for scale in (1.0, 0.3):
+        out = cpu_gemv.decode_attention(q, kc, vc, slots, torch.tensor(lens), scale)
+        ref = _attn_ref(q, kc, vc, slots, torch.tensor(lens), scale)
+        err = (out.float() - ref).abs()
+        assert bool((err <= 2 ** -8 * ref.abs() + 1e-4).all()), float(err.max())
+
+
+@needs_kernel
 def test_paged_attention_kernel_agrees_with_torch_on_mixed_plans(monkeypatch):
     # Two decode groups (key counts 600 vs 20: not within 2x) out of row order, beside a prefill.
     g = torch.Generator().manual_seed(5)

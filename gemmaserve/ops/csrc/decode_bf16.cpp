@@ -61,13 +61,15 @@ static inline __m512 exp512(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-// sc[g*n + j] = qf[g] . k_j for G query rows (fp32, pre-scaled) against n cache rows; D % 16 == 0.
+// sc[g*n + j] = qf[g] . k_j for G query rows (fp32, pre-scaled) against cache rows j in [j0, j1) of n;
+// D % 16 == 0.
 template <int G>
 static void scores_v(const float* qf, const bf16_t* kc, int64_t hkv, int64_t h, int64_t d, const int64_t* sl,
-                     int64_t n, float* sc) {
-    for (int64_t j = 0; j < n; ++j) {
+                     int64_t n, float* sc, int64_t j0 = 0, int64_t j1 = -1) {
+    if (j1 < 0) j1 = n;
+    for (int64_t j = j0; j < j1; ++j) {
         const bf16_t* kr = kc + (sl[j] * hkv + h) * d;
-        if (j + 1 < n) _mm_prefetch((const char*)(kc + (sl[j + 1] * hkv + h) * d), _MM_HINT_T0);
+        if (j + 1 < j1) _mm_prefetch((const char*)(kc + (sl[j + 1] * hkv + h) * d), _MM_HINT_T0);
         __m512 acc[G];
         for (int g = 0; g < G; ++g) acc[g] = _mm512_setzero_ps();
         for (int64_t c = 0; c < d; c += 16) {
@@ -102,10 +104,82 @@ static void pv_v(const float* p, const float* inv, const bf16_t* vc, int64_t hkv
         }
 }
 
+#if defined(__AMX_BF16__)
+extern "C" int gs_gemv_isa();  // gemv_bf16.cpp: 3 once the process holds AMX tile state
+
+static bool amx_scores_ok() {
+    static const bool ok = gs_gemv_isa() == 3;
+    return ok;
+}
+
+struct alignas(64) AttnTileCfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+// Scores through AMX for every run of 16 keys that sit in 16 consecutive cache slots (a whole paged
+// block): C [16 keys x G] = K [16 keys x 32 d] . Q^T [32 d x G] per 32-wide slice of d, K read in
+// place (row stride hkv * d); other keys go through scores_v. Scores are scale * (bf16 q . bf16 k)
+// with fp32 accumulation (scores_v scales q first: the same for Gemma's scale of 1). D % 32 == 0.
 template <int G>
-static void attend_v(const float* qf, const bf16_t* kc, const bf16_t* vc, int64_t hkv, int64_t h, int64_t d,
-                     const int64_t* sl, int64_t n, float* sc, float* inv, bf16_t* out) {
+static void scores_amx(const bf16_t* q, const float* qf, float scale, const bf16_t* kc, int64_t hkv, int64_t h,
+                       int64_t d, const int64_t* sl, int64_t n, float* sc) {
+    alignas(64) bf16_t qb[512 * G];  // Q^T as VNNI B tiles: slice c at c * 16 * G * 2, [16 k-pairs][G][2]
+    for (int64_t kp = 0; kp < d / 2; ++kp)
+        for (int g = 0; g < G; ++g) {
+            qb[(kp * G + g) * 2] = q[g * d + 2 * kp];
+            qb[(kp * G + g) * 2 + 1] = q[g * d + 2 * kp + 1];
+        }
+    AttnTileCfg cfg;
+    std::memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    cfg.rows[0] = 16, cfg.colsb[0] = (uint16_t)(G * 4);  // tmm0: C
+    cfg.rows[1] = 16, cfg.colsb[1] = 64;                 // tmm1: A, 16 keys x 32 bf16
+    cfg.rows[2] = 16, cfg.colsb[2] = (uint16_t)(G * 4);  // tmm2: B, 16 k-pairs x G x 2 bf16
+    _tile_loadconfig(&cfg);
+    alignas(64) float cbuf[16 * G];
+    const int64_t ks = hkv * d * 2;  // bytes between consecutive slots' rows of head h
+    int64_t j = 0;
+    while (j < n) {
+        bool run = j + 16 <= n;
+        for (int i = 1; run && i < 16; ++i) run = sl[j + i] == sl[j] + i;
+        if (!run) {
+            int64_t e = j + 1;  // up to the next run start (or the end): the vector path
+            while (e < n && !(e + 16 <= n && sl[e + 15] == sl[e] + 15)) ++e;
+            scores_v<G>(qf, kc, hkv, h, d, sl, n, sc, j, e);
+            j = e;
+            continue;
+        }
+        const bf16_t* k0 = kc + (sl[j] * hkv + h) * d;
+        _tile_zero(0);
+        for (int64_t c = 0; c < d; c += 32) {
+            _tile_loadd(1, k0 + c, ks);
+            _tile_loadd(2, qb + c * G, G * 4);
+            _tile_dpbf16ps(0, 1, 2);
+        }
+        _tile_stored(0, cbuf, G * 4);
+        for (int i = 0; i < 16; ++i)
+            for (int g = 0; g < G; ++g) sc[g * n + j + i] = scale * cbuf[i * G + g];
+        j += 16;
+    }
+    _tile_release();
+}
+#endif
+
+template <int G>
+static void attend_v(const bf16_t* q, float scale, const float* qf, const bf16_t* kc, const bf16_t* vc, int64_t hkv,
+                     int64_t h, int64_t d, const int64_t* sl, int64_t n, float* sc, float* inv, bf16_t* out) {
+#if defined(__AMX_BF16__)
+    if (d % 32 == 0 && d <= 512 && n >= 16 && amx_scores_ok())
+        scores_amx<G>(q, qf, scale, kc, hkv, h, d, sl, n, sc);
+    else
+        scores_v<G>(qf, kc, hkv, h, d, sl, n, sc);
+#else
+    (void)q;
+    (void)scale;
     scores_v<G>(qf, kc, hkv, h, d, sl, n, sc);
+#endif
     for (int g = 0; g < G; ++g) {
         float* row = sc + g * n;
         __m512 mv = _mm512_set1_ps(-INFINITY);
@@ -166,10 +240,10 @@ static void attend_one(const bf16_t* q, const bf16_t* kc, const bf16_t* vc, int6
 #if defined(__AVX512F__)
     if (d % 16 == 0) {
         switch (G) {
-            case 1: return attend_v<1>(qf.data(), kc, vc, hkv, h, d, sl, n, sc.data(), inv.data(), out);
-            case 2: return attend_v<2>(qf.data(), kc, vc, hkv, h, d, sl, n, sc.data(), inv.data(), out);
-            case 4: return attend_v<4>(qf.data(), kc, vc, hkv, h, d, sl, n, sc.data(), inv.data(), out);
-            case 8: return attend_v<8>(qf.data(), kc, vc, hkv, h, d, sl, n, sc.data(), inv.data(), out);
+            case 1: return attend_v<1>(q, scale, qf.data(), kc, vc, hkv, h, d, sl, n, sc.data(), inv.data(), out);
+            case 2: return attend_v<2>(q, scale, qf.data(), kc, vc, hkv, h, d, sl, n, sc.data(), inv.data(), out);
+            case 4: return attend_v<4>(q, scale, qf.data(), kc, vc, hkv, h, d, sl, n, sc.data(), inv.data(), out);
+            case 8: return attend_v<8>(q, scale, qf.data(), kc, vc, hkv, h, d, sl, n, sc.data(), inv.data(), out);
             default: break;
         }
     }
