@@ -1,4 +1,4 @@
-"""GeGLU activation gelu_tanh(gate) * up, on the CPU kernel for prefill-sized bf16 inputs."""
+"""GeGLU activation gelu_tanh(gate) * up, on the CPU kernels for prefill-sized bf16 inputs."""
 
 from __future__ import annotations
 
@@ -36,3 +36,27 @@ def gelu_tanh_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         cpu_gemv.lib().gs_geglu_bf16(gate.data_ptr(), t, gate.stride(0), w, out.data_ptr())
         return out
     return F.gelu(gate, approximate="tanh") * up
+
+
+def geglu_weighted_cols(gu: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The padded MoE path's weighted activation: gu [E, 2I, n] (each expert's gate rows, then its up
+    rows, one column per token slot), w [E, n] routing weights in gu's dtype -> [E, I, n] =
+    bf16(bf16(gelu_tanh(gate)) * up) * w per column, rounded as torch's gelu, mul and mul round. bf16
+    contiguous CPU inputs take one threaded kernel pass (ops/csrc/decode_bf16.cpp) instead of three
+    torch passes; anything else runs torch's ops."""
+    e, two_i, n = gu.shape
+    if (
+        KERNEL_MIN_NUMEL
+        and gu.dtype is torch.bfloat16
+        and w.dtype is torch.bfloat16
+        and gu.device.type == "cpu"
+        and gu.is_contiguous()
+        and w.is_contiguous()
+        and w.shape == (e, n)
+        and cpu_gemv.available()
+    ):
+        out = torch.empty(e, two_i // 2, n, dtype=torch.bfloat16)  # [E, I, n]
+        cpu_gemv.lib().gs_geglu_cols_bf16(gu.data_ptr(), e, two_i // 2, n, w.data_ptr(), out.data_ptr())
+        return out
+    gate, up = gu.chunk(2, dim=1)  # [E, I, n] each
+    return gelu_tanh_mul(gate, up) * w.view(e, 1, n)

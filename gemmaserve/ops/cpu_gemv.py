@@ -112,6 +112,8 @@ def _compile() -> ctypes.CDLL:
     lib.gs_gemv_set_dense_merged.restype = None
     lib.gs_geglu_bf16.argtypes = [_p, _i64, _i64, _i64, _p]
     lib.gs_geglu_bf16.restype = None
+    lib.gs_geglu_cols_bf16.argtypes = [_p, _i64, _i64, _i64, _p, _p]
+    lib.gs_geglu_cols_bf16.restype = None
     lib.gs_decode_layer_bf16.argtypes = [_p, _p, _i64, _p, _p, ctypes.c_float, ctypes.c_float, _p, _p, _p, _p, _p,
                                          _p, _i64, _p, _int]
     lib.gs_decode_layer_bf16.restype = None

@@ -9,7 +9,7 @@ import os
 import torch
 
 from gemmaserve.ops import cpu_gemv
-from gemmaserve.ops.activation import gelu_tanh_mul
+from gemmaserve.ops.activation import geglu_weighted_cols, gelu_tanh_mul
 from gemmaserve.ops.linear import linear
 
 # Token count at or above which the grouped path is used: benchmarks/ops_moe.py on the bench shape
@@ -201,8 +201,8 @@ def moe_padded(
     tokens = order // k  # [T*K]
     xp = x.new_zeros(e * n, h).index_copy_(0, dest, x.index_select(0, tokens))  # [E*n, H]
     wp = x.new_zeros(e * n).index_copy_(0, dest, topk_w.reshape(-1)[order].to(x.dtype))  # [E*n]
-    gate, up = torch.bmm(gate_up, xp.view(e, n, h).transpose(1, 2)).chunk(2, dim=1)  # [E, I, n] each
-    act = _act(gate, up) * wp.view(e, 1, n)  # [E, I, n]; padding rows stay 0
+    gu = torch.bmm(gate_up, xp.view(e, n, h).transpose(1, 2))  # [E, 2I, n]
+    act = geglu_weighted_cols(gu, wp.view(e, n))  # [E, I, n]; padding columns stay 0
     y = torch.bmm(down, act).transpose(1, 2).reshape(e * n, h)  # [E*n, H]
     out = torch.zeros_like(x)
     out.index_add_(0, tokens, y.index_select(0, dest))

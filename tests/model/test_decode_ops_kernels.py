@@ -132,6 +132,27 @@ def test_geglu_kernel_rounds_like_torch():
 
 
 @needs_kernel
+@pytest.mark.parametrize("e,i,n", [(3, 40, 37), (8, 256, 40)])  # 37: a vector tail; 8x256x40: threaded
+def test_weighted_column_geglu_equals_the_row_kernel_and_torch(monkeypatch, e, i, n):
+    # moe_padded's layout: gu [E, 2I, n] (gate rows, then up rows, token columns), weights [E, n].
+    import gemmaserve.ops.activation as act_op
+
+    g = torch.Generator().manual_seed(e * i + n)
+    gu = (3 * torch.randn(e, 2 * i, n, generator=g)).bfloat16()
+    w = torch.rand(e, n, generator=g).bfloat16()
+    out = act_op.geglu_weighted_cols(gu, w)
+    assert out.shape == (e, i, n) and out.dtype == torch.bfloat16
+    # Per expert: the row kernel on the transposed rows, then torch's bf16 weighting: bit-equal.
+    for x in range(e):
+        rows = cpu_gemv.geglu(gu[x].t().contiguous())  # [n, I]
+        assert torch.equal(out[x], rows.t() * w[x])
+    monkeypatch.setattr(act_op, "KERNEL_MIN_NUMEL", 0)  # torch's gelu, mul, mul
+    slow = act_op.geglu_weighted_cols(gu, w)
+    body = gu[:, :i].float() > -3  # torch's fp32 tanh loses the far negative tail (see above)
+    assert float((out != slow)[body].float().mean()) < 0.01
+
+
+@needs_kernel
 @pytest.mark.parametrize("n", [64, 1000, 4099])
 def test_gemv_dynamic_chunks_equal_static_split(n):
     """The threaded GEMV's dynamic row chunks (default) give the static split's result exactly."""

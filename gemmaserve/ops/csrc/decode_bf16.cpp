@@ -381,10 +381,36 @@ void gs_qkv_post_bf16(const bf16_t* qkv, int64_t T, int64_t ld, int64_t hq, int6
     }
 }
 
+static constexpr float kGeluB = 0.7978845608028654f, kGeluK = 0.044715f;
+
+// bf16(bf16(gelu_tanh(g)) * u), one element.
+static inline bf16_t geglu1(bf16_t gb, bf16_t ub) {
+    const float x = bf16_to_f32(gb);
+    const float gl = x / (1.f + std::exp(-2.f * kGeluB * (x + kGeluK * x * x * x)));
+    return f32_to_bf16(bf16_to_f32(f32_to_bf16(gl)) * bf16_to_f32(ub));
+}
+
+#if defined(__AVX512F__)
+// 16 lanes of bf16(gelu_tanh(g)) as fp32: 0.5 * x * (1 + tanh(y)) == x / (1 + exp(-2y)), with no
+// cancellation in the negative tail (where 1 + tanh(y) is tiny) and exact at both saturations (exp
+// overflows to inf -> -0, or -> 0 -> x).
+static inline __m512 gelu16_rounded(const bf16_t* g) {
+    const __m512 x = load16(g);
+    const __m512 y = _mm512_mul_ps(_mm512_set1_ps(kGeluB), _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(kGeluK), x),
+                                                                      _mm512_mul_ps(x, x), x));
+    const __m512 den = _mm512_add_ps(_mm512_set1_ps(1.f), exp512(_mm512_mul_ps(_mm512_set1_ps(-2.f), y)));
+    return bf16x16_to_f32(f32x16_to_bf16(_mm512_div_ps(x, den)));
+}
+
+// 16 lanes of bf16(bf16(gelu_tanh(g)) * u).
+static inline __m256i geglu16(const bf16_t* g, const bf16_t* u) {
+    return f32x16_to_bf16(_mm512_mul_ps(gelu16_rounded(g), load16(u)));
+}
+#endif
+
 // out[r, i] = bf16(bf16(gelu_tanh(gate)) * up) for rows gu[r] = [gate (w) | up (w)] of stride ld: the
 // dense MLP's and the experts' activation, rounded where torch's bf16 gelu and mul round.
 void gs_geglu_bf16(const bf16_t* gu, int64_t rows, int64_t ld, int64_t w, bf16_t* out) {
-    const float kb = 0.7978845608028654f, kk = 0.044715f;
     // Prefill-sized inputs split rows over torch's OpenMP threads (each element's result does not
     // depend on the split); decode rows stay on the calling thread.
     const int nt = rows * w >= (1 << 16) ? omp_get_max_threads() : 1;
@@ -395,25 +421,33 @@ void gs_geglu_bf16(const bf16_t* gu, int64_t rows, int64_t ld, int64_t w, bf16_t
         bf16_t* o = out + r * w;
         int64_t i = 0;
 #if defined(__AVX512F__)
-        // 0.5 * x * (1 + tanh(y)) == x / (1 + exp(-2y)): no cancellation in the negative tail (where
-        // 1 + tanh(y) is tiny), exact at both saturations (exp overflows to inf -> -0, or -> 0 -> x).
-        const __m512 one = _mm512_set1_ps(1.f), mtwo = _mm512_set1_ps(-2.f);
-        for (; i + 16 <= w; i += 16) {
-            const __m512 x = load16(g + i);
-            const __m512 y = _mm512_mul_ps(_mm512_set1_ps(kb), _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(kk), x),
-                                                                          _mm512_mul_ps(x, x), x));
-            const __m512 den = _mm512_add_ps(one, exp512(_mm512_mul_ps(mtwo, y)));
-            float gl[16], up[16];
-            _mm512_storeu_ps(gl, _mm512_div_ps(x, den));
-            _mm512_storeu_ps(up, load16(u + i));
-            for (int j = 0; j < 16; ++j) o[i + j] = f32_to_bf16(bf16_to_f32(f32_to_bf16(gl[j])) * up[j]);
+        for (; i + 16 <= w; i += 16) _mm256_storeu_si256((__m256i*)(o + i), geglu16(g + i, u + i));
+#endif
+        for (; i < w; ++i) o[i] = geglu1(g[i], u[i]);
+    }
+}
+
+// The padded MoE path's activation (ops/moe.py moe_padded), weighted: gu [E, 2I, n] holds each expert's
+// gate rows then up rows with its n token columns, w [E, n] the routing weights (bf16);
+// out[e, i, t] = bf16(bf16(bf16(gelu_tanh(gu[e, i, t])) * gu[e, I + i, t]) * w[e, t]), the rounding of
+// torch's bf16 gelu, mul and mul. Rows are split over torch's OpenMP threads for prefill sizes.
+void gs_geglu_cols_bf16(const bf16_t* gu, int64_t E, int64_t I, int64_t n, const bf16_t* w, bf16_t* out) {
+    const int nt = E * I * n >= (1 << 16) ? omp_get_max_threads() : 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t r = 0; r < E * I; ++r) {
+        const int64_t e = r / I, i = r % I;
+        const bf16_t* g = gu + (e * 2 * I + i) * n;
+        const bf16_t* u = g + I * n;
+        const bf16_t* we = w + e * n;
+        bf16_t* o = out + r * n;
+        int64_t t = 0;
+#if defined(__AVX512F__)
+        for (; t + 16 <= n; t += 16) {
+            const __m512 a = bf16x16_to_f32(geglu16(g + t, u + t));
+            _mm256_storeu_si256((__m256i*)(o + t), f32x16_to_bf16(_mm512_mul_ps(a, load16(we + t))));
         }
 #endif
-        for (; i < w; ++i) {
-            const float x = bf16_to_f32(g[i]);
-            const float gl = x / (1.f + std::exp(-2.f * kb * (x + kk * x * x * x)));
-            o[i] = f32_to_bf16(bf16_to_f32(f32_to_bf16(gl)) * bf16_to_f32(u[i]));
-        }
+        for (; t < n; ++t) o[t] = f32_to_bf16(bf16_to_f32(geglu1(g[t], u[t])) * bf16_to_f32(we[t]));
     }
 }
 
