@@ -45,16 +45,7 @@ def geglu_weighted_cols(gu: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     contiguous CPU inputs take one threaded kernel pass (ops/csrc/decode_bf16.cpp) instead of three
     torch passes; anything else runs torch's ops."""
     e, two_i, n = gu.shape
-    if (
-        KERNEL_MIN_NUMEL
-        and gu.dtype is torch.bfloat16
-        and w.dtype is torch.bfloat16
-        and gu.device.type == "cpu"
-        and gu.is_contiguous()
-        and w.is_contiguous()
-        and w.shape == (e, n)
-        and cpu_gemv.available()
-    ):
+    if KERNEL_MIN_NUMEL and w.shape == (e, n) and cpu_gemv.bf16_contiguous_cpu(gu, w):
         out = torch.empty(e, two_i // 2, n, dtype=torch.bfloat16)  # [E, I, n]
         cpu_gemv.lib().gs_geglu_cols_bf16(gu.data_ptr(), e, two_i // 2, n, w.data_ptr(), out.data_ptr())
         return out

@@ -149,11 +149,8 @@ def paged_attention(
     kernel = (
         DECODE_KERNEL
         and q.dtype is torch.bfloat16
-        and k_cache.dtype is torch.bfloat16
         and q.device.type == "cpu"
-        and k_cache.is_contiguous()
-        and v_cache.is_contiguous()
-        and cpu_gemv.available()
+        and cpu_gemv.bf16_contiguous_cpu(k_cache, v_cache)
     )
     # index_select, not kc[slots]: advanced indexing of the cache rows measured ~3x slower on CPU
     # (1.84 vs 0.63 ms for 32 x 528 rows of [2, 128] bf16, one thread).

@@ -139,6 +139,12 @@ def available() -> bool:
     return _lib is not None
 
 
+def bf16_contiguous_cpu(*tensors: torch.Tensor) -> bool:
+    """Whether a kernel that reads raw bf16 arrays may take these tensors (each bf16, on CPU,
+    contiguous) and the kernels built."""
+    return all(t.dtype is torch.bfloat16 and t.device.type == "cpu" and t.is_contiguous() for t in tensors) and available()
+
+
 def isa() -> str:
     """The instruction path the build took: 'amx+avx512bf16', 'avx512bf16', 'avx512' or 'portable' ('' if unavailable)."""
     if not available():
