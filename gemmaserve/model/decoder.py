@@ -94,6 +94,8 @@ class Gemma4ForCausalLM(nn.Module):
             Gemma4DecoderLayer(config, i, dtype, device) for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(h, config.rms_norm_eps, dtype, device)
+        # Weight-only int8 (model/quantize.py) sets an int8 copy of embed_tokens for the tied LM head.
+        self.lm_head_int8: nn.Module | None = None
         # Kept in fp32 and cast to the weight dtype at use: sqrt(2816) = 53.07 becomes 53.0 in bf16.
         self.register_buffer("embed_scale", torch.tensor(h**0.5, device=device), persistent=False)
         inv = {
@@ -162,7 +164,8 @@ class Gemma4ForCausalLM(nn.Module):
             keep = batch.logits_indices if i == last else None
             h = layer(h, rope[kind], plans[kind], batch.kinds[kind].slot_mapping, kv_caches[i], keep)
         h = rms_norm(h, self.norm.weight, cfg.rms_norm_eps)
-        logits = linear(h, w).float()  # [num_sample, vocab], tied LM head
+        head = self.lm_head_int8
+        logits = (linear(h, w) if head is None else head(h, w)).float()  # [num_sample, vocab], tied LM head
         cap = cfg.final_logit_softcapping
         if cap:
             logits = torch.tanh(logits / cap) * cap

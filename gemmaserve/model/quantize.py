@@ -8,7 +8,8 @@ from torch import nn
 from gemmaserve.model.attention import Gemma4Attention
 from gemmaserve.model.layers import GeGLUMLP, Linear
 from gemmaserve.model.moe import Gemma4Experts
-from gemmaserve.ops.quant import dequantize, int8_linear, moe_experts_int8, quantize_per_channel
+from gemmaserve.ops.linear import linear
+from gemmaserve.ops.quant import INT8PACK_MAX_ROWS, dequantize, int8_linear, moe_experts_int8, quantize_per_channel
 
 
 class QuantLinear(nn.Module):
@@ -43,6 +44,18 @@ class QuantLinear(nn.Module):
         return int8_linear(x, self.qweight, self.scale)  # [..., in] -> [..., out]
 
 
+class Int8LMHead(QuantLinear):
+    """The tied LM head's int8 copy (CPU): few rows (decode steps of up to INT8PACK_MAX_ROWS
+    sequences) read the int8 matrix; more rows use the bf16 embedding matrix, because the int8 path
+    past those rows dequantises the whole vocab x hidden matrix, costlier than reading the bf16 one."""
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # x [T, H] -> [T, vocab]; weight: the bf16 embedding matrix [vocab, H]
+        if x.shape[0] <= INT8PACK_MAX_ROWS:
+            return int8_linear(x, self.qweight, self.scale)
+        return linear(x, weight)
+
+
 class QuantExperts(nn.Module):
     """Drop-in for moe.Gemma4Experts with int8 fused expert tensors:
     gate_up_q [E, 2I, H] + gate_up_scale [E, 2I]; down_q [E, H, I] + down_scale [E, H]."""
@@ -64,9 +77,16 @@ class QuantExperts(nn.Module):
 @torch.no_grad()
 def quantize_model_int8_(model: nn.Module) -> nn.Module:
     """In place: attention q/k/v/o and dense-MLP linears become QuantLinear, expert blocks become
-    QuantExperts. Embeddings/LM head (tied), norms and the router stay in the compute dtype: they
-    are small and the router's top-k is sensitive to rounding. Each bf16 weight is released as
+    QuantExperts, and on CPU the tied LM head gets an int8 copy of the embedding matrix
+    (`lm_head_int8`, Int8LMHead; the lookup keeps reading the bf16 rows, exact). Norms and the router stay in the compute dtype:
+    they are small and the router's top-k is sensitive to rounding. Each bf16 weight is released as
     soon as its int8 copy exists, so the peak is the bf16 model plus one tensor."""
+    embed = getattr(model, "embed_tokens", None)
+    if embed is not None and hasattr(model, "lm_head_int8") and embed.weight.device.type == "cpu":
+        # The LM head reads all vocab x hidden weights each step, a fifth of a bench-model decode
+        # step's bf16 bytes and a third of its int8 bytes: the int8 copy adds vocab x hidden bytes.
+        # Not on GPUs, where an int8 matmul dequantises the whole matrix (int8 there saves memory).
+        model.lm_head_int8 = Int8LMHead(*quantize_per_channel(embed.weight.data))
     for module in list(model.modules()):
         if isinstance(module, (Gemma4Attention, GeGLUMLP)):
             for name, child in list(module.named_children()):
