@@ -110,7 +110,7 @@ def test_int8_lm_head_reads_int8_for_few_rows_and_bf16_beyond(all_experts_tiny):
 def test_int8_logits_within_tolerance_of_bf16(all_experts_tiny):
     """Stated tolerance (tiny model, 57-token prompt, logits of std ~2 after soft-capping):
     int8 vs bf16 max |diff| <= 1.5, mean <= 0.2, greedy argmax agrees on >= 85% of positions.
-    Measured: max 0.93, mean 0.11, 91% (bf16 vs fp32 for scale: max 0.33, mean 0.05)."""
+    Measured: max 0.88, mean 0.11, 95% (bf16 vs fp32 for scale: max 0.33, mean 0.05)."""
     bf16, _ = load_model(all_experts_tiny)
     int8, _ = load_model(all_experts_tiny, quantization="int8")
     want = OneSeq(bf16).step(IDS, all_logits=True)
