@@ -410,8 +410,8 @@ static bool experts_amx(const bf16_t* w, int64_t E, int64_t N, int64_t K, const 
 }
 #endif
 
-// One group of rows: up to kAmxMaxRows through AMX where it applies, else up to 8 through the
-// AVX512/portable row kernel.
+// One group of rows: up to kAmxMaxRows in one weight pass through AMX where it applies, else through
+// the AVX512/portable row kernel 8 rows per pass.
 static void gemv_group(const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, int64_t xs, int mm, void* out,
                        int64_t ldo, int out_f32, int nthreads) {
 #if defined(__AMX_BF16__)
@@ -420,7 +420,10 @@ static void gemv_group(const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, i
         return;
     }
 #endif
-    run_rows(kRows[mm], w, N, K, x, xs, out, ldo, out_f32, nthreads);
+    const int esz = out_f32 ? 4 : 2;
+    for (int m = 0; m < mm; m += 8)  // the row kernels take 8 rows per pass
+        run_rows(kRows[std::min(8, mm - m)], w, N, K, x + m * xs, xs, (char*)out + m * ldo * esz, ldo, out_f32,
+                 nthreads);
 }
 
 // Input rows one gemv_group reads the weights once for: kAmxMaxRows on the AMX path, else 8.
