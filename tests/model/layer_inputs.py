@@ -1,5 +1,6 @@
 """What a decoder layer's forward takes besides h, built the way Gemma4ForCausalLM.forward builds it:
-one layer can then be run alone (the CPU decode-kernel tests compare its paths)."""
+one layer can then be run alone (the CPU decode-kernel tests compare its paths); and a counter of
+which path each layer took."""
 
 from __future__ import annotations
 
@@ -20,3 +21,19 @@ def layer_plan(model, batch, kind: str):
     spec = next(s for s in model.config.attention_kinds() if s.kind == kind)
     meta = batch.kinds[kind]
     return build_plan(meta.block_tables, batch.query_lens_cpu, batch.seq_lens_cpu, batch.block_size, spec.window)
+
+
+def count_fast_layers(monkeypatch) -> list[int]:
+    """Counts, from now on, [layers run as one decode_layer kernel call, layers that fell back to torch]."""
+    import gemmaserve.model.decoder as decoder_mod
+
+    seen = [0, 0]
+    real = decoder_mod.decode_layer
+
+    def counted(*a, **k):
+        out = real(*a, **k)
+        seen[out is None] += 1
+        return out
+
+    monkeypatch.setattr(decoder_mod, "decode_layer", counted)
+    return seen

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from layer_inputs import layer_plan, layer_rope
+from layer_inputs import count_fast_layers, layer_plan, layer_rope
 from parity_batch import PagedSim
 
 import gemmaserve.model.attention as model_attn
@@ -120,22 +120,6 @@ def _count_calls(monkeypatch, names: list[str]) -> dict[str, int]:
     return calls
 
 
-def _count_fast_layers(monkeypatch) -> list[int]:
-    """[one-call layers run, layers that fell back to torch]"""
-    import gemmaserve.model.decoder as decoder_mod
-
-    seen = [0, 0]
-    real = decoder_mod.decode_layer
-
-    def counted(*a, **k):
-        out = real(*a, **k)
-        seen[out is None] += 1
-        return out
-
-    monkeypatch.setattr(decoder_mod, "decode_layer", counted)
-    return seen
-
-
 @needs_kernel
 def test_bf16_decode_with_kernels_is_as_accurate_as_torch_fallback(monkeypatch):
     m16, m32 = _tiny_pair()
@@ -145,7 +129,7 @@ def test_bf16_decode_with_kernels_is_as_accurate_as_torch_fallback(monkeypatch):
     ref = _decode(m32, prompt, forced)  # fp32 never takes a kernel path
     n, layers = len(forced), m16.config.num_hidden_layers
     # Default: every decode step's layers in one call each; the prefill runs the torch layers.
-    seen = _count_fast_layers(monkeypatch)
+    seen = count_fast_layers(monkeypatch)
     one_call = _decode(m16, prompt, forced)
     assert seen == [n * layers, layers]
     monkeypatch.setattr(fast_decode, "MAX_ROWS", 0)

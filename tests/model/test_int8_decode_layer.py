@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from layer_inputs import layer_plan, layer_rope
+from layer_inputs import count_fast_layers, layer_plan, layer_rope
 from parity_batch import PagedSim
 
-import gemmaserve.model.decoder as decoder_mod
 import gemmaserve.model.fast_decode as fast_decode
 import gemmaserve.ops.quant as quant
 from gemmaserve.demo import demo_config
@@ -108,15 +107,7 @@ def test_int8_model_decodes_in_one_call_per_layer(monkeypatch):
     vocab, layers = model.config.vocab_size, model.config.num_hidden_layers
     prompt = [2] + [(17 * j + 5) % vocab for j in range(1, 13)]
     forced = [(31 * j + 7) % vocab for j in range(10)]  # past the 16-token sliding window
-    seen = [0, 0]  # [one-call layers, torch layers]
-    real = decoder_mod.decode_layer
-
-    def counted(*a, **k):
-        out = real(*a, **k)
-        seen[out is None] += 1
-        return out
-
-    monkeypatch.setattr(decoder_mod, "decode_layer", counted)
+    seen = count_fast_layers(monkeypatch)  # [one-call layers, torch layers]
     one_call = _decode(model, prompt, forced)
     assert seen == [len(forced) * layers, layers]  # the prefill runs the torch layers
     monkeypatch.setattr(fast_decode, "MAX_ROWS", 0)
