@@ -1,35 +1,20 @@
 """The per-step cap on prompt tokens (max_num_prefill_tokens): decodes do not count against it."""
 
 import pytest
+from sched_sim import assert_pools_full, make as sim_make, req, run_step
 
 from gemmaserve.cli import build_parser
 from gemmaserve.config import CPU_DEFAULT_MAX_NUM_PREFILL_TOKENS, SchedulerConfig, engine_config_from_args
-from gemmaserve.engine.kv_cache import KVCacheManager
-from gemmaserve.engine.request import Request
-from gemmaserve.engine.scheduler import Scheduler
-from gemmaserve.model.config import FULL, SLIDING, AttentionKindSpec
-from gemmaserve.types import SamplingParams
+from gemmaserve.model.config import FULL, SLIDING
 
 
 def make(full_blocks=2048, **cfg):
-    specs = [AttentionKindSpec(SLIDING, (0,), 1, 2, 64), AttentionKindSpec(FULL, (1,), 1, 2, None)]
-    kv = KVCacheManager(specs, {SLIDING: 2048, FULL: full_blocks}, 4, enable_prefix_caching=False)
-    return Scheduler(SchedulerConfig(**cfg), kv), kv
-
-
-def req(rid, n, first):
-    return Request(rid, list(range(first, first + n)), SamplingParams(), set())
+    return sim_make({SLIDING: 2048, FULL: full_blocks}, window=64, prefix=False, **cfg)
 
 
 def step(sched):
     """One engine step without a model: every sampling request gets token 7."""
-    out = sched.schedule()
-    plan = [(s.request.request_id, s.num_new_tokens, s.samples) for s in out.scheduled]
-    sampling = [s.request for s in out.scheduled if s.samples]
-    sched.on_step_done(out)
-    for r in sampling:
-        r.append_token(7)
-    return plan
+    return run_step(sched, 7)[0]
 
 
 def decoding(sched, n):
@@ -38,12 +23,6 @@ def decoding(sched, n):
         sched.add_request(req(f"d{i}", 32, first=100 + 40 * i))
     assert step(sched) == [(f"d{i}", 32, True) for i in range(n)]
     return [(f"d{i}", 1, True) for i in range(n)]
-
-
-def assert_pools_full(kv):
-    for pool in kv.pools.values():
-        assert pool.num_free == pool.num_blocks
-        assert all(c == 0 for c in pool.ref_counts)
 
 
 def test_old_rule_splits_a_prompt_by_the_decode_rows():

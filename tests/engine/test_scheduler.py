@@ -1,40 +1,16 @@
 """Scheduler: token budget, chunked prefill, decode-first order, preemption and requeue, abort."""
 
-from gemmaserve.config import SchedulerConfig
-from gemmaserve.engine.kv_cache import KVCacheManager
+from sched_sim import assert_pools_full, make, req, run_step
+
 from gemmaserve.engine.request import Request, RequestStatus
-from gemmaserve.engine.scheduler import Scheduler
-from gemmaserve.model.config import FULL, SLIDING, AttentionKindSpec
+from gemmaserve.model.config import FULL, SLIDING
 from gemmaserve.types import FinishReason, SamplingParams
-
-
-def make(num_blocks=64, block_size=4, window=8, prefix=True, **cfg):
-    specs = [AttentionKindSpec(SLIDING, (0,), 1, 2, window), AttentionKindSpec(FULL, (1,), 1, 2, None)]
-    if isinstance(num_blocks, int):
-        num_blocks = {SLIDING: num_blocks, FULL: num_blocks}
-    kv = KVCacheManager(specs, num_blocks, block_size, enable_prefix_caching=prefix)
-    return Scheduler(SchedulerConfig(**cfg), kv), kv
-
-
-def req(rid, n, first=2):
-    return Request(rid, list(range(first, first + n)), SamplingParams(), set())
 
 
 def step(sched):
     """One engine step without a model: every sampling request gets token 90."""
-    out = sched.schedule()
-    plan = [(s.request.request_id, s.num_new_tokens) for s in out.scheduled]
-    sampling = [s.request for s in out.scheduled if s.samples]
-    sched.on_step_done(out)
-    for r in sampling:
-        r.append_token(90)
-    return plan, out
-
-
-def assert_pools_full(kv):
-    for pool in kv.pools.values():
-        assert pool.num_free == pool.num_blocks
-        assert all(c == 0 for c in pool.ref_counts)
+    plan, out = run_step(sched, 90)
+    return [(rid, n) for rid, n, _ in plan], out
 
 
 def test_budget_chunks_prefill_and_decode_goes_first():

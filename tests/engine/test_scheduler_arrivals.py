@@ -1,31 +1,17 @@
 """Scheduler under steady-state load: a new arrival's whole prompt runs in the next step beside every decode."""
 
-from gemmaserve.config import SchedulerConfig
-from gemmaserve.engine.kv_cache import KVCacheManager
-from gemmaserve.engine.request import Request
-from gemmaserve.engine.scheduler import Scheduler
-from gemmaserve.model.config import FULL, SLIDING, AttentionKindSpec
-from gemmaserve.types import SamplingParams
+from sched_sim import make as sim_make, req, run_step
+
+from gemmaserve.model.config import FULL, SLIDING
 
 
 def make(**cfg):
-    specs = [AttentionKindSpec(SLIDING, (0,), 1, 2, 64), AttentionKindSpec(FULL, (1,), 1, 2, None)]
-    kv = KVCacheManager(specs, {SLIDING: 2048, FULL: 2048}, 4, enable_prefix_caching=False)
-    return Scheduler(SchedulerConfig(**cfg), kv), kv
-
-
-def req(rid, n, first):
-    return Request(rid, list(range(first, first + n)), SamplingParams(), set())
+    return sim_make({SLIDING: 2048, FULL: 2048}, window=64, prefix=False, **cfg)
 
 
 def step(sched):
-    out = sched.schedule()
-    plan = [(s.request.request_id, s.num_new_tokens, s.samples) for s in out.scheduled]
-    sampling = [s.request for s in out.scheduled if s.samples]
-    sched.on_step_done(out)
-    for r in sampling:
-        r.append_token(7)
-    return plan
+    """One engine step without a model: every sampling request gets token 7."""
+    return run_step(sched, 7)[0]
 
 
 def test_arrival_beside_fifteen_decodes_gets_its_whole_prompt_and_first_token_next_step():
