@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 _SRCS = [Path(__file__).parent / "csrc" / name for name in ("gemv_bf16.cpp", "gemv_int8.cpp", "decode_bf16.cpp",
                                                                  "decode_layer.cpp")]
-_HEADERS = [Path(__file__).parent / "csrc" / "bf16.h"]  # hashed into the build key with the sources
+_HEADERS = [Path(__file__).parent / "csrc" / name for name in ("bf16.h", "amx.h")]  # hashed into the build key
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 # Rows handled per weight pass by the AVX512/portable kernels; more rows still work (in groups of
 # MAX_ROWS) but re-read the weight. The AMX path takes AMX_ROWS per pass (rows_per_pass()).

@@ -12,6 +12,7 @@
 #include <immintrin.h>
 #endif
 
+#include "amx.h"
 #include "bf16.h"
 
 #if defined(__AVX512F__)
@@ -105,19 +106,6 @@ static void pv_v(const float* p, const float* inv, const bf16_t* vc, int64_t hkv
 }
 
 #if defined(__AMX_BF16__)
-extern "C" int gs_gemv_isa();  // gemv_bf16.cpp: 3 once the process holds AMX tile state
-
-static bool amx_scores_ok() {
-    static const bool ok = gs_gemv_isa() == 3;
-    return ok;
-}
-
-struct alignas(64) AttnTileCfg {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-};
-
 // Scores through AMX for every run of 16 keys that sit in 16 consecutive cache slots (a whole paged
 // block): C [16 keys x G] = K [16 keys x 32 d] . Q^T [32 d x G] per 32-wide slice of d, K read in
 // place (row stride hkv * d); other keys go through scores_v. Scores are scale * (bf16 q . bf16 k)
@@ -131,7 +119,7 @@ static void scores_amx(const bf16_t* q, const float* qf, float scale, const bf16
             qb[(kp * G + g) * 2] = q[g * d + 2 * kp];
             qb[(kp * G + g) * 2 + 1] = q[g * d + 2 * kp + 1];
         }
-    AttnTileCfg cfg;
+    TileCfg cfg;
     std::memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     cfg.rows[0] = 16, cfg.colsb[0] = (uint16_t)(G * 4);  // tmm0: C
@@ -171,7 +159,7 @@ template <int G>
 static void attend_v(const bf16_t* q, float scale, const float* qf, const bf16_t* kc, const bf16_t* vc, int64_t hkv,
                      int64_t h, int64_t d, const int64_t* sl, int64_t n, float* sc, float* inv, bf16_t* out) {
 #if defined(__AMX_BF16__)
-    if (d % 32 == 0 && d <= 512 && n >= 16 && amx_scores_ok())
+    if (d % 32 == 0 && d <= 512 && n >= 16 && amx_ok())
         scores_amx<G>(q, qf, scale, kc, hkv, h, d, sl, n, sc);
     else
         scores_v<G>(qf, kc, hkv, h, d, sl, n, sc);

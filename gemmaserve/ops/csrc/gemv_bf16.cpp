@@ -10,11 +10,7 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
-#if defined(__AMX_BF16__)
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
-
+#include "amx.h"
 #include "bf16.h"
 
 // Work split of the threaded AMX GEMV: 0 = one static share per thread, k > 0 = about k row chunks per
@@ -148,19 +144,6 @@ static void run_rows(rows_fn fn, const bf16_t* w, int64_t N, int64_t K, const bf
 #if defined(__AMX_BF16__)
 // AMX path: C^T[n, m] = W[n, :] . X[m, :] with W as the A tile (16 rows x 32 k, read in place with
 // row stride K) and X^T packed once per call as the VNNI B tile, so weights need no repacking.
-// Linux hands out AMX state only on request (arch_prctl ARCH_REQ_XCOMP_PERM, process-wide).
-static int g_amx = 0;  // 0 unknown, 1 granted, -1 refused
-
-static bool amx_ok() {
-    if (g_amx == 0) g_amx = syscall(SYS_arch_prctl, 0x1023 /*ARCH_REQ_XCOMP_PERM*/, 18 /*XTILEDATA*/) == 0 ? 1 : -1;
-    return g_amx == 1;
-}
-
-struct alignas(64) TileCfg {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-};
 
 // Up to this many input rows share one pass over the weights on the AMX path: two B tiles of 16
 // columns each (the C tile's 64-byte rows hold 16 fp32 sums).

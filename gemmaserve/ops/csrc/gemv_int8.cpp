@@ -12,13 +12,12 @@
 #include <immintrin.h>
 #endif
 #if defined(__AMX_BF16__) && defined(__AVX512BF16__)
-#include <sys/syscall.h>
-#include <unistd.h>
 #define GS_I8_AMX 1
 #else
 #define GS_I8_AMX 0
 #endif
 
+#include "amx.h"
 #include "bf16.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -148,19 +147,7 @@ const rows_fn kRows[kMaxRows + 1] = {nullptr, rows_range<1>, rows_range<2>, rows
 #if GS_I8_AMX
 // AMX form for several rows: each 16-row x 32-k block of q is widened (int8 -> fp32 -> bf16, exact) into a
 // 1 KiB L1 buffer that an A tile loads; x^T is the VNNI B tile packed once per call, as in gemv_bf16.cpp.
-// The widening is the whole cost, independent of the row count. Linux grants AMX state on request.
-int g_amx = 0;  // 0 unknown, 1 granted, -1 refused
-
-bool amx_ok() {
-    if (g_amx == 0) g_amx = syscall(SYS_arch_prctl, 0x1023 /*ARCH_REQ_XCOMP_PERM*/, 18 /*XTILEDATA*/) == 0 ? 1 : -1;
-    return g_amx == 1;
-}
-
-struct alignas(64) TileCfg {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-};
+// The widening is the whole cost, independent of the row count.
 
 // x rows -> [K/2][M][2] bf16 pairs (K even).
 void pack_x(const bf16_t* const* rows, int M, int64_t K, bf16_t* xb) {
