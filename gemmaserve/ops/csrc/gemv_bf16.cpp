@@ -167,6 +167,24 @@ static void amx_pack(const bf16_t* x, int64_t xs, const int64_t* row_of, int M, 
     }
 }
 
+// A stored C tile [16 n x cnt m] (fp32, row stride cnt) into out[mlo + m, nb + i] (row stride ldo), fp32
+// or rounded to bf16 as store() rounds: per m one 16-wide gather and one contiguous store.
+static inline void flush_tile(const float* cb, int cnt, int mlo, int64_t nb, void* out, int64_t ldo, int out_f32) {
+#if defined(__AVX512F__)
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(cnt));
+    for (int m = 0; m < cnt; ++m) {
+        const __m512 v = _mm512_i32gather_ps(idx, cb + m, 4);
+        const int64_t at = (mlo + m) * ldo + nb;
+        if (out_f32) _mm512_storeu_ps((float*)out + at, v);
+        else _mm256_storeu_si256((__m256i*)((bf16_t*)out + at), f32x16_to_bf16(v));
+    }
+#else
+    for (int m = 0; m < cnt; ++m)
+        for (int i = 0; i < 16; ++i) store(out, out_f32, (mlo + m) * ldo + nb + i, cb[i * cnt + m]);
+#endif
+}
+
 // Rows [n0, n1) of w, (n1 - n0) a multiple of 16; K a multiple of 32; xb = amx_pack of M <= 32 rows.
 // Tiles: tmm0-3 C [16 n x 16 m] fp32 (n-block a/b x m-block 0/1), tmm4/5 B of m-blocks 0/1, tmm6/7 A
 // [16 n x 32 k] bf16 read in place. Each weight tile is loaded once for all M rows; every (n, m) sum
@@ -191,10 +209,7 @@ static void amx_rows(const bf16_t* w, int64_t K, const bf16_t* xb, int M, void* 
     alignas(64) float cbuf[4][16 * 16];
     const int64_t ws = K * 2;
     const bf16_t* xb1 = xb + K * m0;
-    auto flush = [&](int tile, int64_t nb, int mlo, int cnt) {
-        for (int i = 0; i < 16; ++i)
-            for (int m = 0; m < cnt; ++m) store(out, out_f32, (mlo + m) * ldo + nb + i, cbuf[tile][i * cnt + m]);
-    };
+    auto flush = [&](int tile, int64_t nb, int mlo, int cnt) { flush_tile(cbuf[tile], cnt, mlo, nb, out, ldo, out_f32); };
     int64_t n = n0;
     for (; n + 32 <= n1; n += 32) {
         const bf16_t* a0 = w + n * K;
@@ -378,8 +393,20 @@ static bool plan_experts(const bf16_t* w, int64_t E, int64_t N, int64_t K, const
 }
 
 static void scatter_experts(const ExpertPlan& plan, int64_t N, void* out, int out_f32) {
-    for (size_t i = 0; i < plan.order.size(); ++i)
-        for (int64_t n = 0; n < N; ++n) store(out, out_f32, plan.order[i] * N + n, plan.res[i * N + n]);
+    for (size_t i = 0; i < plan.order.size(); ++i) {
+        const float* src = plan.res.data() + i * N;
+        const int64_t at = plan.order[i] * N;
+        if (out_f32) {
+            std::memcpy((float*)out + at, src, N * sizeof(float));
+            continue;
+        }
+        int64_t n = 0;
+#if defined(__AVX512F__)
+        for (; n + 16 <= N; n += 16)
+            _mm256_storeu_si256((__m256i*)((bf16_t*)out + at + n), f32x16_to_bf16(_mm512_loadu_ps(src + n)));
+#endif
+        for (; n < N; ++n) ((bf16_t*)out)[at + n] = f32_to_bf16(src[n]);
+    }
 }
 
 static bool experts_amx(const bf16_t* w, int64_t E, int64_t N, int64_t K, const int64_t* ids, int64_t M,
