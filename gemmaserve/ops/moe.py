@@ -21,7 +21,7 @@ GROUPED_MIN_TOKENS = 3
 # (two batched matmuls over all experts) replaces the grouped loop: one long weight stream and ~15
 # ops instead of ~13 ops per active expert. Bench shape, bf16, 2 threads, ms grouped vs padded:
 # 8 tokens (21 of 32 experts active) 4.87/5.13, 16 (30) 8.16/6.04, 32 (32) 7.81/5.94, 64 (32)
-# 8.33/6.52. Prefill sizes stay grouped: padding to the busiest expert multiplies the FLOPs.
+# 8.33/6.52. Past 64 tokens padding to the busiest expert can multiply the FLOPs: see PADDED_MAX_WASTE.
 PADDED_MAX_TOKENS = 64
 PADDED_MIN_ACTIVE = 0.75
 # At any token count on CPU the padded path also replaces the grouped loop when padding adds at most
@@ -112,14 +112,18 @@ def moe_gather_batched(
 
 
 def moe_grouped(
-    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
+    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sort (token, expert) pairs by expert and run one gate_up and one down matmul per active
-    expert on its contiguous slice. Same shapes/contract as moe_gather."""
+    expert on its contiguous slice. Same shapes/contract as moe_gather; `counts` [E]: the pairs per
+    expert when the caller already has them (expert_counts)."""
     t, k = topk_idx.shape
     flat = topk_idx.reshape(-1)  # [T*K]
     order = torch.argsort(flat, stable=True)  # [T*K] pair ids grouped by expert
-    counts = torch.bincount(flat, minlength=gate_up.shape[0]).tolist()  # host sync, one per layer
+    if counts is None:
+        counts = expert_counts(topk_idx, gate_up.shape[0])
+    counts = counts.tolist()  # host sync, one per layer
     tokens = order // k  # [T*K] token of each sorted pair
     xs = x.index_select(0, tokens)  # [T*K, H]
     ws = topk_w.reshape(-1)[order, None].to(x.dtype)  # [T*K, 1] routing weight of each sorted pair
@@ -184,16 +188,19 @@ def _cuda_grouped_mm(index: int | None) -> bool:
 
 
 def moe_padded(
-    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
+    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Each expert's tokens padded with zero rows to the busiest expert's count n, then one batched
     matmul pair over *all* experts (idle ones included: use it when nearly all are chosen). Same
-    contract and rounding points as moe_grouped (routing weight applied before the down projection)."""
+    contract and rounding points as moe_grouped (routing weight applied before the down projection);
+    `counts` as in moe_grouped."""
     t, k = topk_idx.shape
     e, _, h = gate_up.shape
     flat = topk_idx.reshape(-1)  # [T*K]
     order = torch.argsort(flat, stable=True)  # [T*K] pair ids grouped by expert
-    counts = torch.bincount(flat, minlength=e)  # [E]
+    if counts is None:
+        counts = expert_counts(topk_idx, e)  # [E]
     n = int(counts.max())  # host sync, one per layer (as in moe_grouped)
     es = flat[order]  # [T*K] expert of each sorted pair
     rank = torch.arange(t * k, device=x.device) - (torch.cumsum(counts, 0) - counts)[es]  # [T*K] slot in its expert
@@ -209,11 +216,15 @@ def moe_padded(
     return out
 
 
-def _padded_pays(topk_idx: torch.Tensor, e: int) -> bool:
+def expert_counts(topk_idx: torch.Tensor, e: int) -> torch.Tensor:
+    """[E] how many (token, slot) pairs chose each expert."""
+    return torch.bincount(topk_idx.reshape(-1), minlength=e)
+
+
+def _padded_pays(counts: torch.Tensor, t: int, k: int) -> bool:
     """CPU: whether moe_padded beats moe_grouped for this routing (PADDED_MAX_TOKENS, PADDED_MIN_ACTIVE,
-    PADDED_MAX_WASTE). One bincount and host read, as the grouped path itself does."""
-    t, k = topk_idx.shape
-    counts = torch.bincount(topk_idx.reshape(-1), minlength=e)  # [E]
+    PADDED_MAX_WASTE); counts [E] from expert_counts, t tokens of k experts each."""
+    e = counts.shape[0]
     if t <= PADDED_MAX_TOKENS and int((counts > 0).sum()) >= PADDED_MIN_ACTIVE * e:
         return True
     return e * int(counts.max()) <= PADDED_MAX_WASTE * t * k
@@ -246,7 +257,8 @@ def moe_experts(
         # Any token count: one launch per projection, only the chosen experts read, no sync.
         return moe_grouped_mm(x, gate_up, down, topk_idx, topk_w)
     if t >= grouped_min_tokens:
-        if x.device.type == "cpu" and _padded_pays(topk_idx, gate_up.shape[0]):
-            return moe_padded(x, gate_up, down, topk_idx, topk_w)
-        return moe_grouped(x, gate_up, down, topk_idx, topk_w)
+        counts = expert_counts(topk_idx, gate_up.shape[0])  # [E], shared by the choice and the path
+        if x.device.type == "cpu" and _padded_pays(counts, t, topk_idx.shape[1]):
+            return moe_padded(x, gate_up, down, topk_idx, topk_w, counts)
+        return moe_grouped(x, gate_up, down, topk_idx, topk_w, counts)
     return moe_gather(x, gate_up, down, topk_idx, topk_w)
