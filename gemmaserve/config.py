@@ -23,11 +23,11 @@ _DTYPES = {
 CPU_DEFAULT_MAX_MODEL_LEN = 8192
 GPU_DEFAULT_MAX_MODEL_LEN = 32768
 CPU_DEFAULT_KV_BYTES = 1 << 30
-# `serve`/`generate` on CPU cap a step's prompt tokens at 512 (about half a second of prefill on
-# the 2-core bench box): a 512-token arrival gets its whole prefill and first token in the next step
-# beside the running decodes, and no step holds the streams for more. Chosen by serving A/Bs (bench
-# model, 512/128 tokens): 16-stream TTFT p50 1.9x the single stream's (5.5x uncapped), 32-stream
-# output 1-3% above uncapped; 256 splits a lone 512-token prompt (+14% TTFT) and lost 7% at 32.
+# `serve`/`generate` on CPU cap a step's prompt tokens at 512 while other requests share the server
+# (about half a second of prefill on the 2-core bench box): a 512-token arrival gets its whole prefill
+# and first token in the next step beside the running decodes, and no step holds the streams for
+# more. Chosen by serving A/Bs (bench model, 512/128 tokens): 16-stream TTFT p50 1.6-1.9x the single
+# stream's (5.4-5.9x uncapped); 256 gave the same 16-stream TTFT and 10% less output at 32 streams.
 CPU_DEFAULT_MAX_NUM_PREFILL_TOKENS = 512
 
 
@@ -75,9 +75,8 @@ class SchedulerConfig:
     long_prefill_chunk: int | None = None  # cap on one request's prefill tokens per step; None = budget
     # Cap on prompt (prefill) tokens of all requests in one step while more than one request is on
     # the server (a lone request's prompt is not capped); decode tokens do not count against it.
-    # None = prefills share
-    # max_num_batched_tokens with the decodes (the old rule). max_num_batched_tokens still bounds
-    # the whole step.
+    # None = prefills share max_num_batched_tokens with the decodes (the old rule).
+    # max_num_batched_tokens still bounds the whole step.
     max_num_prefill_tokens: int | None = None
 
     def __post_init__(self) -> None:
@@ -97,15 +96,15 @@ class SchedulerConfig:
         """Most prompt tokens one request computes in a step beside other requests."""
         return self.chunk_for(under_load=True)
 
-    def chunk_for(self, under_load: bool) -> int:
-        """Most prompt tokens one request computes in one step; the prefill cap counts only when other
-        requests share the server (`under_load`)."""
+    def prefill_cap(self, under_load: bool) -> int:
+        """Most prompt tokens of all requests in one step: max_num_prefill_tokens when other requests
+        share the server (`under_load`), else (or without a cap) the whole step budget."""
         cap = self.max_num_prefill_tokens if under_load else None
-        return min(
-            self.long_prefill_chunk or self.max_num_batched_tokens,
-            cap or self.max_num_batched_tokens,
-            self.max_num_batched_tokens,
-        )
+        return min(cap or self.max_num_batched_tokens, self.max_num_batched_tokens)
+
+    def chunk_for(self, under_load: bool) -> int:
+        """Most prompt tokens one request computes in one step (see prefill_cap)."""
+        return min(self.long_prefill_chunk or self.max_num_batched_tokens, self.prefill_cap(under_load))
 
 
 @dataclass(frozen=True)

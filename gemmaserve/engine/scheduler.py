@@ -105,10 +105,9 @@ class Scheduler:
         prefilling = [r for r in self.running if r.num_remaining > 1]
         # The prefill cap bounds how long a step of prompt tokens keeps the other requests waiting
         # (decodes, and prompts queued behind); a request alone on the server has no one to keep
-        # waiting, and its prompt gets the whole budget (an idle server's TTFT). Without a cap the
-        # prompt tokens are bounded by `budget` alone (the old rule).
+        # waiting, and its prompt gets the whole budget (an idle server's TTFT).
         under_load = len(self.running) + len(self.waiting) > 1
-        prefill_budget = (self.config.max_num_prefill_tokens if under_load else None) or budget
+        prefill_budget = self.config.prefill_cap(under_load)
         chunk = self.config.chunk_for(under_load)
         chosen: dict[str, ScheduledRequest] = {}
         out = SchedulerOutput()

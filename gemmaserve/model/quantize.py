@@ -78,8 +78,8 @@ class QuantExperts(nn.Module):
 def quantize_model_int8_(model: nn.Module) -> nn.Module:
     """In place: attention q/k/v/o and dense-MLP linears become QuantLinear, expert blocks become
     QuantExperts, and on CPU the tied LM head gets an int8 copy of the embedding matrix
-    (`lm_head_int8`, Int8LMHead; the lookup keeps reading the bf16 rows, exact). Norms and the router stay in the compute dtype:
-    they are small and the router's top-k is sensitive to rounding. Each bf16 weight is released as
+    (`lm_head_int8`, Int8LMHead; the lookup keeps reading the bf16 rows, exact). Norms and the
+    router stay in the compute dtype: they are small and the router's top-k is sensitive to rounding. Each bf16 weight is released as
     soon as its int8 copy exists, so the peak is the bf16 model plus one tensor."""
     embed = getattr(model, "embed_tokens", None)
     if embed is not None and hasattr(model, "lm_head_int8") and embed.weight.device.type == "cpu":
