@@ -40,6 +40,14 @@ class ForwardBatch:
     # Per attention kind, a fixed-shape decode plan built on the device (ops.paged_decode.DecodePlan)
     # by the CUDA-graph runner; None = the model builds ops.attention plans from the host lists.
     decode_plans: dict[str, Any] | None = None
+    # Media soft tokens (spec 8.3): rows of T whose input embedding is a projected vision vector
+    # instead of the token's embedding, and those vectors; None = a text-only step.
+    mm_rows: torch.Tensor | None = None  # [M] int64
+    mm_embeds: torch.Tensor | None = None  # [M, H] in the model dtype
+    # Per sequence, the absolute position ranges [start, end) of its bidirectional blocks (one image's,
+    # or one video frame's, soft-token run) among this step's new tokens: on sliding layers a block's
+    # queries also see its later keys (spec 4.3). The scheduler never splits a block across steps.
+    mm_blocks: list[list[tuple[int, int]]] | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -147,14 +147,18 @@ class Gemma4ForCausalLM(nn.Module):
         cfg = self.config
         w = self.embed_tokens.weight
         h = F.embedding(batch.input_ids, w) * self.embed_scale.to(w.dtype)  # [T, H]
+        if batch.mm_rows is not None:  # media soft tokens take their vision embeddings (unscaled)
+            h = h.index_copy(0, batch.mm_rows, batch.mm_embeds.to(h.dtype))
         # A graph runner's decode step brings device-built plans (engine.cuda_graph); others are built here.
         plans: dict = dict(batch.decode_plans or {})
         rope: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for spec in cfg.attention_kinds():
             meta = batch.kinds[spec.kind]
             if spec.kind not in plans:
+                # The vision overlay is for sliding layers only; full layers stay causal (spec 4.3).
+                blocks = batch.mm_blocks if spec.kind == SLIDING else None
                 plans[spec.kind] = build_plan(
-                    meta.block_tables, batch.query_lens_cpu, batch.seq_lens_cpu, batch.block_size, spec.window
+                    meta.block_tables, batch.query_lens_cpu, batch.seq_lens_cpu, batch.block_size, spec.window, blocks
                 )
             cos, sin = rope_cos_sin(batch.positions, getattr(self, f"{spec.kind}_inv_freq"), w.dtype)
             rope[spec.kind] = (cos, signed_sin(sin))  # [T, 1, D] each, shared by the kind's layers

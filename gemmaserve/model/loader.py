@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 from gemmaserve.model.config import Gemma4TextConfig
 from gemmaserve.model.decoder import Gemma4ForCausalLM
+from gemmaserve.model.vision import EMBED_PREFIX, VISION_PREFIX, Gemma4VisionConfig, VisionEncoder
 
 # Tensors of the multimodal checkpoint that the text decoder does not use.
 SKIPPED_PREFIXES = ("model.vision_tower.", "model.embed_vision.", "model.audio_tower.", "model.embed_audio.")
@@ -130,6 +131,48 @@ def load_weights(model: Gemma4ForCausalLM, model_dir: Path, text_prefix: str = M
     missing = [text_prefix + n for n in targets if n not in loaded]
     if missing:
         raise CheckpointError(f"tensor(s) missing from checkpoint: {_names(missing)}")
+
+
+@torch.no_grad()
+def load_vision(
+    model_dir: str | os.PathLike,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    dummy_weights: bool = False,
+    seed: int = 0,
+) -> VisionEncoder | None:
+    """The vision tower and `embed_vision` of a multimodal checkpoint (None when config.json has no
+    vision_config), filled tensor by tensor from `model.vision_tower.*` / `model.embed_vision.*`."""
+    model_dir = Path(model_dir)
+    with open(model_dir / "config.json", encoding="utf-8") as f:
+        cfg = Gemma4VisionConfig.from_dict(json.load(f))
+    if cfg is None:
+        return None
+    enc = VisionEncoder(cfg, dtype=dtype, device=torch.device(device))
+    if dummy_weights:
+        return enc.init_random_(seed).eval()
+    targets = {VISION_PREFIX + k: v for k, v in enc.vision_tower.state_dict(keep_vars=True).items()}
+    targets.update({EMBED_PREFIX + k: v for k, v in enc.embed_vision.state_dict(keep_vars=True).items()})
+    loaded: set[str] = set()
+    for path in checkpoint_files(model_dir):
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                if not key.startswith((VISION_PREFIX, EMBED_PREFIX)):
+                    continue
+                if key not in targets:
+                    raise CheckpointError(f"unexpected vision tensor {key} in {path.name}")
+                shape = tuple(f.get_slice(key).get_shape())
+                if shape != tuple(targets[key].shape):
+                    raise CheckpointError(
+                        f"tensor {key} in {path.name} has shape {list(shape)}, the config expects "
+                        f"{list(targets[key].shape)}"
+                    )
+                targets[key].copy_(f.get_tensor(key))
+                loaded.add(key)
+    missing = [k for k in targets if k not in loaded]
+    if missing:
+        raise CheckpointError(f"vision tensor(s) missing from checkpoint: {_names(missing)}")
+    return enc.eval()
 
 
 def _names(names: list[str]) -> str:

@@ -52,11 +52,15 @@ def build_plan(
     seq_lens: list[int],
     block_size: int,
     window: int | None,
+    blocks: list[list[tuple[int, int]]] | None = None,
 ) -> AttentionPlan:
     """block_tables [S, max_blocks] int32 (-1 = released/unassigned). Query i of a sequence sits at
     position seq_len - q_len + i and sees key j iff j <= i and (window is None or j > i - window).
     Only positions some query can see are ever addressed, so released blocks (which lie wholly
-    before the oldest visible key) are never read."""
+    before the oldest visible key) are never read. blocks[s] (optional) lists position ranges
+    [start, end) within sequence s's new tokens that attend bidirectionally: there key j is also
+    visible to query i when both lie in one range, the window still applying
+    (`(j <= i or same block) and j > i - window`, transformers' vision mask on sliding layers)."""
     device = block_tables.device
     tables = block_tables.long()
     plan = AttentionPlan()
@@ -73,9 +77,12 @@ def build_plan(
             kpos = torch.arange(lo, seq_len, device=device)  # [L]
             slots = tables[s, kpos // block_size] * block_size + kpos % block_size
             mask = None
-            if ctx != 0 or (window is not None and window < q_len):
+            spans = blocks[s] if blocks is not None else []
+            if ctx != 0 or (window is not None and window < q_len) or spans:
                 qpos = torch.arange(ctx, seq_len, device=device)[:, None]  # [Q, 1]
                 mask = kpos[None, :] <= qpos
+                for a, b in spans:  # [Q, L] block overlay: a block's rows see all its columns
+                    mask[a - ctx : b - ctx, a - lo : b - lo] = True
                 if window is not None:
                     mask &= kpos[None, :] > qpos - window
             _check_assigned(slots)
