@@ -96,7 +96,7 @@ SMALL_VISION = {
     "model_type": "gemma4_vision", "hidden_size": 32, "intermediate_size": 64,
     "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16,
     "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "patch_size": 16,
-    "pooling_kernel_size": 3, "position_embedding_size": 10240, "default_output_length": 280,
+    "pooling_kernel_size": 3, "position_embedding_size": 1024, "default_output_length": 280,
     "rope_parameters": {"rope_theta": 100.0, "rope_type": "default"}, "standardize": True,
     "use_clipped_linears": False, "attention_bias": False, "attention_dropout": 0.0,
 }

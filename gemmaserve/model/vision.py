@@ -255,6 +255,9 @@ class VisionEncoder(nn.Module):
         bad = [n for n in lengths if n <= 0 or n % self.config.pooling_kernel_size**2]
         if bad or sum(lengths) != pixels.shape[0] or positions.shape != (pixels.shape[0], 2):
             raise ValueError(f"patch counts {lengths} do not fit pixels {tuple(pixels.shape)}")
+        if positions.numel() and int(positions.max()) >= self.config.position_embedding_size:
+            raise ValueError(f"an image {int(positions.max()) + 1} patches long exceeds the vision tower's "
+                             f"position table ({self.config.position_embedding_size})")
         dev = self.device
         return self.embed_vision(self.vision_tower(pixels.to(dev), positions.to(dev).long(), lengths))
 
