@@ -59,6 +59,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = False  # the server keeps them: parsers need <|channel>, <|tool_call> ...
     constraints: list[TokenConstraint] = field(default_factory=list)
+    # Scheduling class: 0 = interactive; larger = background work (batches) that runs only in steps
+    # no more urgent request needs for its prefill, is admitted last and preempted first.
+    priority: int = 0
     # Free-form tag the API can use to find its own bookkeeping; the engine never reads it.
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -55,6 +55,12 @@ class Scheduler:
     decode rows, and a burst of arrivals is prefilled one cap-full per step while decodes go on.
     Unfinished prefills keep going before new admissions (first come, first served): the
     partly computed prompt is the one closest to its first token.
+
+    Priorities (SamplingParams.priority, 0 = interactive, larger = background): the waiting queue
+    is kept in priority order (first come, first served within a class); while a request of some
+    class still has prompt to compute, requests of less urgent classes sit the step out (they keep
+    their blocks), so a batch's decode rows never lengthen an interactive prompt's step; a full
+    running list or KV cache gives way by preempting the least urgent, newest request first.
     """
 
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager):
@@ -71,7 +77,26 @@ class Scheduler:
             raise ValueError(f"duplicate request id {req.request_id!r}")
         req.status = RequestStatus.WAITING
         self.requests[req.request_id] = req
-        self.waiting.append(req)
+        self._enqueue(req, front=False)
+
+    def _enqueue(self, req: Request, front: bool) -> None:
+        """Into the waiting queue at the front (a preempted request) or back of its priority class."""
+        p = req.params.priority
+        at = next((i for i, other in enumerate(self.waiting)
+                   if other.params.priority > p or (front and other.params.priority == p)), len(self.waiting))
+        self.waiting.insert(at, req)
+
+    def _urgent_class(self) -> int | None:
+        """The most urgent priority among requests that still have prompt to compute."""
+        classes = [r.params.priority for r in self.running if r.num_remaining > 1]
+        if self.waiting:
+            classes.append(self.waiting[0].params.priority)  # the queue is in priority order
+        return min(classes) if classes else None
+
+    def _victim(self) -> Request:
+        """The least urgent running request, the newest among equals."""
+        worst = max(r.params.priority for r in self.running)
+        return next(r for r in reversed(self.running) if r.params.priority == worst)
 
     @property
     def num_unfinished(self) -> int:
@@ -101,8 +126,10 @@ class Scheduler:
     # -- one step -----------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         budget = self.config.max_num_batched_tokens
-        decoding = [r for r in self.running if r.num_remaining == 1]
-        prefilling = [r for r in self.running if r.num_remaining > 1]
+        urgent = self._urgent_class()
+        eligible = [r for r in self.running if urgent is None or r.params.priority <= urgent]
+        decoding = [r for r in eligible if r.num_remaining == 1]
+        prefilling = sorted((r for r in eligible if r.num_remaining > 1), key=lambda r: r.params.priority)
         # The prefill cap bounds how long a step of prompt tokens keeps the other requests waiting
         # (decodes, and prompts queued behind); a request alone on the server has no one to keep
         # waiting, and its prompt gets the whole budget (an idle server's TTFT).
@@ -122,7 +149,7 @@ class Scheduler:
             if n == 0:
                 continue  # the prefill cap is spent: this prompt continues next step
             while not self.kv.allocate_slots(req, n):
-                victim = self.running[-1]
+                victim = self._victim()
                 self._preempt(victim)
                 out.preempted.append(victim)
                 undone = chosen.pop(victim.request_id, None)
@@ -139,21 +166,30 @@ class Scheduler:
                     prefill_budget -= n
 
         if not out.preempted:
-            self._admit_waiting(chosen, min(budget, prefill_budget), chunk)
+            self._admit_waiting(chosen, min(budget, prefill_budget), chunk, urgent, out)
         # Model input order follows the running list so a request keeps its place between steps.
         order = {r.request_id: i for i, r in enumerate(self.running)}
         out.scheduled = sorted(chosen.values(), key=lambda s: order[s.request.request_id])
         return out
 
-    def _admit_waiting(self, chosen: dict[str, ScheduledRequest], budget: int, chunk: int) -> None:
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+    def _admit_waiting(self, chosen: dict[str, ScheduledRequest], budget: int, chunk: int, urgent: int | None,
+                       out: SchedulerOutput) -> None:
+        while self.waiting and budget > 0:
             req = self.waiting[0]
+            if urgent is not None and req.params.priority > urgent:
+                break  # a more urgent prompt is still being computed
+            if len(self.running) >= self.config.max_num_seqs:
+                if not self._make_room(req, chosen, out):
+                    break
+                continue
             cached = self.kv.acquire_prefix(req)
             n = min(req.num_remaining, budget, chunk)
             if not self.kv.allocate_slots(req, n):
                 self.kv.free(req)  # hands back the prefix blocks it just took
                 req.num_computed_tokens = 0
-                break
+                if not self._make_room(req, chosen, out):
+                    break
+                continue
             self.waiting.popleft()
             if not req.admitted:
                 req.admitted = True
@@ -165,6 +201,18 @@ class Scheduler:
             chosen[req.request_id] = ScheduledRequest(req, n)
             budget -= n
 
+    def _make_room(self, req: Request, chosen: dict[str, ScheduledRequest], out: SchedulerOutput) -> bool:
+        """Preempt the least urgent running request for `req` (slots or blocks), only when it is of a
+        less urgent class and not part of this step; False when nothing may give way."""
+        if not self.running:
+            return False
+        victim = self._victim()
+        if victim.params.priority <= req.params.priority or victim.request_id in chosen:
+            return False
+        self._preempt(victim)
+        out.preempted.append(victim)
+        return True
+
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
         self.kv.free(req)
@@ -173,7 +221,7 @@ class Scheduler:
         req.status = RequestStatus.WAITING
         req.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.appendleft(req)
+        self._enqueue(req, front=True)
 
     def on_step_done(self, out: SchedulerOutput) -> None:
         """The model wrote K/V for every scheduled token: advance progress and publish full blocks."""
