@@ -1,1 +1,1 @@
-"""Benchmark scripts (serving, offline throughput, roofline); tooling only, never imported by gemmaserve."""
+"""Benchmark tooling, never imported by gemmaserve: suite/ (headline comparisons, RESULTS.md) and probes/ (threshold A/Bs, profilers)."""

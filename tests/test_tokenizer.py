@@ -22,13 +22,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    return write_demo_model(tmp_path_factory.mktemp("tok") / "tiny", "tiny", write_weights=False)
-
-
-@pytest.fixture(scope="module")
-def tok(demo_dir):
-    return Tokenizer.from_dir(demo_dir)
+def tok(demo_tokenizer):
+    return demo_tokenizer
 
 
 def test_named_ids_are_the_real_gemma4_ids(tok):

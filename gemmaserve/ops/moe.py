@@ -12,7 +12,7 @@ from gemmaserve.ops import cpu_gemv
 from gemmaserve.ops.activation import geglu_weighted_cols, gelu_tanh_mul
 from gemmaserve.ops.linear import linear
 
-# Token count at or above which the grouped path is used: benchmarks/ops_moe.py on the bench shape
+# Token count at or above which the grouped path is used: benchmarks/probes/ops_moe.py on the bench shape
 # (hidden 1024, 32 experts top-4, width 512, bf16, 2 CPU threads, min wall ms) measured gather vs
 # grouped 0.58/0.62 at 1 token, 1.14/1.22 at 2, 1.69/1.65 at 3, 4.5/2.9 at 8, 78/9.6 at 128.
 # On CUDA (sm90+, bf16) the grouped GEMM below replaces the gather and grouped paths at every count.
@@ -40,7 +40,7 @@ GEMV_MAX_TOKENS = 32
 # faster at 256-512 tokens, 5-25% slower at 16 and 2048, noisy), so CPU keeps the loop.
 GROUPED_MM_CPU = False
 # Master switch of the grouped GEMM path: GEMMASERVE_GROUPED_MM=0 turns it off (an escape hatch should
-# a torch build's grouped kernel misbehave); benchmarks/profile_prefill.py --ab flips it for the A/B.
+# a torch build's grouped kernel misbehave); benchmarks/probes/profile_prefill.py --ab flips it for the A/B.
 GROUPED_MM = os.environ.get("GEMMASERVE_GROUPED_MM", "1") != "0"
 
 

@@ -1,28 +1,12 @@
-"""Fixtures for the API tests: the tiny demo model, and fake-engine servers (open and keyed)."""
+"""Fixtures for the API tests: fake-engine servers (open and keyed) over the root conftest's demo tokenizer."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 from api_support import API_KEY, FakeEngine, ServerThread, make_state
 
 from gemmaserve.api.app import create_app
 from gemmaserve.api.auth import hash_key
-
-
-@pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory) -> Path:
-    from gemmaserve.demo import write_demo_model
-
-    return write_demo_model(tmp_path_factory.mktemp("tiny-demo"), "tiny")
-
-
-@pytest.fixture(scope="session")
-def demo_tokenizer(demo_dir):
-    from gemmaserve.tokenizer import Tokenizer
-
-    return Tokenizer.from_dir(demo_dir)
 
 
 @pytest.fixture(scope="module")

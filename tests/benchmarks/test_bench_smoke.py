@@ -5,19 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds `benchmarks`
-
-from benchmarks import serving  # noqa: E402
-from benchmarks.prompts import PromptVocab  # noqa: E402
-from benchmarks.roofline import active_bytes, active_params, report, total_params  # noqa: E402
-from benchmarks.spawn import SpawnSpec, llama_argv  # noqa: E402
-from benchmarks.stats import (  # noqa: E402
+from benchmarks.suite import serving
+from benchmarks.suite.prompts import PromptVocab
+from benchmarks.suite.roofline import active_bytes, active_params, report, total_params
+from benchmarks.suite.spawn import SpawnSpec, llama_argv
+from benchmarks.suite.stats import (
     RequestRecord,
     distribution,
     median_summary,
@@ -25,8 +22,8 @@ from benchmarks.stats import (  # noqa: E402
     ratios,
     summarize,
 )
-from benchmarks.throughput import phase_rates, with_ratios  # noqa: E402
-from gemmaserve.model.config import Gemma4TextConfig  # noqa: E402
+from benchmarks.suite.throughput import phase_rates, with_ratios
+from gemmaserve.model.config import Gemma4TextConfig
 
 # The real google/gemma-4-26B-A4B-it text_config (spec §2.2).
 CFG_26B = {
@@ -268,7 +265,7 @@ def test_compare_ratios_against_first_endpoint():
 
 # -- report -----------------------------------------------------------------------------------------
 def test_report_parses_llama_tools_and_judges_targets(tmp_path):
-    from benchmarks.report import llama_offline, render, verdict
+    from benchmarks.suite.report import llama_offline, render, verdict
 
     bench = [{"n_prompt": 512, "n_gen": 0, "avg_ts": 600.0, "samples_ts": [650.0, 640.0, 700.0]},
              {"n_prompt": 0, "n_gen": 128, "avg_ts": 100.0, "samples_ts": [101.0, 99.0, 104.0]}]  # fmt: skip

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds `benchmarks`
 
-from benchmarks import serving  # noqa: E402
+from benchmarks.suite import serving
 
 
 def test_spawn_args_replace_the_per_kind_args_for_the_named_server():

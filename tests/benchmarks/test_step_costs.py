@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # the repo root holds `benchmarks`
 sys.path.insert(0, str(ROOT / "tests" / "engine"))  # engine_fakes
 
 from engine_fakes import echo_engine  # noqa: E402
 
-from benchmarks.step_costs import STAGES, measure  # noqa: E402
+from benchmarks.probes.step_costs import STAGES, measure  # noqa: E402
 
 
 def test_measure_times_decode_steps_and_restores_the_engine():

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds `benchmarks`
 
-from benchmarks import serving  # noqa: E402
-from benchmarks.prompts import PromptVocab  # noqa: E402
-from benchmarks.report import render  # noqa: E402
-from benchmarks.stats import RequestRecord, summarize  # noqa: E402
+from benchmarks.suite import serving
+from benchmarks.suite.prompts import PromptVocab
+from benchmarks.suite.report import render
+from benchmarks.suite.stats import RequestRecord, summarize
 
 
 def test_summarize_splits_ttft_by_window_and_counts_failures():

@@ -10,7 +10,6 @@ import torch
 
 import gemmaserve.engine.engine as engine_module
 from gemmaserve.config import CacheConfig, EngineConfig, SchedulerConfig
-from gemmaserve.demo import write_demo_model
 from gemmaserve.engine.cuda_graph import DecodeGraphRunner
 from gemmaserve.engine.engine import Engine
 from gemmaserve.engine.model_runner import ModelRunner
@@ -30,8 +29,8 @@ JOINS = {0: ["r0", "r1"], 1: ["r2"], 5: ["r3", "r4"]}
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_demo_model(tmp_path_factory.mktemp("tiny_gpu"), size="tiny")
+def tiny(demo_dir):
+    return demo_dir
 
 
 def _engine(path, dtype: str, monkeypatch, enforce_eager: bool = False, **runner_kw) -> Engine:

@@ -4,20 +4,15 @@ import pytest
 
 from gemmaserve import LLM, SamplingParams
 from gemmaserve.config import CacheConfig, EngineConfig, SchedulerConfig
-from gemmaserve.demo import write_demo_model
 from gemmaserve.engine.detokenizer import IncrementalDetokenizer
 from gemmaserve.engine.engine import Engine
 from gemmaserve.model.config import FULL, SLIDING
-from gemmaserve.model.loader import load_model
-from gemmaserve.tokenizer import Tokenizer
 from gemmaserve.types import FinishReason
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = write_demo_model(tmp_path_factory.mktemp("tiny"), size="tiny")
-    model, config = load_model(path, dtype=__import__("torch").float32)
-    return path, model, config, Tokenizer.from_dir(path)
+def tiny(tiny_fp32):
+    return tiny_fp32
 
 
 def engine_for(tiny, num_blocks=None, budget=64, chunk=None, prefix=True, block_size=4, max_len=256):

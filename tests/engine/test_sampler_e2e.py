@@ -4,14 +4,12 @@ import pytest
 import torch
 
 from gemmaserve import LLM, SamplingParams
-from gemmaserve.demo import write_demo_model
 from gemmaserve.types import FinishReason
 
 
 @pytest.fixture(scope="module")
-def llm(tmp_path_factory):
-    path = write_demo_model(tmp_path_factory.mktemp("tiny_sampler"), size="tiny")
-    return LLM(model=str(path), dtype="float32", max_model_len=128, max_num_seqs=8, block_size=8)
+def llm(demo_dir):
+    return LLM(model=str(demo_dir), dtype="float32", max_model_len=128, max_num_seqs=8, block_size=8)
 
 
 def seeded(seed: int, n: int = 8) -> SamplingParams:

@@ -3,14 +3,13 @@
 import pytest
 
 from gemmaserve import LLM, SamplingParams
-from gemmaserve.demo import write_demo_model
 from gemmaserve.ops import cpu_gemv
 from gemmaserve.types import FinishReason
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return write_demo_model(tmp_path_factory.mktemp("chunk_steps"), size="tiny")
+def demo(demo_dir):
+    return demo_dir
 
 
 @pytest.mark.skipif(not cpu_gemv.available(), reason="the bf16 CPU kernels did not build")

@@ -1,9 +1,9 @@
 """Serving benchmark in the manner of `vllm bench serve`: streams random-token completions at a
 fixed concurrency against one or more OpenAI-compatible endpoints and prints one JSON summary.
 
-    python -m benchmarks.serving --spawn gemmaserve:.bench-model --spawn llama:bench.gguf:32 \
+    python -m benchmarks.suite.serving --spawn gemmaserve:.bench-model --spawn llama:bench.gguf:32 \
         --num-prompts 64 --concurrency 32 --input-len 512 --output-len 128
-    python -m benchmarks.serving --endpoint ours=http://127.0.0.1:8000 --endpoint llama=http://127.0.0.1:8080 ...
+    python -m benchmarks.suite.serving --endpoint ours=http://127.0.0.1:8000 --endpoint llama=http://127.0.0.1:8080 ...
 
 Every endpoint gets the same prompts (token-id arrays: exactly --input-len tokens, BOS first),
 exactly --output-len new tokens (ignore_eos + min_tokens/max_tokens, and n_predict for llama.cpp),
@@ -26,11 +26,11 @@ from typing import Any, Sequence
 import httpx
 
 if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.prompts import PromptVocab  # noqa: E402
-from benchmarks.spawn import DEFAULT_LLAMA_SERVER, ServerProcess, SpawnSpec, start  # noqa: E402
-from benchmarks.stats import RequestRecord, median_summary, ratios, summarize  # noqa: E402
+from benchmarks.suite.prompts import PromptVocab  # noqa: E402
+from benchmarks.suite.spawn import DEFAULT_LLAMA_SERVER, ServerProcess, SpawnSpec, start  # noqa: E402
+from benchmarks.suite.stats import RequestRecord, median_summary, ratios, summarize  # noqa: E402
 
 
 @dataclass

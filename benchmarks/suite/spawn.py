@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "gemmaserve-bench"))
 DEFAULT_LLAMA_SERVER = DEFAULT_CACHE / "build-llama.cpp" / "bin" / "llama-server"
 
@@ -139,6 +139,6 @@ def start(
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     else:
         if not llama_server.exists():
-            raise FileNotFoundError(f"{llama_server} missing: run benchmarks/setup_llamacpp.sh build")
+            raise FileNotFoundError(f"{llama_server} missing: run benchmarks/suite/setup_llamacpp.sh build")
         argv = llama_argv(spec, port, ctx_per_slot, threads, llama_server)
     return ServerProcess(argv, port, log_dir / f"{spec.name}-{port}.log", env=env)

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The GPU measurements behind benchmarks/RESULTS.md's GPU section, as one script for a short device
+# The GPU measurements behind benchmarks/suite/RESULTS.md's GPU section, as one script for a short device
 # lease: the CUDA tests, then the real 26B-A4B shape with random weights (--dummy-weights) through
 # gemmaserve (a prefill profile with an A/B of the grouped-GEMM MoE, CUDA graphs on, then
 # --enforce-eager) and transformers, and a serving run. Every step
 # has its own time limit and writes its log and JSON under $RUN_DIR, so one failing step costs only
 # itself.
 #
-#   RUN_DIR=/tmp/gpu TAR=$OUT/gpu.tgz STEPS="tests offline eager hf serving" benchmarks/gpu_run.sh
+#   RUN_DIR=/tmp/gpu TAR=$OUT/gpu.tgz STEPS="tests offline eager hf serving" benchmarks/suite/gpu_run.sh
 #
 # Knobs (env): PY (python with torch+CUDA, default python3), RUN_DIR, TAR (re-packed after every step:
 # one file to fetch), DEVICE (cuda; cpu only to try the script), STEPS, MODEL (a config-only
@@ -14,7 +14,7 @@
 # REPEATS (2; HF_REPEATS 1: transformers is slow), P / O (512 / 128), MAX_SEQS (32), MAX_LEN (4096), and T_<STEP> (seconds per step).
 set -uo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$REPO"
 PY=${PY:-python3}
 RUN_DIR=${RUN_DIR:-$REPO/benchmarks/out/gpu-$(date -u +%Y%m%dT%H%M%SZ)}
@@ -60,7 +60,7 @@ if [[ ! -f $MODEL/config.json ]]; then
 fi
 KW="{\"max_num_seqs\": $MAX_SEQS, \"max_model_len\": $MAX_LEN}"
 KW_EAGER="{\"max_num_seqs\": $MAX_SEQS, \"max_model_len\": $MAX_LEN, \"enforce_eager\": true}"
-THROUGHPUT=("$PY" -m benchmarks.throughput --model "$MODEL" --dummy-weights --device "$DEVICE"
+THROUGHPUT=("$PY" -m benchmarks.suite.throughput --model "$MODEL" --dummy-weights --device "$DEVICE"
             --input-len "$P" --output-len "$O")
 
 if want tests; then
@@ -68,22 +68,22 @@ if want tests; then
         tests/engine/test_cuda_graph_gpu.py tests/model/test_parity_gpu.py
 fi
 if want profile; then
-    step profile "${T_PROFILE:-150}" "$PY" -m benchmarks.profile_prefill --model "$MODEL" --dummy-weights \
+    step profile "${T_PROFILE:-150}" "$PY" -m benchmarks.probes.profile_prefill --model "$MODEL" --dummy-weights \
         --device "$DEVICE" --input-len "$P" --ab --batches 1,"$MAX_SEQS" \
         --llm-kwargs "$KW"
 fi
 if want dprofile; then
     for b in 1 "$MAX_SEQS"; do
-        step "dprofile_b$b" "${T_DPROFILE:-70}" "$PY" -m benchmarks.profile_decode --model "$MODEL" --dummy-weights \
+        step "dprofile_b$b" "${T_DPROFILE:-70}" "$PY" -m benchmarks.probes.profile_decode --model "$MODEL" --dummy-weights \
             --device "$DEVICE" --batch "$b" --steps 24 --input-len "$P" --top 25 --llm-kwargs "$KW"
     done
-    step dprofile_eager_b1 "${T_DPROFILE:-70}" "$PY" -m benchmarks.profile_decode --model "$MODEL" --dummy-weights \
+    step dprofile_eager_b1 "${T_DPROFILE:-70}" "$PY" -m benchmarks.probes.profile_decode --model "$MODEL" --dummy-weights \
         --device "$DEVICE" --batch 1 --steps 24 --input-len "$P" --top 25 --llm-kwargs "$KW_EAGER"
 fi
 if want compile; then
     # Experimental: the 1-stream bucket's step through torch.compile before capture, vs dprofile_b1.
     step compile_b1 "${T_COMPILE:-170}" env GEMMASERVE_COMPILE_DECODE="${COMPILE_BUCKETS:-1x1024}" \
-        "$PY" -m benchmarks.profile_decode --model "$MODEL" --dummy-weights --device "$DEVICE" --batch 1 \
+        "$PY" -m benchmarks.probes.profile_decode --model "$MODEL" --dummy-weights --device "$DEVICE" --batch 1 \
         --steps 24 --input-len "$P" --top 25 --llm-kwargs "$KW"
 fi
 if want offline; then
@@ -99,7 +99,7 @@ if want hf; then
         --output "$RUN_DIR/offline_transformers.json"
 fi
 if want serving; then
-    step serving "${T_SERVING:-150}" "$PY" -m benchmarks.serving --spawn "gemmaserve:$MODEL" \
+    step serving "${T_SERVING:-150}" "$PY" -m benchmarks.suite.serving --spawn "gemmaserve:$MODEL" \
         --gemmaserve-args "--dummy-weights --device $DEVICE --max-num-seqs $MAX_SEQS --max-model-len $MAX_LEN" \
         --tokenizer "$MODEL" --concurrency 1,32 --num-prompts 8,96 --input-len "$P" --output-len "$O" \
         --log-dir "$RUN_DIR" --output "$RUN_DIR/serving.json"

@@ -1,7 +1,7 @@
 """GB/s of weight reads for few-row bf16 matmuls on CPU: torch.mv, F.linear, W @ x^T and the
 gemmaserve.ops.cpu_gemv kernel over the bench model's shapes; prints one JSON summary.
 
-    python -m benchmarks.gemv_bench --int8    # int8-weight kernel vs the bf16 kernel (G weights/s)
+    python -m benchmarks.probes.gemv_bench --int8    # int8-weight kernel vs the bf16 kernel (G weights/s)
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Decode roofline: measured memory read bandwidth over the weight bytes one decoded token reads.
 
-    python -m benchmarks.roofline --model .bench-model                  # limit only
-    python -m benchmarks.roofline --model .bench-model --decode-tok-s 96 # + gemmaserve's fraction
-    python -m benchmarks.roofline --model .bench-model --measure         # runs gemmaserve's LLM too
+    python -m benchmarks.suite.roofline --model .bench-model                  # limit only
+    python -m benchmarks.suite.roofline --model .bench-model --decode-tok-s 96 # + gemmaserve's fraction
+    python -m benchmarks.suite.roofline --model .bench-model --measure         # runs gemmaserve's LLM too
 
 Single-stream decode reads every active weight once per token (batch 1 has no reuse), so
 tok/s <= bandwidth / active bytes. Active = embedding row + attention + dense MLP + router + the
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gemmaserve.model.config import Gemma4TextConfig  # noqa: E402
 
@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     decode = args.decode_tok_s
     if args.measure:
-        from benchmarks.throughput import measure_gemmaserve_decode
+        from benchmarks.suite.throughput import measure_gemmaserve_decode
 
         decode = measure_gemmaserve_decode(
             str(path), args.input_len, args.output_len, args.threads, device=args.device

@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/sampler_bench.py: runs every case on a tiny vocabulary and prints JSON."""
+"""Smoke test of benchmarks/probes/sampler_bench.py: runs every case on a tiny vocabulary and prints JSON."""
 
 import json
 import subprocess
@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_sampler_bench_prints_one_json_summary():
     proc = subprocess.run(
-        [sys.executable, "benchmarks/sampler_bench.py", "--vocab", "256", "--batches", "1", "3",
+        [sys.executable, "benchmarks/probes/sampler_bench.py", "--vocab", "256", "--batches", "1", "3",
          "--iters", "2", "--prompt-len", "8", "--output-len", "4"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )

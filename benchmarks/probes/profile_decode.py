@@ -1,8 +1,8 @@
 """Where decode time goes: gemmaserve's engine steps under torch.profiler, top ops by self time.
 
-    python -m benchmarks.profile_decode --model .bench-model --batch 1 --steps 32
-    python -m benchmarks.profile_decode --model .bench-model --batch 32 --steps 16 --input-len 512
-    python -m benchmarks.profile_decode --model /tmp/g26 --dummy-weights --device cuda --batch 1
+    python -m benchmarks.probes.profile_decode --model .bench-model --batch 1 --steps 32
+    python -m benchmarks.probes.profile_decode --model .bench-model --batch 32 --steps 16 --input-len 512
+    python -m benchmarks.probes.profile_decode --model /tmp/g26 --dummy-weights --device cuda --batch 1
 
 Prefills `--batch` random prompts (not profiled), then profiles `--steps` decode steps and prints
 one JSON: wall time per step, the share of it that torch ops account for (the rest is Python,
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Sequence
 
 if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.prompts import PromptVocab  # noqa: E402
+from benchmarks.suite.prompts import PromptVocab  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> None:

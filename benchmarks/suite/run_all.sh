@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs every measurement behind benchmarks/RESULTS.md, baseline and candidate in the same
+# Runs every measurement behind benchmarks/suite/RESULTS.md, baseline and candidate in the same
 # invocation, and leaves the JSON, logs and machine facts under benchmarks/out/<stamp>/.
 #
-#   benchmarks/run_all.sh                # everything
-#   STEPS="roofline offline" benchmarks/run_all.sh
+#   benchmarks/suite/run_all.sh                # everything
+#   STEPS="roofline offline" benchmarks/suite/run_all.sh
 #
 # Knobs (env): MODEL (bench checkpoint dir, written if missing), GGUF (bf16 GGUF, converted if
 # missing), STEPS (any of: roofline offline llama_offline serving ttft), P, O (prompt / output
@@ -13,7 +13,7 @@
 # GEMMASERVE_ARGS (extra `gemmaserve serve` flags), LLM_KWARGS (JSON for LLM(...)).
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$REPO"
 PY=$REPO/.venv/bin/python
 CACHE=${BENCH_CACHE:-$HOME/.cache/gemmaserve-bench}
@@ -41,9 +41,9 @@ run() { log "\$ $(printf '%q ' "$@")"; "$@"; }
 if [[ ! -f $MODEL/config.json ]]; then
     run "$REPO/.venv/bin/gemmaserve" make-demo-model "$MODEL" --size bench
 fi
-benchmarks/setup_llamacpp.sh build
+benchmarks/suite/setup_llamacpp.sh build
 if [[ ! -f $GGUF ]]; then
-    run benchmarks/setup_llamacpp.sh convert "$MODEL" "$GGUF" bf16
+    run benchmarks/suite/setup_llamacpp.sh convert "$MODEL" "$GGUF" bf16
 fi
 
 # -- machine and versions ---------------------------------------------------------------------------
@@ -64,11 +64,11 @@ cat "$OUT/machine.txt" >&2
 for step in $STEPS; do
     case $step in
     roofline)
-        run "$PY" -m benchmarks.roofline --model "$MODEL" --threads "$THREADS" > "$OUT/roofline.json"
+        run "$PY" -m benchmarks.suite.roofline --model "$MODEL" --threads "$THREADS" > "$OUT/roofline.json"
         ;;
     offline)
         # Prefill 512, decode 1 stream, decode 8 streams: gemmaserve LLM vs transformers generate.
-        run "$PY" -m benchmarks.throughput --model "$MODEL" --input-len "$P" --output-len "$O" \
+        run "$PY" -m benchmarks.suite.throughput --model "$MODEL" --input-len "$P" --output-len "$O" \
             --batch-sizes 8 --repeats "$REPEATS" --threads "$THREADS" --llm-kwargs "$LLM_KWARGS" \
             --output "$OUT/throughput.json" > /dev/null
         ;;
@@ -83,14 +83,14 @@ for step in $STEPS; do
         ;;
     serving)
         # 32 concurrent streams: gemmaserve vs llama-server with 32 parallel slots.
-        run "$PY" -m benchmarks.serving --spawn "gemmaserve:$MODEL" --spawn "llama:$GGUF:32" \
+        run "$PY" -m benchmarks.suite.serving --spawn "gemmaserve:$MODEL" --spawn "llama:$GGUF:32" \
             --gemmaserve-args "$GEMMASERVE_ARGS" --concurrency 32 --num-prompts "$SERVE_N" \
             --input-len "$P" --output-len "$O" --repeats "$REPEATS" --threads "$THREADS" \
             --tokenizer "$MODEL" --log-dir "$OUT/logs" --output "$OUT/serving_c32.json" > /dev/null
         ;;
     ttft)
         # TTFT at 1 and at 16 concurrent streams in one run; llama-server (16 slots) for reference.
-        run "$PY" -m benchmarks.serving --spawn "gemmaserve:$MODEL" --spawn "llama:$GGUF:16" \
+        run "$PY" -m benchmarks.suite.serving --spawn "gemmaserve:$MODEL" --spawn "llama:$GGUF:16" \
             --gemmaserve-args "$GEMMASERVE_ARGS" --concurrency 1,16 --num-prompts "$TTFT_N1,$TTFT_N16" \
             --input-len "$P" --output-len "$O" --repeats "$REPEATS" --threads "$THREADS" \
             --tokenizer "$MODEL" --log-dir "$OUT/logs" --output "$OUT/ttft.json" > /dev/null
@@ -99,5 +99,5 @@ for step in $STEPS; do
     esac
 done
 echo "load_after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/machine.txt"
-"$PY" -m benchmarks.report "$OUT" > "$OUT/tables.md"
+"$PY" -m benchmarks.suite.report "$OUT" > "$OUT/tables.md"
 log "done: $OUT (tables in $OUT/tables.md)"

@@ -2,8 +2,8 @@
 by self device time on CUDA, self CPU time on CPU), and with --ab a same-process A/B of the MoE's
 grouped-GEMM path (ops.moe.GROUPED_MM) for prefill and, after re-capturing the decode graphs, decode.
 
-    python -m benchmarks.profile_prefill --model /tmp/g26 --dummy-weights --device cuda --ab
-    python -m benchmarks.profile_prefill --model .bench-model --input-len 512
+    python -m benchmarks.probes.profile_prefill --model /tmp/g26 --dummy-weights --device cuda --ab
+    python -m benchmarks.probes.profile_prefill --model .bench-model --input-len 512
 
 Prints one JSON: prefill ms per prompt (median of --repeats), decode ms per step for --batches,
 and the profile's top ops.
@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.prompts import PromptVocab  # noqa: E402
+from benchmarks.suite.prompts import PromptVocab  # noqa: E402
 
 
 class Bench:

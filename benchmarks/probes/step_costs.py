@@ -1,6 +1,6 @@
 """Where one engine step's time goes at B concurrent decodes: schedule, prepare, forward, sample, outputs.
 
-    python -m benchmarks.step_costs --model ~/.cache/gemmaserve-bench/bench-model --batch 32 --threads 2
+    python -m benchmarks.probes.step_costs --model ~/.cache/gemmaserve-bench/bench-model --batch 32 --threads 2
 
 Starts B requests with the same prompt length, waits until all of them decode, then times
 `--steps` pure decode steps (every request gets one token, none finishes) and prints one JSON
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gemmaserve.types import SamplingParams  # noqa: E402
 

@@ -4,11 +4,11 @@
 # Benchmark tooling only: gemmaserve never imports or links any of this. Everything lands in a
 # cache dir outside the repo so that `git status` stays clean and the build is reused across runs.
 #
-#   benchmarks/setup_llamacpp.sh build                 # download sdist + build llama-server
-#   benchmarks/setup_llamacpp.sh venv                  # converter venv (gguf-py, numpy, torch, ...)
-#   benchmarks/setup_llamacpp.sh convert CKPT_DIR OUT.gguf [bf16|f32|q8_0]
-#   benchmarks/setup_llamacpp.sh all [CKPT_DIR OUT.gguf] # build + venv (+ convert)
-#   benchmarks/setup_llamacpp.sh server-path           # prints the llama-server binary path
+#   benchmarks/suite/setup_llamacpp.sh build                 # download sdist + build llama-server
+#   benchmarks/suite/setup_llamacpp.sh venv                  # converter venv (gguf-py, numpy, torch, ...)
+#   benchmarks/suite/setup_llamacpp.sh convert CKPT_DIR OUT.gguf [bf16|f32|q8_0]
+#   benchmarks/suite/setup_llamacpp.sh all [CKPT_DIR OUT.gguf] # build + venv (+ convert)
+#   benchmarks/suite/setup_llamacpp.sh server-path           # prints the llama-server binary path
 #
 # Env knobs: BENCH_CACHE (default ~/.cache/gemmaserve-bench), BENCH_VENV (default /tmp/bench-venv),
 # JOBS (default 2), PYTHON (default: the base interpreter of the repo's .venv, else python3).
@@ -24,7 +24,7 @@ BUILD=$CACHE/build-llama.cpp
 SERVER=$BUILD/bin/llama-server
 # The repo's own venv has torch (CPU) + transformers; reuse its interpreter's site-packages for the
 # converter's heavy deps so we do not download torch a second time.
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # The converter venv borrows the repo venv's packages, so it must use the same base interpreter.
 if [[ -z ${PYTHON:-} && -x $REPO_ROOT/.venv/bin/python ]]; then
     PYTHON=$("$REPO_ROOT/.venv/bin/python" -c 'import sys; print(sys._base_executable)')

@@ -1,7 +1,7 @@
 """Offline benchmark: the same random prompts through gemmaserve's LLM engine and transformers'
 generate, in one run, with ratios (prefill tok/s, single-stream decode tok/s, batched decode tok/s).
 
-    python -m benchmarks.throughput --model .bench-model --input-len 512 --output-len 128 --batch-sizes 8
+    python -m benchmarks.suite.throughput --model .bench-model --input-len 512 --output-len 128 --batch-sizes 8
 
 Both engines run greedy with eos ignored and stamp every generated token as it appears
 (gemmaserve: the outputs of each Engine.step(), which is what LLM.generate loops over;
@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.prompts import PromptVocab  # noqa: E402
+from benchmarks.suite.prompts import PromptVocab  # noqa: E402
 
 # (prompts [B][P] token ids, new tokens) -> (call start, per prompt the arrival time of every token).
 GenerateFn = Callable[[list[list[int]], int], tuple[float, list[list[float]]]]

@@ -5,13 +5,11 @@ from types import SimpleNamespace
 import pytest
 
 from gemmaserve.cli import _prompt_ids, build_parser
-from gemmaserve.demo import write_demo_model
-from gemmaserve.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return Tokenizer.from_dir(write_demo_model(tmp_path_factory.mktemp("cli_chat"), size="tiny"))
+def tok(demo_tokenizer):
+    return demo_tokenizer
 
 
 def test_chat_prompt_keeps_control_strings_as_text(tok):

@@ -1,6 +1,6 @@
 """Turns one run_all.sh output folder into the markdown tables and target verdicts of RESULTS.md.
 
-    python -m benchmarks.report benchmarks/out/20261125T210500Z > tables.md
+    python -m benchmarks.suite.report benchmarks/out/20261125T210500Z > tables.md
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def render(out_dir: Path) -> str:
 
 def main() -> None:
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m benchmarks.report OUT_DIR")
+        raise SystemExit("usage: python -m benchmarks.suite.report OUT_DIR")
     print(render(Path(sys.argv[1])), end="")
 
 

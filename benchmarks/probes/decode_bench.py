@@ -1,12 +1,12 @@
 """Model-level decode/prefill timing on the bench shape: prints one JSON (ms/step, tok/s per batch size).
 
-    python -m benchmarks.decode_bench                 # candidate (fused projections, CPU kernels)
-    python -m benchmarks.decode_bench --torch         # fused, every CPU kernel switched off (torch ops)
-    python -m benchmarks.decode_bench --baseline      # unfused model, plain F.linear for few rows, no kernels
-    python -m benchmarks.decode_bench --ab            # torch and candidate in one process, interleaved, medians
-    python -m benchmarks.decode_bench --ab --variants baseline,torch,candidate
-    python -m benchmarks.decode_bench --ab --variants candidate,int8 --batches 1,8   # int8 weights vs bf16
-    python -m benchmarks.decode_bench --int8          # the candidate with int8 weights
+    python -m benchmarks.probes.decode_bench                 # candidate (fused projections, CPU kernels)
+    python -m benchmarks.probes.decode_bench --torch         # fused, every CPU kernel switched off (torch ops)
+    python -m benchmarks.probes.decode_bench --baseline      # unfused model, plain F.linear for few rows, no kernels
+    python -m benchmarks.probes.decode_bench --ab            # torch and candidate in one process, interleaved, medians
+    python -m benchmarks.probes.decode_bench --ab --variants baseline,torch,candidate
+    python -m benchmarks.probes.decode_bench --ab --variants candidate,int8 --batches 1,8   # int8 weights vs bf16
+    python -m benchmarks.probes.decode_bench --int8          # the candidate with int8 weights
 
 Times Gemma4ForCausalLM.forward alone (no scheduler, no sampler) over a paged KV cache: a 512-token
 prefill, then decode steps at batch 1, 8 and 32 with a 512-token context per sequence.
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
