@@ -112,6 +112,31 @@ class RequestOutput:
     error: str | None = None  # set with FinishReason.ERROR
 
 
+@dataclass(frozen=True, eq=False)
+class MediaInput:
+    """One processed image or video (media/ makes it): the valid patches the vision encoder reads,
+    and how many soft tokens each frame takes in the prompt. The prompt holds, per frame, one run
+    of exactly `tokens_per_frame` soft-token ids (image or video id by `kind`), in media order."""
+
+    kind: str  # "image" or "video"
+    pixel_values: torch.Tensor  # [F, P, 3*16*16] float32 in [0, 1] (F = 1 for an image)
+    position_ids: torch.Tensor  # [F, P, 2] int64 patch (column, row)
+    content_hash: bytes  # of the source bytes and every processing setting (budget, frame choice)
+    timestamps: tuple[str, ...] = ()  # video: "mm:ss" of each frame
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.pixel_values.shape[0])
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return int(self.pixel_values.shape[1]) // 9  # 3x3 pooling
+
+    @property
+    def num_soft_tokens(self) -> int:
+        return self.num_frames * self.tokens_per_frame
+
+
 class EngineError(Exception):
     """Base for errors the engine reports to its callers (the API maps each to a status)."""
 
