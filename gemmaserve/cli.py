@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_serve_parser(sub)
+    try:  # the cluster needs ray[serve]
+        from gemmaserve.cluster.cli_cluster import add_cluster_parser
+    except ImportError:
+        pass
+    else:
+        add_cluster_parser(sub)
     return parser
 
 

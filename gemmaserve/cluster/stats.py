@@ -46,8 +46,11 @@ class EndpointStats:
     def started(self) -> None:
         self.in_flight += 1
 
-    def finished(self, outcome: Outcome) -> None:
+    def finished(self, outcome: Outcome | None) -> None:
+        """End an attempt; None for one uptime does not count (429s, a client that left)."""
         self.in_flight = max(0, self.in_flight - 1)
+        if outcome is None:
+            return
         self.samples.append(outcome)
         if not outcome.ok:
             self.last_failure = outcome.at
