@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -213,11 +214,20 @@ def _prefill_cap(value: int | None, device: str) -> int | None:
     return value or None
 
 
+def cpu_isa_cap() -> str | None:
+    """GEMMASERVE_CPU_ISA: cap the CPU kernels at a lower instruction-set tier than the CPU has
+    ('avx2', 'avx512', 'avx512bf16', 'amx'; ops/cpu_isa.py), for measuring the tiers on one machine.
+    Unset or empty = the detected tier. torch's own kernels are capped by ATEN_CPU_CAPABILITY and
+    ONEDNN_MAX_CPU_ISA, set before the process starts (cpu_isa.child_env gives all three)."""
+    value = os.environ.get("GEMMASERVE_CPU_ISA", "").strip()
+    return value or None
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
 __all__ = [
     "CacheConfig", "SchedulerConfig", "EngineConfig", "add_engine_args", "engine_config_from_args",
-    "engine_config_from_kwargs", "parse_dtype", "cdiv",
+    "engine_config_from_kwargs", "parse_dtype", "cdiv", "cpu_isa_cap",
 ]

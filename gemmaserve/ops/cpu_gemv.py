@@ -15,12 +15,17 @@ from pathlib import Path
 
 import torch
 
+from gemmaserve.config import cpu_isa_cap
+from gemmaserve.ops import cpu_isa
+
 log = logging.getLogger(__name__)
 
 _SRCS = [Path(__file__).parent / "csrc" / name for name in ("gemv_bf16.cpp", "gemv_int8.cpp", "decode_bf16.cpp",
                                                                  "decode_layer.cpp")]
 _HEADERS = [Path(__file__).parent / "csrc" / name for name in ("bf16.h", "amx.h")]  # hashed into the build key
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+# Target flags come per instruction-set tier (cpu_isa.gcc_flags): the build for a capped tier holds no
+# instruction above it, so measuring "AVX2 only" on an AVX512 machine measures AVX2 code.
+_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 # Rows handled per weight pass by the AVX512/portable kernels; more rows still work (in groups of
 # MAX_ROWS) but re-read the weight. The AMX path takes AMX_ROWS per pass (rows_per_pass()).
 MAX_ROWS = 8
@@ -58,13 +63,20 @@ def _build_dir() -> Path:
         return path
 
 
+def tier() -> cpu_isa.Tier:
+    """The instruction-set tier the kernels are built for: the CPU's, or lower under GEMMASERVE_CPU_ISA."""
+    return cpu_isa.resolve(cpu_isa_cap())
+
+
 def _compile() -> ctypes.CDLL:
-    """Builds the .so once per (source, flags, CPU, torch) and loads it; raises on any failure."""
+    """Builds the .so once per (source, flags, tier, CPU, torch) and loads it; raises on any failure."""
     torch_lib = Path(torch.__file__).parent / "lib"
+    at = tier()
+    flags = [*_FLAGS, *cpu_isa.gcc_flags(at)]
     key = hashlib.sha256(
-        b"\0".join([*(src.read_bytes() for src in _SRCS + _HEADERS), " ".join(_FLAGS).encode(), _cpu_id().encode(), torch.__version__.encode()])
+        b"\0".join([*(src.read_bytes() for src in _SRCS + _HEADERS), " ".join(flags).encode(), _cpu_id().encode(), torch.__version__.encode()])
     ).hexdigest()[:16]
-    so = _build_dir() / f"gemv_bf16_{key}.so"
+    so = _build_dir() / f"gemv_{cpu_isa.NAMES[at]}_{key}.so"
     if not so.exists():
         cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
         if cxx is None:
@@ -75,7 +87,7 @@ def _compile() -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)
         os.close(fd)
         try:
-            cmd = [cxx, *_FLAGS, *map(str, _SRCS), "-o", tmp, *gomp]
+            cmd = [cxx, *flags, *map(str, _SRCS), "-o", tmp, *gomp]
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if res.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
@@ -146,10 +158,11 @@ def bf16_contiguous_cpu(*tensors: torch.Tensor) -> bool:
 
 
 def isa() -> str:
-    """The instruction path the build took: 'amx+avx512bf16', 'avx512bf16', 'avx512' or 'portable' ('' if unavailable)."""
+    """The GEMV's instruction path: 'amx+avx512bf16', 'avx512bf16', 'avx512', 'avx2' or 'portable' ('' if
+    unavailable)."""
     if not available():
         return ""
-    return ("portable", "avx512", "avx512bf16", "amx+avx512bf16")[_lib.gs_gemv_isa()]
+    return ("portable", "avx512", "avx512bf16", "amx+avx512bf16", "avx2")[_lib.gs_gemv_isa()]
 
 
 def rows_per_pass() -> int:

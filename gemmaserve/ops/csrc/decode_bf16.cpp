@@ -8,7 +8,7 @@
 #include <cstring>
 #include <vector>
 #include <omp.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -18,6 +18,10 @@
 #if defined(__AVX512F__)
 static inline __m512 load16(const bf16_t* p) {  // 16 bf16 -> 16 fp32 (exact)
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+#elif defined(__AVX2__)
+static inline __m256 load8(const bf16_t* p) {  // 8 bf16 -> 8 fp32 (exact): the AVX2 tier's attention
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
 #endif
 
@@ -29,6 +33,12 @@ static inline float dot_f32_bf16(const float* a, const bf16_t* b, int64_t n) {
     __m512 acc = _mm512_setzero_ps();
     for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load16(b + i), acc);
     s = _mm512_reduce_add_ps(acc);
+#elif defined(__AVX2__) && defined(__FMA__)
+    __m256 acc = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load8(b + i), acc);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
 #endif
     for (; i < n; ++i) s += a[i] * bf16_to_f32(b[i]);
     return s;
@@ -40,6 +50,9 @@ static inline void axpy_bf16(float* acc, float p, const bf16_t* v, int64_t n) {
 #if defined(__AVX512F__)
     __m512 pv = _mm512_set1_ps(p);
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(pv, load16(v + i), _mm512_loadu_ps(acc + i)));
+#elif defined(__AVX2__) && defined(__FMA__)
+    __m256 pv = _mm256_set1_ps(p);
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(pv, load8(v + i), _mm256_loadu_ps(acc + i)));
 #endif
     for (; i < n; ++i) acc[i] += p * bf16_to_f32(v[i]);
 }

@@ -1,13 +1,14 @@
 // Few-row bf16 GEMV (out[m, n] = sum_k x[m, k] * w[n, k]) that streams each weight row once for all rows.
 // Plain C ABI (called through ctypes with raw pointers) so it builds with gcc alone: no torch headers,
 // no ninja, about a second to compile. Paths: AVX512-BF16 (dpbf16), AVX512F (shift to fp32 + FMA),
-// portable scalar; the preprocessor picks one from -march=native.
+// AVX2+FMA (shift to fp32 + FMA, 8 lanes), portable scalar; the preprocessor picks one from the tier's
+// -march flags (ops/cpu_isa.py).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 #include <omp.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #include "amx.h"
@@ -82,6 +83,52 @@ __attribute__((always_inline)) static inline void block(const bf16_t* w, int64_t
     for (int r = 0; r < R; ++r)
         for (int m = 0; m < M; ++m) res[r * M + m] = _mm512_reduce_add_ps(acc[r][m]);
 }
+#elif defined(__AVX2__) && defined(__FMA__)
+// 16 bf16 as two fp32 vectors: the even lanes shifted into the high half, the odd lanes masked in place
+// (the same even/odd split as the AVX512F path; the dot product does not care about lane order).
+static inline void split16(const bf16_t* p, __m256& lo, __m256& hi) {
+    const __m256i v = _mm256_loadu_si256((const __m256i*)p);
+    lo = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    hi = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000)));
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// R weight rows x M input rows -> res[r * M + m], 16 k-values per step; the k tail (K % 16) is summed
+// in scalar after the vector sum. Every (r, m) sum runs in the same order whatever R and M are.
+template <int R, int M>
+__attribute__((always_inline)) static inline void block(const bf16_t* w, int64_t K, const bf16_t* x, int64_t xs, float* res) {
+    __m256 acc[R][M];
+    for (int r = 0; r < R; ++r)
+        for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m256 wl[R], wh[R];
+        for (int r = 0; r < R; ++r) {
+            if (GS_PF > 0) _mm_prefetch((const char*)(w + r * K + k) + GS_PF, _MM_HINT_T0);
+            split16(w + r * K + k, wl[r], wh[r]);
+        }
+        for (int m = 0; m < M; ++m) {
+            __m256 xl, xh;
+            split16(x + m * xs + k, xl, xh);
+            for (int r = 0; r < R; ++r) {
+                acc[r][m] = _mm256_fmadd_ps(wl[r], xl, acc[r][m]);
+                acc[r][m] = _mm256_fmadd_ps(wh[r], xh, acc[r][m]);
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int m = 0; m < M; ++m) {
+            float s = hsum8(acc[r][m]);
+            for (int64_t kk = k; kk < K; ++kk) s += bf16_to_f32(w[r * K + kk]) * bf16_to_f32(x[m * xs + kk]);
+            res[r * M + m] = s;
+        }
+}
 #else
 template <int R, int M>
 __attribute__((always_inline)) static inline void block(const bf16_t* w, int64_t K, const bf16_t* x, int64_t xs, float* res) {
@@ -103,7 +150,11 @@ static inline void store(void* out, int out_f32, int64_t idx, float v) {
 template <int M>
 static void rows_range(const bf16_t* w, int64_t K, const bf16_t* x, int64_t xs, void* out, int64_t ldo,
                        int out_f32, int64_t n0, int64_t n1) {
+#if defined(__AVX512F__) || !defined(__AVX2__)
     constexpr int R = M <= 4 ? 4 : 2;  // R * M accumulators stay within the 32 zmm registers
+#else
+    constexpr int R = M <= 1 ? 4 : M <= 2 ? 2 : 1;  // R * M accumulators + 2R weight vectors in 16 ymm
+#endif
     float res[R * M];
     int64_t n = n0;
     for (; n + R <= n1; n += R) {
@@ -458,7 +509,8 @@ void gs_gemv_set_chunks(int chunks_per_thread) { g_chunks_per_thread = chunks_pe
 // Input rows of x that one pass over a [N, K] weight serves (32 on the AMX path, 8 otherwise).
 int gs_gemv_rows_per_pass(int64_t N, int64_t K) { return group_rows(N, K); }
 
-// Which code path this build took: 3 = AMX-BF16 (+ AVX512-BF16), 2 = AVX512-BF16, 1 = AVX512F, 0 = portable.
+// Which code path this build took: 3 = AMX-BF16 (+ AVX512-BF16), 2 = AVX512-BF16, 1 = AVX512F, 4 = AVX2
+// + FMA, 0 = portable.
 int gs_gemv_isa() {
 #if defined(__AMX_BF16__) && defined(__AVX512BF16__)
     return amx_ok() ? 3 : 2;
@@ -466,6 +518,8 @@ int gs_gemv_isa() {
     return 2;
 #elif defined(__AVX512F__)
     return 1;
+#elif defined(__AVX2__) && defined(__FMA__)
+    return 4;
 #else
     return 0;
 #endif
