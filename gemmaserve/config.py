@@ -120,6 +120,9 @@ class EngineConfig:
     quantization: str | None = None
     dummy_weights: bool = False
     enforce_eager: bool = False  # CUDA: decode eagerly instead of replaying CUDA graphs (vLLM's name)
+    # Batch-invariant kernels (model.batch_invariant_): a request's tokens do not depend on its batch
+    # mates, chunking or prefix-cache hits; slower prefill (README "Deterministic mode").
+    deterministic: bool = False
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -129,6 +132,10 @@ class EngineConfig:
             raise ValueError("max_model_len must be positive")
         if self.quantization not in (None, "int8"):
             raise ValueError(f"unknown quantization {self.quantization!r}; supported: int8")
+        if self.deterministic and self.quantization is not None:
+            raise ValueError("deterministic mode has no int8 kernels; drop --quantization or --deterministic")
+        if self.deterministic and torch.device(self.device).type != "cpu":
+            raise ValueError("deterministic mode runs on the CPU kernels; use --device cpu")
         torch.device(self.device)  # raises on a malformed device string
 
     @property
@@ -187,6 +194,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-memory-gb", type=float, default=None, help="KV cache size (default: by device)")
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--enforce-eager", action="store_true", help="CUDA: no CUDA graphs for decode steps")
+    p.add_argument(
+        "--deterministic", action="store_true",
+        help="batch-invariant kernels: a seeded request gives the same tokens alone, batched, chunked or cached "
+        "(slower prefill; see README)",
+    )
 
 
 def engine_config_from_args(args: argparse.Namespace, **extra: Any) -> EngineConfig:
@@ -199,6 +211,7 @@ def engine_config_from_args(args: argparse.Namespace, **extra: Any) -> EngineCon
         dummy_weights=args.dummy_weights, quantization=args.quantization, block_size=args.block_size,
         max_num_batched_tokens=args.max_num_batched_tokens, memory_bytes=int(gb * 2**30) if gb else None,
         enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager,
+        deterministic=getattr(args, "deterministic", False),
         max_num_prefill_tokens=_prefill_cap(args.max_num_prefill_tokens, args.device),
     )
     return engine_config_from_kwargs(**{**fields, **extra})

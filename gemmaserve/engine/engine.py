@@ -107,6 +107,9 @@ class Engine:
             model, model_config, num_blocks, cache.block_size, kv_dtype, self.device, sampler,
             max_num_seqs=sched.max_num_seqs, max_model_len=self.max_model_len, enforce_eager=config.enforce_eager,
         )
+        if config.deterministic:
+            # After the runner fused the projections (the fused modules must carry the flag too).
+            model.batch_invariant_()
         self._arrivals = 0
 
     @classmethod

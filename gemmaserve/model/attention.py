@@ -23,6 +23,8 @@ class Gemma4Attention(nn.Module):
     """q/k RMSNorm with weight, v RMSNorm without, RoPE on q and k, scale 1.0. On full layers with
     attention_k_eq_v there is no v_proj: V is the weightless-normed raw k_proj output (no RoPE)."""
 
+    batch_invariant = False  # set by Gemma4ForCausalLM.batch_invariant_: the per-row qkv kernel at any T
+
     def __init__(self, config: Gemma4TextConfig, layer: int, dtype: torch.dtype, device) -> None:
         super().__init__()
         h = config.hidden_size
@@ -97,7 +99,7 @@ class Gemma4Attention(nn.Module):
         """Whether qkv_post may run: few bf16 CPU rows, bf16 contiguous caches and tables, int64 slots."""
         k_cache, v_cache = kv_cache
         return (
-            t <= QKV_KERNEL_MAX_ROWS
+            (t <= QKV_KERNEL_MAX_ROWS or self.batch_invariant)
             and qkv.dtype is torch.bfloat16
             and qkv.device.type == "cpu"
             and k_cache.dtype is torch.bfloat16

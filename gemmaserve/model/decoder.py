@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,7 +14,8 @@ from gemmaserve.model.config import FULL, SLIDING, Gemma4TextConfig
 from gemmaserve.model.fast_decode import decode_layer
 from gemmaserve.model.layers import GeGLUMLP, RMSNorm, empty_param
 from gemmaserve.model.moe import Gemma4Experts, Gemma4Router
-from gemmaserve.ops.attention import AttentionPlan, build_plan
+from gemmaserve.ops import batch_invariant
+from gemmaserve.ops.attention import AttentionPlan, build_plan, build_row_plan
 from gemmaserve.ops.linear import linear
 from gemmaserve.ops.norm import rms_norm
 from gemmaserve.ops.paged_decode import moe_static
@@ -21,6 +24,8 @@ from gemmaserve.ops.rope import default_inv_freq, proportional_inv_freq, rope_co
 
 class Gemma4DecoderLayer(nn.Module):
     """Attention block, dense GeGLU MLP, optional MoE beside it, seven norms, layer_scalar."""
+
+    batch_invariant = False  # set by Gemma4ForCausalLM.batch_invariant_: no one-call decode layer
 
     def __init__(self, config: Gemma4TextConfig, layer: int, dtype: torch.dtype, device) -> None:
         super().__init__()
@@ -54,7 +59,7 @@ class Gemma4DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         """h [T, H] -> [T, H], or [len(keep_rows), H] when keep_rows is given: every row's K/V is
         still written, but the feed-forward runs only on the kept rows (last layer: sampled rows)."""
-        fast = decode_layer(self, h, cos_sin, plan, slot_mapping, kv_cache, keep_rows)
+        fast = None if self.batch_invariant else decode_layer(self, h, cos_sin, plan, slot_mapping, kv_cache, keep_rows)
         if fast is not None:  # the whole layer in one CPU kernel call (model/fast_decode.py)
             return fast
         eps = self.eps
@@ -106,6 +111,9 @@ class Gemma4ForCausalLM(nn.Module):
         }
         for kind, freq in inv.items():
             self.register_buffer(f"{kind}_inv_freq", freq.to(device), persistent=False)
+        # Batch-invariant (deterministic) mode: see batch_invariant_(); per-kind RoPE tables then.
+        self.batch_invariant = False
+        self._rope_tables: dict[str, batch_invariant.RopeTable] = {}
 
     @property
     def device(self) -> torch.device:
@@ -136,6 +144,24 @@ class Gemma4ForCausalLM(nn.Module):
             layer.mlp.fuse_()
         return self
 
+    def batch_invariant_(self) -> "Gemma4ForCausalLM":
+        """Deterministic mode: every row's logits become a function of that request's tokens alone,
+        whatever shares its batch, however its prompt was chunked, whether its prefix came from the
+        cache (ops/batch_invariant.py). Call after fuse_ (fused projections are new modules). Costs
+        prefill speed: every matmul is a GEMV pass of 8 (32 with AMX) rows. Weight-only int8 layers
+        have no invariant path, so they are refused."""
+        if self.lm_head_int8 is not None or any(hasattr(m, "qweight") or hasattr(m, "gate_up_q") for m in self.modules()):
+            raise ValueError("deterministic mode needs bf16/fp16/fp32 weights, not int8")
+        for m in self.modules():
+            if hasattr(type(m), "batch_invariant"):
+                m.batch_invariant = True
+        self.batch_invariant = True
+        dtype = self.embed_tokens.weight.dtype
+        for spec in self.config.attention_kinds():
+            freq = getattr(self, f"{spec.kind}_inv_freq")
+            self._rope_tables[spec.kind] = batch_invariant.RopeTable(partial(_rope_signed, inv_freq=freq, dtype=dtype))
+        return self
+
     def allocate_kv_caches(
         self, num_blocks: dict[str, int], block_size: int, dtype: torch.dtype | None = None, device=None
     ) -> KVCaches:
@@ -157,9 +183,13 @@ class Gemma4ForCausalLM(nn.Module):
             if spec.kind not in plans:
                 # The vision overlay is for sliding layers only; full layers stay causal (spec 4.3).
                 blocks = batch.mm_blocks if spec.kind == SLIDING else None
-                plans[spec.kind] = build_plan(
+                plan_fn = build_row_plan if self.batch_invariant else build_plan
+                plans[spec.kind] = plan_fn(
                     meta.block_tables, batch.query_lens_cpu, batch.seq_lens_cpu, batch.block_size, spec.window, blocks
                 )
+            if self.batch_invariant:
+                rope[spec.kind] = self._rope_tables[spec.kind](batch.positions)
+                continue
             cos, sin = rope_cos_sin(batch.positions, getattr(self, f"{spec.kind}_inv_freq"), w.dtype)
             rope[spec.kind] = (cos, signed_sin(sin))  # [T, 1, D] each, shared by the kind's layers
         last = len(self.layers) - 1
@@ -169,11 +199,21 @@ class Gemma4ForCausalLM(nn.Module):
             h = layer(h, rope[kind], plans[kind], batch.kinds[kind].slot_mapping, kv_caches[i], keep)
         h = rms_norm(h, self.norm.weight, cfg.rms_norm_eps)
         head = self.lm_head_int8
+        if self.batch_invariant:
+            logits = batch_invariant.linear(h, w).float()  # [num_sample, vocab]
+            cap = cfg.final_logit_softcapping
+            return batch_invariant.softcap(logits, cap) if cap else logits
         logits = (linear(h, w) if head is None else head(h, w)).float()  # [num_sample, vocab], tied LM head
         cap = cfg.final_logit_softcapping
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+
+def _rope_signed(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, signed sin) [N, 1, D] for positions [N]: what forward builds per step, as a table row source."""
+    cos, sin = rope_cos_sin(positions, inv_freq, dtype)
+    return cos, signed_sin(sin)
 
 
 def allocate_kv_caches(

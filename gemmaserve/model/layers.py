@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gemmaserve.ops import batch_invariant
 from gemmaserve.ops.activation import gelu_tanh_mul
 from gemmaserve.ops.linear import linear
 from gemmaserve.ops.norm import rms_norm
@@ -19,11 +20,15 @@ def empty_param(*shape: int, dtype: torch.dtype, device: torch.device | str) -> 
 class Linear(nn.Module):
     """y = x W^T with W [out, in]; state_dict key `weight` like nn.Linear, but never initialised."""
 
+    batch_invariant = False  # set by Gemma4ForCausalLM.batch_invariant_: rows computed alike at any count
+
     def __init__(self, in_features: int, out_features: int, dtype: torch.dtype, device) -> None:
         super().__init__()
         self.weight = empty_param(out_features, in_features, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.batch_invariant:
+            return batch_invariant.linear(x, self.weight)
         return linear(x, self.weight)
 
 
@@ -59,6 +64,8 @@ class RMSNorm(nn.Module):
 class GeGLUMLP(nn.Module):
     """Dense MLP: down(gelu_tanh(gate(x)) * up(x))."""
 
+    batch_invariant = False  # see Linear
+
     def __init__(self, hidden: int, width: int, dtype: torch.dtype, device) -> None:
         super().__init__()
         self.gate_proj = Linear(hidden, width, dtype, device)
@@ -77,6 +84,8 @@ class GeGLUMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, H] -> [T, H]
+        if self.batch_invariant and self.gate_up_proj is not None:
+            return self.down_proj(batch_invariant.geglu(self.gate_up_proj(x)))
         if self.gate_up_proj is not None:
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, W] each
         else:

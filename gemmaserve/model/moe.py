@@ -9,12 +9,15 @@ from torch import nn
 
 from gemmaserve.model.config import Gemma4TextConfig
 from gemmaserve.model.layers import Linear, empty_param
+from gemmaserve.ops import batch_invariant
 from gemmaserve.ops.moe import GROUPED_MIN_TOKENS, moe_experts
 from gemmaserve.ops.norm import rms_norm
 
 
 class Gemma4Router(nn.Module):
     """State dict: proj.weight [E, H], scale [H], per_expert_scale [E]."""
+
+    batch_invariant = False  # set by Gemma4ForCausalLM.batch_invariant_
 
     def __init__(self, config: Gemma4TextConfig, dtype: torch.dtype, device) -> None:
         super().__init__()
@@ -31,13 +34,15 @@ class Gemma4Router(nn.Module):
         x = rms_norm(r, None, self.eps) * self.scale * self.root_size  # [T, H]
         probs = F.softmax(self.proj(x), dim=-1, dtype=torch.float32)  # [T, E] over all experts
         w, idx = torch.topk(probs, self.top_k, dim=-1)  # [T, K]
-        w = w / w.sum(dim=-1, keepdim=True)
+        w = w / (batch_invariant.row_sum(w) if self.batch_invariant else w.sum(dim=-1, keepdim=True))
         return w * self.per_expert_scale[idx], idx
 
 
 class Gemma4Experts(nn.Module):
     """Fused expert tensors, named like the checkpoint (no `.weight` suffix):
     gate_up_proj [E, 2I, H] (gate rows first), down_proj [E, H, I]."""
+
+    batch_invariant = False  # set by Gemma4ForCausalLM.batch_invariant_
 
     def __init__(self, config: Gemma4TextConfig, dtype: torch.dtype, device) -> None:
         super().__init__()
@@ -49,4 +54,6 @@ class Gemma4Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # x [T, H], idx/w [T, K] -> [T, H]
+        if self.batch_invariant:
+            return batch_invariant.moe_experts(x, self.gate_up_proj, self.down_proj, idx, w)
         return moe_experts(x, self.gate_up_proj, self.down_proj, idx, w, self.grouped_min_tokens)

@@ -104,6 +104,44 @@ def build_plan(
     return plan
 
 
+def build_row_plan(
+    block_tables: torch.Tensor,
+    query_lens: list[int],
+    seq_lens: list[int],
+    block_size: int,
+    window: int | None,
+    blocks: list[list[tuple[int, int]]] | None = None,
+) -> AttentionPlan:
+    """Every query row, prefill or decode, as its own one-query attention over its visible keys in
+    position order (one decode group in row order): a row's result then depends only on its position
+    and its keys, never on whether it came in a prefill, a chunk or a decode step (batch-invariant
+    mode, ops/batch_invariant.py). Same arguments and visibility rule as build_plan; a row inside a
+    bidirectional block also sees the block's later keys (all written before attention runs)."""
+    device = block_tables.device
+    tables = block_tables.long()
+    seq_of, lo, hi = [], [], []
+    for s, (q_len, seq_len) in enumerate(zip(query_lens, seq_lens)):
+        seq_of += [s] * q_len
+        for i in range(seq_len - q_len, seq_len):
+            end = next((b for a, b in (blocks[s] if blocks is not None else []) if a <= i < b), i + 1)
+            lo.append(0 if window is None else max(0, i - window + 1))
+            hi.append(max(i + 1, end))  # one past the newest visible key
+    if not seq_of:
+        return AttentionPlan()
+    lo_t = torch.tensor(lo, device=device)  # [T] oldest visible key
+    n_keys = torch.tensor(hi, device=device) - lo_t  # [T]
+    lo = lo_t
+    width = int(n_keys.max())
+    ar = torch.arange(width, device=device)[None, :]  # [1, L]
+    pos = torch.where(ar < n_keys[:, None], lo[:, None] + ar, lo[:, None])  # [T, L] padded with a visible key
+    blocks = tables[torch.tensor(seq_of, device=device)].gather(1, pos // block_size)  # [T, L]
+    slots = blocks * block_size + pos % block_size
+    _check_assigned(slots)
+    mask = (ar < n_keys[:, None])[:, None, None, :]  # [T, 1, 1, L], for the SDPA fallback
+    rows = torch.arange(len(seq_of), device=device)
+    return AttentionPlan(decodes=[DecodeGroup(rows, slots, mask, True, n_keys)])
+
+
 def _decode_group(
     seqs: list[int], rows: list[int], lens: list[int], seq_lens: list[int], tables: torch.Tensor, block_size: int
 ) -> DecodeGroup:
