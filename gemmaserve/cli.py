@@ -77,8 +77,7 @@ def _prompt_ids(engine, args: argparse.Namespace) -> list[int]:
         ]
         # The template writes <bos> itself; control-token strings in --prompt/--system stay text.
         return PromptEncoder(ChatRenderer(tok.chat_template), tok).encode(messages, enable_thinking=args.thinking).ids
-    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    return bos + tok.encode(args.prompt)
+    return tok.encode_prompt(args.prompt)
 
 
 def run_generate(args: argparse.Namespace) -> int:

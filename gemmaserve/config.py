@@ -1,4 +1,5 @@
-"""Engine settings as frozen dataclasses: cache, scheduler and engine config, with all validation."""
+"""Settings as frozen dataclasses (cache, scheduler, engine, HTTP server), with all validation; the
+only reader of environment variables."""
 
 from __future__ import annotations
 
@@ -244,3 +245,55 @@ __all__ = [
     "CacheConfig", "SchedulerConfig", "EngineConfig", "add_engine_args", "engine_config_from_args",
     "engine_config_from_kwargs", "parse_dtype", "cdiv", "cpu_isa_cap",
 ]
+
+
+BASE_MODEL_ID = "google/gemma-4-26b-a4b-it"
+CANONICAL_SLUG = "google/gemma-4-26b-a4b-it-20260403"
+# Variant suffixes OpenRouter lists for this model; they all route to the same weights here.
+VARIANT_SUFFIXES = ("", ":free", ":nitro", ":floor")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the HTTP layer needs to know that is not the engine itself."""
+
+    served_model_name: str = BASE_MODEL_ID
+    api_key_hashes: frozenset[str] = frozenset()  # digests of accepted keys (api/keys.py); empty = open
+    prompt_price_per_m: float = 0.06  # USD per million prompt tokens
+    completion_price_per_m: float = 0.33  # USD per million completion tokens (reasoning included)
+    provider_name: str = "gemmaserve"
+    keepalive_interval_s: float = 10.0  # `: OPENROUTER PROCESSING` cadence while waiting for a token
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_stored_generations: int = 10_000
+    quantization: str | None = None  # reported on the endpoints listing
+    max_completion_tokens: int | None = 32768  # advertised in /models top_provider
+
+    def __post_init__(self) -> None:
+        if self.keepalive_interval_s <= 0:
+            raise ValueError("keepalive_interval_s must be positive")
+        if self.max_body_bytes < 1024:
+            raise ValueError("max_body_bytes must be at least 1024")
+        if self.prompt_price_per_m < 0 or self.completion_price_per_m < 0:
+            raise ValueError("prices must be non-negative")
+
+    @property
+    def accepted_model_ids(self) -> frozenset[str]:
+        ids = {self.served_model_name}
+        for base in (BASE_MODEL_ID, CANONICAL_SLUG):
+            ids.update(base + s for s in VARIANT_SUFFIXES)
+        return frozenset(ids)
+
+    @property
+    def response_model(self) -> str:
+        # OpenRouter answers with the dated permaslug for this model (spec §3.1); a custom served
+        # name is echoed as is, since no permaslug exists for it.
+        if self.served_model_name == BASE_MODEL_ID:
+            return CANONICAL_SLUG
+        return self.served_model_name
+
+    def response_model_for(self, requested: str | None) -> str:
+        """The `model` a response names for the id a request chose: the permaslug (or custom name)
+        with the request's variant suffix kept, as OpenRouter answers `...-20260403:free` to a
+        `...:free` request (spec §3.1)."""
+        suffix = next((s for s in VARIANT_SUFFIXES[1:] if requested and requested.endswith(s)), "")
+        return self.response_model + suffix

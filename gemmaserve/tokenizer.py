@@ -135,6 +135,13 @@ class Tokenizer:
         """Id of a Gemma 4 marker by role name (see MARKERS), or None if the vocab lacks it."""
         return self._marker_ids[name]
 
+    def require_marker(self, name: str) -> int:
+        """Id of a Gemma 4 marker the caller cannot work without (ValueError names it if absent)."""
+        tid = self._marker_ids[name]
+        if tid is None:
+            raise ValueError(f"the tokenizer lacks the control token {MARKERS[name]}")
+        return tid
+
     # Named marker ids (spec §3), as properties so callers get a plain int.
     turn_start = property(lambda self: self._marker_ids["turn_start"])
     turn_end = property(lambda self: self._marker_ids["turn_end"])
@@ -153,6 +160,15 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Ids of `text`; control-token texts inside it map to their ids, no BOS is added."""
         return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """A raw (untemplated) prompt's ids with <bos> in front unless the text brings its own, as
+        vLLM does for text prompts: the one place that rule lives (CLI, LLM and the API use it)."""
+        ids = self.encode(text)
+        bos = self.bos_token_id
+        if bos is not None and ids[:1] != [bos]:
+            ids = [bos] + ids
+        return ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]

@@ -43,6 +43,9 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 = disabled
     min_p: float = 0.0
+    # OpenRouter's top_a: after the constraints, ids with probability below top_a * p_max**2 are
+    # dropped (0 = off). See Sampler.process.
+    top_a: float = 0.0
     frequency_penalty: float = 0.0  # OpenAI semantics, over generated tokens
     presence_penalty: float = 0.0  # OpenAI semantics, over generated tokens
     repetition_penalty: float = 1.0  # CTRL/HF semantics, over prompt and generated tokens

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gemmaserve.api import chat_completions, completions, misc, models
+from gemmaserve.api import account, chat_completions, completions, health, models
 from gemmaserve.api.body_limit import BodySizeLimit
 from gemmaserve.api.errors import install_error_handlers
+from gemmaserve.api.loading import load_in_background
 from gemmaserve.api.state import ServerState
-from gemmaserve.structured import GrammarCompiler
-
-log = logging.getLogger("gemmaserve.api")
 
 _KNOWN_PATHS = {
     "/api/v1/chat/completions", "/v1/chat/completions", "/api/v1/completions", "/v1/completions",
@@ -47,29 +44,6 @@ class RequestMetrics:
         await self.app(scope, receive, counting_send)
 
 
-async def _load(state: ServerState) -> None:
-    assert state.loader is not None
-    try:
-        engine, tokenizer, renderer = await asyncio.to_thread(state.loader)
-    except Exception as exc:  # reported by /health and as 503s; the process keeps serving errors
-        log.exception("model loading failed")
-        state.load_error = f"{type(exc).__name__}: {exc}"
-        return
-    try:
-        await asyncio.to_thread(state.set_chat, tokenizer, renderer)
-    except Exception as exc:
-        log.exception("prompt encoder could not be built")
-        state.load_error = f"{type(exc).__name__}: {exc}"
-        return
-    try:
-        # Built now so the first JSON-mode request does not pay for the token trie.
-        state.grammar = await asyncio.to_thread(GrammarCompiler, tokenizer)
-    except Exception:
-        log.exception("grammar compiler unavailable; structured outputs will fail per request")
-    state.engine = engine
-    log.info("model loaded; serving")
-
-
 def create_app(state: ServerState) -> FastAPI:
     """An app serving `state`. With `state.loader` set the model loads in the background after
     startup (requests get 503 until then) and the engine is shut down with the app."""
@@ -77,7 +51,7 @@ def create_app(state: ServerState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if state.loader is not None and state.engine is None:
-            state.load_task = asyncio.create_task(_load(state))
+            state.load_task = asyncio.create_task(load_in_background(state))
         try:
             yield
         finally:
@@ -89,7 +63,7 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="gemmaserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gs = state
     install_error_handlers(app)
-    for module in (chat_completions, completions, models, misc):
+    for module in (chat_completions, completions, models, account, health):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=state.config.max_body_bytes)
     app.add_middleware(RequestMetrics, state=state)

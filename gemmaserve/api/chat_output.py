@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from gemmaserve.api.generation import random_alnum
 from gemmaserve.chat.parser import (
     ContentDelta,
     OutputStreamParser,
@@ -13,6 +14,10 @@ from gemmaserve.chat.parser import (
     parse_output,
 )
 from gemmaserve.types import TokenLogprob, TopLogprob
+
+
+def new_tool_call_id() -> str:
+    return f"call_{random_alnum(24)}"
 
 
 def reasoning_detail(text: str) -> dict[str, Any]:

@@ -7,15 +7,9 @@ from typing import Any
 
 from gemmaserve.api.errors import APIError
 from gemmaserve.api.sampling import (
-    CHANNEL_END,
-    CHANNEL_START,
-    TOOL_CALL_START,
     ReasoningPlan,
-    add_top_a,
     build_sampling_params,
-    encode_raw_prompt,
     completion_limit,
-    marker_id,
     plan_reasoning,
     thinking_enabled,
 )
@@ -71,9 +65,16 @@ def _with_name(msg: dict[str, Any]) -> dict[str, Any]:
     return msg
 
 
+def template_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The request's messages as the dicts the chat template renders: the one place wire messages
+    become template input. Content parts other than text (image_url, video_url) pass through as
+    dicts; media decoding belongs here, turning them into typed media inputs beside the prompt."""
+    return [_with_name(m.model_dump(exclude_unset=True)) for m in req.messages or []]
+
+
 def _encode(state: ServerState, req: ChatCompletionRequest, tools: list[dict] | None, thinking: bool,
             max_model_len: int) -> ChatPrompt:
-    messages = [_with_name(m.model_dump(exclude_unset=True)) for m in req.messages or []]
+    messages = template_messages(req)
     prefill = ""
     if messages and messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls"):
         # A trailing assistant message is the start of the answer, to be continued (spec §2.2).
@@ -180,7 +181,7 @@ def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat
         text, prompt_ids, starts_in_reasoning = prompt.text, prompt.ids, prompt.ends_in_reasoning
     else:
         text = req.prompt or ""
-        prompt_ids = encode_raw_prompt(tok, text)
+        prompt_ids = tok.encode_prompt(text)
         if req.middle_out and len(prompt_ids) >= engine.max_model_len:
             prompt_ids = middle_out_ids(prompt_ids, engine.max_model_len - 1)  # no messages: cut tokens
             text = tok.decode(prompt_ids)
@@ -195,14 +196,13 @@ def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat
     # When the prompt leaves the channel open (a prefill such as "<|channel>thought\n") the first
     # output tokens are thinking, to be capped and counted as such.
     if plan.budget is not None:
-        params.constraints.append(ThinkingBudget(plan.budget, marker_id(tok, CHANNEL_START),
-                                                 marker_id(tok, CHANNEL_END), starts_in_reasoning))
+        params.constraints.append(ThinkingBudget(plan.budget, tok.require_marker("channel_start"),
+                                                 tok.require_marker("channel_end"), starts_in_reasoning))
     # A prompt that left the thought channel open starts the grammar after <channel|>, not inside
     # the thought (where the JSON would land in `reasoning`).
     constraint = _constraint_for(state, req, render_tools, parallel, plan.enabled, starts_in_reasoning)
     if constraint is not None:
         params.constraints.append(constraint)
     if req.tool_choice == "none" and tool_dicts:
-        params.logit_bias.setdefault(marker_id(tok, TOOL_CALL_START), -100.0)
-    add_top_a(params, req)
+        params.logit_bias.setdefault(tok.require_marker("tool_call_start"), -100.0)
     return PreparedChat(prompt_ids, params, plan, render_tools, parallel, starts_in_reasoning, text)

@@ -7,9 +7,10 @@ import getpass
 import logging
 import sys
 
-from gemmaserve.api.auth import hash_key, load_key_hashes
-from gemmaserve.api.state import BASE_MODEL_ID, ServerConfig, ServerState
-from gemmaserve.config import add_engine_args, engine_config_from_args
+from gemmaserve.api.keys import hash_key, load_key_hashes
+from gemmaserve.api.loading import model_loader
+from gemmaserve.api.state import ServerState
+from gemmaserve.config import BASE_MODEL_ID, ServerConfig, add_engine_args
 
 log = logging.getLogger("gemmaserve.serve")
 
@@ -73,29 +74,6 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def _engine_loader(args: argparse.Namespace):
-    """Loads model, tokenizer and template; runs in a worker thread after the server is up."""
-
-    def load():
-        from gemmaserve.chat.render import ChatRenderer
-        from gemmaserve.engine.async_engine import AsyncEngine
-        from gemmaserve.model.hub import resolve_model_path
-        from gemmaserve.tokenizer import Tokenizer
-
-        path = resolve_model_path(args.model)
-        # The template is checked before minutes of weight loading, not after.
-        template = Tokenizer.from_dir(path).chat_template
-        if not template:
-            raise ValueError(f"{path} has no chat template (chat_template.jinja or tokenizer_config.json)")
-        renderer = ChatRenderer(template)
-        cfg = engine_config_from_args(args, model=str(path), seed=args.seed, max_num_seqs=args.max_num_seqs,
-                                      max_waiting=args.max_waiting)
-        engine = AsyncEngine.from_config(cfg)
-        return engine, engine.tokenizer, renderer
-
-    return load
-
-
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -110,7 +88,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not config.api_key_hashes:
         log.warning("no --api-key/--api-keys-file: the API is open to anyone who can reach %s:%d",
                     args.host, args.port)
-    state = ServerState(config=config, loader=_engine_loader(args))
+    state = ServerState(config=config, loader=model_loader(args))
     app = create_app(state)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0 if state.load_error is None else 1

@@ -1,32 +1,25 @@
-"""Legacy POST /api/v1/completions (+ /v1 alias): raw prompt in, text_completion out (spec §10)."""
+"""Legacy POST /api/v1/completions (+ /v1 alias): raw prompt in, text_completion out (spec §10):
+prompt preparation and the text_completion responder over the generation skeleton."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any, AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 
-from gemmaserve.api.auth import require_auth
-from gemmaserve.api.errors import APIError, engine_error_to_api
-from gemmaserve.api.guards import admit, respond, run_to_end
-from gemmaserve.api.run import (
-    TIMEOUT,
-    EngineRun,
-    new_generation_id,
-    normalised_reason,
-    record_generation,
-)
+from gemmaserve.api.admission import admit, require_auth
 from gemmaserve.api.chat_prep import format_constraint
-from gemmaserve.api.sampling import add_top_a, build_sampling_params, completion_limit, encode_raw_prompt
-from gemmaserve.api.sse import DONE, KEEPALIVE, sse_data
-from gemmaserve.api.usage import TokenCounts
+from gemmaserve.api.errors import APIError
+from gemmaserve.api.generation import Finish, Generation, Responder, respond
+from gemmaserve.api.sampling import build_sampling_params, completion_limit
+from gemmaserve.api.sse import sse_data
+from gemmaserve.api.state import ServerState
 from gemmaserve.chat.middle_out import middle_out_ids
 from gemmaserve.chat.parser import prompt_ends_in_reasoning
 from gemmaserve.protocol.completions import CompletionRequest
-from gemmaserve.types import EngineError, FinishReason, TokenLogprob
+from gemmaserve.types import FinishReason, RequestOutput, SamplingParams, TokenLogprob
 
 router = APIRouter()
 
@@ -72,14 +65,19 @@ def joined_logprobs(head: dict[str, Any] | None, tail: dict[str, Any] | None) ->
     return {k: head[k] + tail[k] for k in head}
 
 
-@router.post("/api/v1/completions", dependencies=[Depends(require_auth)])
-@router.post("/v1/completions", dependencies=[Depends(require_auth)])
-async def completions(req: CompletionRequest, request: Request):
-    state, model = admit(request, req)
+@dataclass
+class PreparedCompletion:
+    prompt_ids: list[int]
+    prompt_text: str  # what the ids decode to (echoed, and the base of echo logprob offsets)
+    params: SamplingParams
+
+
+def prepare_completion(state: ServerState, req: CompletionRequest) -> PreparedCompletion:
+    """A validated completions request -> prompt ids and SamplingParams (CPU work: run off the loop)."""
     engine, tok = state.engine, state.tokenizer
     assert engine is not None
     if isinstance(req.prompt, str):
-        prompt_ids = encode_raw_prompt(tok, req.prompt)
+        prompt_ids = tok.encode_prompt(req.prompt)
         prompt_text = req.prompt
     else:
         prompt_ids = list(req.prompt)  # type: ignore[arg-type]
@@ -99,102 +97,75 @@ async def completions(req: CompletionRequest, request: Request):
     constraint = format_constraint(state, req.response_format, in_thought=prompt_ends_in_reasoning(prompt_text))
     if constraint is not None:
         params.constraints.append(constraint)
-    add_top_a(params, req)
     if req.echo and (req.logprobs is not None or max_tokens == 0):
         params.prompt_logprobs = req.logprobs or 0
-    created = int(time.time())
-    gen_id = new_generation_id(created)
-    run = EngineRun(state, prompt_ids, params, gen_id)
-    prefix = prompt_text if req.echo else ""
+    return PreparedCompletion(prompt_ids, prompt_text, params)
 
-    def prompt_part(out: Any) -> dict[str, Any] | None:
+
+class CompletionResponder(Responder):
+    """text_completion objects: the echoed prompt (with its logprobs) first, then text deltas."""
+
+    def __init__(self, gen: Generation, req: CompletionRequest, prep: PreparedCompletion) -> None:
+        super().__init__(gen)
+        self.req, self.prep = req, prep
+        self.prefix = prep.prompt_text if req.echo else ""
+        self.offset = len(self.prefix)
+        # With logprobs the echoed prompt waits for its own logprobs, which the first output carries.
+        self.prompt_pending = bool(self.prefix) and req.logprobs is not None
+
+    def _body(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        g = self.gen
+        return {"id": g.gen_id, "object": "text_completion", "created": g.created, "model": g.model,
+                "provider": g.state.config.provider_name, "system_fingerprint": None, "choices": choices, **extra}
+
+    def _prompt_part(self, out: RequestOutput | None) -> dict[str, Any] | None:
         """The echoed prompt's logprobs entries (echo with logprobs only)."""
-        if not req.echo or req.logprobs is None or out is None or out.prompt_logprobs is None:
+        if not self.req.echo or self.req.logprobs is None or out is None or out.prompt_logprobs is None:
             return None
-        return echo_logprobs(out.prompt_logprobs, prompt_ids, prompt_text, tok)
+        return echo_logprobs(out.prompt_logprobs, self.prep.prompt_ids, self.prep.prompt_text, self.gen.state.tokenizer)
 
-    def record(finish, native, streamed, cancelled):
-        out = run.last
-        counts = TokenCounts(len(prompt_ids), len(out.token_ids) if out else 0, out.num_cached_tokens if out else 0)
-        return record_generation(state, gen_id=gen_id, created=created, endpoint="completions", run=run,
-                                 counts=counts, finish_reason=finish, native_finish_reason=native,
-                                 streamed=streamed, cancelled=cancelled, user=req.user, model=model,
-                                 session_id=req.session_id, headers=request.headers)
+    # -- stream ----------------------------------------------------------------------------------
+    def start(self) -> Iterable[bytes]:
+        if self.prefix and not self.prompt_pending:
+            yield sse_data(self._body([{"text": self.prefix, "index": 0, "logprobs": None, "finish_reason": None}]))
 
-    def body(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        return {"id": gen_id, "object": "text_completion", "created": created, "model": model,
-                "provider": state.config.provider_name, "system_fingerprint": None, "choices": choices, **extra}
+    def frames(self, out: RequestOutput) -> Iterable[bytes]:
+        if self.prompt_pending:
+            self.prompt_pending = False
+            yield sse_data(self._body([{"text": self.prefix, "index": 0, "logprobs": self._prompt_part(out),
+                                        "finish_reason": None}]))
+        if out.new_text or out.new_logprobs:
+            lp = text_logprobs(out.new_logprobs, self.offset) if self.req.logprobs is not None else None
+            self.offset += len(out.new_text)
+            yield sse_data(self._body([{"text": out.new_text, "index": 0, "logprobs": lp, "finish_reason": None}]))
 
-    async def whole() -> JSONResponse:
-        # Every started request leaves a /generation record, as on the chat endpoint.
-        try:
-            await run_to_end(run)
-        except EngineError as exc:
-            if run.last is not None:
-                record("error", "error", False, False)
-            raise engine_error_to_api(exc) from None
-        except asyncio.CancelledError:  # the client left: the request was aborted
-            record(None, None, False, True)
-            raise
-        last = run.last
-        finish = normalised_reason(last, False)
-        native = last.finish_reason.value if last and last.finish_reason else None
-        usage = record(finish, native, False, False)
-        choice = {"text": prefix + (last.text if last else ""), "index": 0,
-                  "logprobs": joined_logprobs(prompt_part(last), text_logprobs(last.logprobs if last else None,
-                                                                                 len(prefix))),
-                  "finish_reason": finish, "native_finish_reason": native}
+    def finish_frames(self, last: RequestOutput | None, finish: Finish) -> Iterable[bytes]:
+        yield sse_data(self._body([{"text": "", "index": 0, "logprobs": None, "finish_reason": finish.reason,
+                                    "native_finish_reason": finish.native}]))
+
+    def error_frames(self, err: APIError) -> Iterable[bytes]:
+        yield sse_data(self._body([{"text": "", "index": 0, "finish_reason": "error"}], error=err.body()["error"]))
+
+    def usage_frames(self, usage: dict[str, Any]) -> Iterable[bytes]:
+        yield sse_data(self._body([], usage=usage))
+
+    # -- whole -----------------------------------------------------------------------------------
+    def body(self, last: RequestOutput | None, finish: Finish, usage: dict[str, Any]) -> dict[str, Any]:
+        choice = {"text": self.prefix + (last.text if last else ""), "index": 0,
+                  "logprobs": joined_logprobs(self._prompt_part(last),
+                                              text_logprobs(last.logprobs if last else None, len(self.prefix))),
+                  "finish_reason": finish.reason, "native_finish_reason": finish.native}
         if last is not None and last.finish_reason == FinishReason.ERROR:
             choice["error"] = {"code": 500, "message": last.error or "generation failed",
                                "metadata": {"error_type": "server"}}
-        return JSONResponse(body([choice], usage=usage), headers={"X-Generation-Id": gen_id})
+        return self._body([choice], usage=usage)
 
-    async def stream(first: Any) -> AsyncIterator[bytes]:
-        out, finish, native, cancelled = first, None, None, True
-        offset = len(prefix)
-        # With logprobs the echoed prompt waits for its own logprobs, which the first output carries.
-        prompt_pending = bool(prefix) and req.logprobs is not None
-        try:
-            if prefix and not prompt_pending:
-                yield sse_data(body([{"text": prefix, "index": 0, "logprobs": None, "finish_reason": None}]))
-            try:
-                while out is not None:
-                    if out is TIMEOUT:
-                        yield KEEPALIVE
-                    else:
-                        if prompt_pending:
-                            prompt_pending = False
-                            yield sse_data(body([{"text": prefix, "index": 0, "logprobs": prompt_part(out),
-                                                  "finish_reason": None}]))
-                        if out.new_text or out.new_logprobs:
-                            lp = text_logprobs(out.new_logprobs, offset) if req.logprobs is not None else None
-                            offset += len(out.new_text)
-                            yield sse_data(body([{"text": out.new_text, "index": 0, "logprobs": lp,
-                                                  "finish_reason": None}]))
-                        if out.finished:
-                            break
-                    out = await run.next(timeout=state.config.keepalive_interval_s if run.t_first is None else None)
-                last = run.last
-                if last is not None and last.finish_reason == FinishReason.ERROR:
-                    raise EngineError(last.error or "generation failed")
-                finish = normalised_reason(last, False) or "stop"
-                native = last.finish_reason.value if last and last.finish_reason else "stop"
-                yield sse_data(body([{"text": "", "index": 0, "logprobs": None, "finish_reason": finish,
-                                      "native_finish_reason": native}]))
-            except EngineError as exc:
-                finish = native = "error"
-                err = engine_error_to_api(exc)
-                if type(exc) is EngineError:
-                    err = APIError(500, str(exc), "server")
-                yield sse_data(body([{"text": "", "index": 0, "finish_reason": "error"}], error=err.body()["error"]))
-            usage = record(finish, native, True, False)
-            cancelled = False
-            yield sse_data(body([], usage=usage))
-            yield DONE
-        finally:
-            await run.close()
-            if cancelled:
-                record(finish, native, True, True)
 
-    return await respond(request, run, stream=bool(req.stream), whole=whole, frames=stream,
-                         keepalive_s=state.config.keepalive_interval_s, gen_id=gen_id)
+@router.post("/api/v1/completions", dependencies=[Depends(require_auth)])
+@router.post("/v1/completions", dependencies=[Depends(require_auth)])
+async def completions(req: CompletionRequest, request: Request):
+    adm = admit(request, req)
+    # Tokenizing a long prompt is CPU work: off the event loop, as for chat.
+    prep = await asyncio.to_thread(prepare_completion, adm.state, req)
+    gen = Generation(adm, "completions", prep.prompt_ids, prep.params, user=req.user, session_id=req.session_id)
+    return await respond(request, gen, CompletionResponder(gen, req, prep), stream=bool(req.stream))

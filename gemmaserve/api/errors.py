@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -83,8 +83,25 @@ def engine_error_to_api(exc: EngineError) -> APIError:
     return APIError(500, "Internal Server Error", "server")
 
 
-def error_response(err: APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+# An endpoint family with its own error envelope (Anthropic's {"type": "error", "error": {...}})
+# registers a formatter for its path prefixes on app.state.error_envelopes; every error raised
+# under those paths (validation, auth, admission, engine refusal) is then written in that shape.
+ErrorEnvelope = Callable[[APIError], dict[str, Any]]
+
+
+def register_error_envelope(app: FastAPI, path_prefix: str, envelope: ErrorEnvelope) -> None:
+    app.state.error_envelopes = {**getattr(app.state, "error_envelopes", {}), path_prefix: envelope}
+
+
+def error_response(err: APIError, request: Request | None = None) -> JSONResponse:
+    body = err.body()
+    if request is not None:
+        path = request.url.path
+        for prefix, envelope in getattr(request.app.state, "error_envelopes", {}).items():
+            if path.startswith(prefix):
+                body = envelope(err)
+                break
+    return JSONResponse(body, status_code=err.status, headers=err.headers)
 
 
 def _field_path(loc: tuple) -> str:
@@ -118,31 +135,31 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        return error_response(exc)
+        return error_response(exc, request)
 
     @app.exception_handler(EngineError)
     async def _engine_error(request: Request, exc: EngineError):
-        return error_response(engine_error_to_api(exc))
+        return error_response(engine_error_to_api(exc), request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         message, field = validation_message(exc)
         meta = {"param": field} if field else {}
-        return error_response(APIError(400, message, "invalid_request", meta))
+        return error_response(APIError(400, message, "invalid_request", meta), request)
 
     @app.exception_handler(json.JSONDecodeError)
     async def _bad_json(request: Request, exc: json.JSONDecodeError):
-        return error_response(APIError(400, "Invalid JSON in request body", "invalid_request"))
+        return error_response(APIError(400, "Invalid JSON in request body", "invalid_request"), request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else "Error"
         if exc.status_code == 404 and message == "Not Found":
             message = f"Not found: {request.method} {request.url.path}"
-        return error_response(APIError(exc.status_code, message, headers=getattr(exc, "headers", None)))
+        return error_response(APIError(exc.status_code, message, headers=getattr(exc, "headers", None)), request)
 
     @app.exception_handler(Exception)
     async def _catch_all(request: Request, exc: Exception):
         # A bug, never a client's fault: log the trace, mask the message (OpenRouter masks 500s too).
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(APIError(500, "Internal Server Error", "server"))
+        return error_response(APIError(500, "Internal Server Error", "server"), request)

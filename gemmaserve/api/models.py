@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from gemmaserve.api.errors import APIError
-from gemmaserve.api.state import BASE_MODEL_ID, CANONICAL_SLUG, ServerState
+from gemmaserve.api.state import ServerState
+from gemmaserve.config import BASE_MODEL_ID, CANONICAL_SLUG
 
 router = APIRouter()
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
-
-import torch
+from typing import Any
 
 from gemmaserve.api.errors import APIError
 from gemmaserve.protocol.chat import ChatCompletionRequest
@@ -14,26 +12,6 @@ from gemmaserve.types import SamplingParams
 
 # OpenRouter's effort -> share of max_tokens when a model only takes a thinking budget (spec §2.5).
 EFFORT_RATIOS = {"max": 0.95, "xhigh": 0.95, "high": 0.8, "medium": 0.5, "low": 0.2, "minimal": 0.1}
-
-CHANNEL_START = "<|channel>"
-CHANNEL_END = "<channel|>"
-TOOL_CALL_START = "<|tool_call>"
-
-
-def marker_id(tokenizer: Any, text: str) -> int:
-    tid = tokenizer.token_to_id(text)
-    if tid is None:
-        raise APIError(500, f"the tokenizer lacks the control token {text}", "server")
-    return tid
-
-
-def encode_raw_prompt(tokenizer: Any, text: str) -> list[int]:
-    """A raw prompt gets <bos> in front unless it brings its own, as vLLM does for text prompts."""
-    ids = tokenizer.encode(text)
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is not None and (not ids or ids[0] != bos):
-        ids = [bos] + ids
-    return ids
 
 
 @dataclass(frozen=True)
@@ -114,29 +92,6 @@ def _logit_bias(raw: dict[str, float] | None, vocab_size: int) -> dict[int, floa
     return out
 
 
-class TopA:
-    """OpenRouter's `top_a` as a TokenConstraint: ids whose probability is below
-    top_a * p_max**2 are dropped, so the cut is strict when the model is sure and loose when it is
-    not. It runs after the request's other constraints (a grammar or thinking budget must have
-    masked first, or it could keep only ids they forbid) and before temperature, where KoboldAI,
-    which introduced it, places it by default."""
-
-    def __init__(self, top_a: float) -> None:
-        self.top_a = top_a
-
-    def mask_logits(self, output_token_ids: Sequence[int], logits: torch.Tensor) -> None:
-        row = logits.view(-1)  # [V]
-        probs = torch.softmax(row.float(), dim=-1)  # [V]
-        # p_max >= top_a * p_max**2 for top_a <= 1: the most likely id always survives.
-        row.masked_fill_(probs < self.top_a * probs.max() ** 2, float("-inf"))
-
-
-def add_top_a(params: SamplingParams, req: SamplingFields) -> None:
-    """Append the top_a cut as the last constraint (0 or unset: no cut)."""
-    if req.top_a:
-        params.constraints.append(TopA(float(req.top_a)))
-
-
 def build_sampling_params(
     req: SamplingFields,
     *,
@@ -165,6 +120,7 @@ def build_sampling_params(
         top_p=float(pick("top_p", 1.0)),
         top_k=int(pick("top_k", 0)),
         min_p=float(pick("min_p", 0.0)),
+        top_a=float(req.top_a or 0.0),  # the sampler applies it after the request's constraints
         frequency_penalty=float(req.frequency_penalty or 0.0),
         presence_penalty=float(req.presence_penalty or 0.0),
         repetition_penalty=float(req.repetition_penalty if req.repetition_penalty is not None else 1.0),

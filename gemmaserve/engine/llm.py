@@ -33,9 +33,7 @@ class LLM:
         """Raw text -> ids with the tokenizer's <bos> in front, as vLLM does for plain prompts."""
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer: pass token-id prompts")
-        bos = self.tokenizer.bos_token_id
-        ids = self.tokenizer.encode(prompt)
-        return ([bos] if bos is not None and ids[:1] != [bos] else []) + ids
+        return self.tokenizer.encode_prompt(prompt)
 
     def generate(
         self,

@@ -64,6 +64,7 @@ def validate_params(params: SamplingParams, vocab_size: int) -> None:
     if not isinstance(params.top_k, int) or isinstance(params.top_k, bool) or params.top_k < 0:
         raise InvalidRequestError(f"top_k must be an integer >= 0, got {params.top_k!r}")
     _check_range("min_p", params.min_p, 0.0, 1.0)
+    _check_range("top_a", params.top_a, 0.0, 1.0)
     _check_range("frequency_penalty", params.frequency_penalty, -2.0, 2.0)
     _check_range("presence_penalty", params.presence_penalty, -2.0, 2.0)
     _check_range("repetition_penalty", params.repetition_penalty, 0.0, 2.0, lo_open=True)
@@ -93,6 +94,17 @@ def validate_params(params: SamplingParams, vocab_size: int) -> None:
             raise InvalidRequestError(f"stop_token_ids entry {tok!r} is outside the vocabulary [0, {vocab_size})")
     if params.seed is not None and (not isinstance(params.seed, int) or isinstance(params.seed, bool)):
         raise InvalidRequestError(f"seed must be an integer, got {params.seed!r}")
+
+
+def top_a_cut(row: torch.Tensor, top_a: float) -> None:
+    """OpenRouter's `top_a` on one row [V], in place: ids whose probability is below
+    top_a * p_max**2 go to -inf, so the cut is strict when the model is sure and loose when it is
+    not. Applied after the request's constraints (a grammar or thinking budget must have masked
+    first, or it could keep only ids they forbid) and before temperature, where KoboldAI, which
+    introduced it, places it by default."""
+    probs = torch.softmax(row.float(), dim=-1)  # [V]
+    # p_max >= top_a * p_max**2 for top_a <= 1: the most likely id always survives.
+    row.masked_fill_(probs < top_a * probs.max() ** 2, float("-inf"))
 
 
 class SamplingState:
@@ -139,7 +151,7 @@ class SamplingState:
     def needs_processing(self, num_output: int) -> bool:
         """True when this row's logits must be edited before temperature (no fast path)."""
         p = self.params
-        return bool(p.constraints) or bool(p.logit_bias) or self.has_penalties or self.min_tokens_active(num_output)
+        return bool(p.constraints) or bool(p.top_a) or bool(p.logit_bias) or self.has_penalties or self.min_tokens_active(num_output)
 
     def min_tokens_active(self, num_output: int) -> bool:
         p = self.params
@@ -207,7 +219,7 @@ class Sampler:
         self, logits: torch.Tensor, states: list[SamplingState], output_token_ids: list[list[int]]
     ) -> list[SampledToken]:
         """logits: [N, V] float32, row i for states[i]; output_token_ids[i]: tokens generated so far
-        (for penalties, min_tokens and constraints). Applies, in order: suppress_token_ids, constraints, min_tokens
+        (for penalties, min_tokens and constraints). Applies, in order: suppress_token_ids, constraints, top_a, min_tokens
         (suppress eos/stop ids until reached, unless ignore_eos), logit_bias,
         repetition/frequency/presence penalties, then temperature (0 = greedy), top_k, top_p,
         min_p, and draws. Fast path for batches with no penalties/bias/constraints.
@@ -258,11 +270,13 @@ class Sampler:
         dev = logits.device
         dead: list[int] = []
         for i, s in enumerate(states):
-            if not s.params.constraints:
+            if not s.params.constraints and not s.params.top_a:
                 continue
             row = logits[i]  # [V] view: constraints edit it in place
             for c in s.params.constraints:
                 c.mask_logits(outputs[i], row)
+            if s.params.top_a:
+                top_a_cut(row, s.params.top_a)
             if not bool((row > float("-inf")).any()):
                 dead.append(i)
         if dead:

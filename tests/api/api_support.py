@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
-from gemmaserve.api.state import ServerConfig, ServerState
+from gemmaserve.api.state import ServerState
+from gemmaserve.config import ServerConfig
 from gemmaserve.engine.detokenizer import IncrementalDetokenizer
 from gemmaserve.engine.client import EngineStats
 from gemmaserve.types import FinishReason, RequestOutput, SamplingParams, TokenLogprob, TopLogprob

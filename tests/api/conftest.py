@@ -6,7 +6,7 @@ import pytest
 from api_support import API_KEY, FakeEngine, ServerThread, make_state
 
 from gemmaserve.api.app import create_app
-from gemmaserve.api.auth import hash_key
+from gemmaserve.api.keys import hash_key
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from gemmaserve.api.auth import hash_key, load_key_hashes
+from gemmaserve.api.keys import hash_key, load_key_hashes
 from gemmaserve.api.cli_serve import add_serve_parser, server_config_from_args
 from gemmaserve.api.usage import TokenCounts, usage_object
 

@@ -225,3 +225,25 @@ def test_good_key_and_served_name(auth_server):
     # /models needs no key (as on OpenRouter) and lists the served name.
     r = httpx.get(auth_server.url + "/models")
     assert r.status_code == 200 and r.json()["data"][0]["id"] == "my-gemma"
+
+
+def test_a_registered_error_envelope_shapes_every_error_under_its_paths(demo_tokenizer):
+    """An endpoint family with its own envelope (Anthropic's) registers it once; the skeleton and
+    the app's handlers then write every error under its paths in that shape, others unchanged."""
+    from api_support import FakeEngine, ServerThread, make_state
+
+    from gemmaserve.api.app import create_app
+    from gemmaserve.api.errors import register_error_envelope
+
+    engine = FakeEngine(demo_tokenizer, vocab_size=demo_tokenizer.vocab_size)
+    app = create_app(make_state(demo_tokenizer, engine))
+    register_error_envelope(app, "/v1/", lambda err: {"type": "error", "error": {"type": err.error_type,
+                                                                                  "message": err.message}})
+    with ServerThread(app) as srv:
+        r = httpx.post(srv.root + "/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 404
+        assert r.json() == {"type": "error", "error": {"type": "not_found", "message": "nope is not a valid model ID"}}
+        r = httpx.post(srv.root + "/v1/chat/completions", json={"messages": []})
+        assert r.status_code == 400 and r.json()["type"] == "error"
+        r = httpx.post(srv.root + "/api/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 404 and r.json()["error"]["code"] == 404

@@ -9,9 +9,10 @@ import openai
 import pytest
 import torch
 
-from gemmaserve.api.sampling import TopA
 from gemmaserve.chat.constraints import ThinkingBudget
+from gemmaserve.engine.sampler import Sampler, SamplingState, top_a_cut
 from gemmaserve.structured import GrammarConstraint
+from gemmaserve.types import SamplingParams
 
 MODEL = "google/gemma-4-26b-a4b-it"
 MSGS = [{"role": "user", "content": "Hi"}]
@@ -20,33 +21,37 @@ MSGS = [{"role": "user", "content": "Hi"}]
 def test_top_a_keeps_ids_at_or_above_a_times_pmax_squared():
     probs = torch.tensor([0.5, 0.3, 0.125, 0.075])
     logits = probs.log()
-    TopA(0.5).mask_logits([], logits)  # cut = 0.5 * 0.25 = 0.125: ids 0, 1, 2 stay
+    top_a_cut(logits, 0.5)  # cut = 0.5 * 0.25 = 0.125: ids 0, 1, 2 stay
     assert torch.isfinite(logits).tolist() == [True, True, True, False]
     assert torch.allclose(logits[:3], probs[:3].log())  # survivors unchanged (renormalised later)
     sure = torch.tensor([0.9, 0.05, 0.05]).log()
-    TopA(0.1).mask_logits([], sure)  # cut = 0.081
+    top_a_cut(sure, 0.1)  # cut = 0.081
     assert torch.isfinite(sure).tolist() == [True, False, False]
 
 
 def test_top_a_sees_only_what_earlier_constraints_allowed():
     # ids 0 and 1 masked by a grammar: the cut is relative to the best *allowed* id, which survives.
+    class FirstTwoBanned:
+        def mask_logits(self, output_token_ids, row):
+            row[:2] = float("-inf")
+
     logits = torch.tensor([[5.0, 4.0, 0.0, -1.0, -5.0]])  # allowed probs ~ [.727, .268, .005]: cut .529
-    logits[0, :2] = float("-inf")
-    TopA(1.0).mask_logits([], logits)
-    assert torch.isfinite(logits[0]).tolist() == [False, False, True, False, False]
+    state = SamplingState(SamplingParams(top_a=1.0, constraints=[FirstTwoBanned()]), [], 5, [])
+    out = Sampler(5).process(logits, [state], [[]])
+    assert torch.isfinite(out[0]).tolist() == [False, False, True, False, False]
 
 
-def test_top_a_reaches_the_engine_last(fake, demo_tokenizer):
+def test_top_a_reaches_the_engine(fake, demo_tokenizer):
     client = openai.OpenAI(base_url=fake.url, api_key="unused", max_retries=0)
     client.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=8, response_format={"type": "json_object"},
                                    extra_body={"top_a": 0.2, "reasoning": {"max_tokens": 3}})
-    constraints = fake.engine.calls[-1].params.constraints
-    assert [type(c) for c in constraints] == [ThinkingBudget, GrammarConstraint, TopA]
-    assert constraints[-1].top_a == 0.2
+    params = fake.engine.calls[-1].params
+    # The sampler applies top_a after every constraint (test above).
+    assert [type(c) for c in params.constraints] == [ThinkingBudget, GrammarConstraint] and params.top_a == 0.2
     client.completions.create(model=MODEL, prompt="Hi", max_tokens=2, extra_body={"top_a": 0.7})
-    assert [(type(c), c.top_a) for c in fake.engine.calls[-1].params.constraints] == [(TopA, 0.7)]
+    assert fake.engine.calls[-1].params.top_a == 0.7 and fake.engine.calls[-1].params.constraints == []
     client.completions.create(model=MODEL, prompt="Hi", max_tokens=2, extra_body={"top_a": 0})
-    assert fake.engine.calls[-1].params.constraints == []
+    assert fake.engine.calls[-1].params.top_a == 0.0
 
 
 @pytest.mark.parametrize("fmt", [

@@ -79,12 +79,13 @@ def _serve_in_process(argv: list[str]):
     from api_support import ServerThread
 
     from gemmaserve.api.app import create_app
-    from gemmaserve.api.cli_serve import _engine_loader, server_config_from_args
+    from gemmaserve.api.cli_serve import server_config_from_args
+    from gemmaserve.api.loading import model_loader
     from gemmaserve.api.state import ServerState
     from gemmaserve.cli import build_parser
 
     args = build_parser().parse_args(["serve", *argv])
-    return ServerThread(create_app(ServerState(config=server_config_from_args(args), loader=_engine_loader(args))))
+    return ServerThread(create_app(ServerState(config=server_config_from_args(args), loader=model_loader(args))))
 
 
 def _health(base: str) -> httpx.Response:

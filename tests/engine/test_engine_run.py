@@ -1,12 +1,11 @@
-"""api.run.EngineRun over a real AsyncEngine: deadline waits, the direct path, and cancellation mid-stream frees blocks."""
+"""api.engine_run.EngineRun over a real AsyncEngine: deadline waits, the direct path, and cancellation mid-stream frees blocks."""
 
 import asyncio
 import threading
-from types import SimpleNamespace
 
 from engine_fakes import PagedEchoModel, fake_config
 
-from gemmaserve.api.run import TIMEOUT, EngineRun
+from gemmaserve.api.engine_run import TIMEOUT, EngineRun
 from gemmaserve.config import CacheConfig, EngineConfig, SchedulerConfig
 from gemmaserve.engine.async_engine import AsyncEngine
 from gemmaserve.engine.engine import Engine
@@ -54,7 +53,7 @@ async def test_direct_and_deadline_paths_give_the_same_stream():
     engine, _ = make()
     try:
         ids = []
-        run = EngineRun(SimpleNamespace(engine=engine), [5, 6, 7, 8], greedy(5), "a")
+        run = EngineRun(engine, [5, 6, 7, 8], greedy(5), "a")
         first = await run.next(timeout=5.0)  # the Task + wait path
         ids += first.new_token_ids
         while (out := await run.next()) is not None:  # the direct path
@@ -63,7 +62,7 @@ async def test_direct_and_deadline_paths_give_the_same_stream():
         assert ids == run.last.token_ids and len(ids) == 5
         assert await run.next() is None
         await run.close()
-        ref = EngineRun(SimpleNamespace(engine=engine), [5, 6, 7, 8], greedy(5), "b")
+        ref = EngineRun(engine, [5, 6, 7, 8], greedy(5), "b")
         while (out := await ref.next(timeout=5.0)) is not None:
             assert out is not TIMEOUT
         assert ref.last.token_ids == ids
@@ -75,7 +74,7 @@ async def test_direct_and_deadline_paths_give_the_same_stream():
 async def test_cancel_while_waiting_on_the_direct_path_aborts_and_frees_blocks():
     engine, model = make(SlowModel)
     try:
-        run = EngineRun(SimpleNamespace(engine=engine), list(range(5, 30)), greedy(50), "c")
+        run = EngineRun(engine, list(range(5, 30)), greedy(50), "c")
         model.permits.release()  # prefill: the first token
         first = await run.next(timeout=5.0)
         assert len(first.new_token_ids) == 1 and not first.finished

@@ -1,19 +1,53 @@
-"""What every generation endpoint runs first (model name, provider, engine up) and how it starts
-answering (a whole body, or a stream whose first output decides the status)."""
+"""Admission: what a request passes before any work is done for it, in order: auth (the route
+dependency `require_auth`), the model it names, provider preferences, engine readiness. `admit`
+returns the `Admission` every later step reads (state, response model, key, headers)."""
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Mapping
 
-from starlette.requests import Request
-from starlette.responses import Response
+from fastapi import Request
 
-from gemmaserve.api.errors import APIError, engine_error_to_api
-from gemmaserve.api.run import EngineRun, unless_disconnected
-from gemmaserve.api.sse import SSEResponse
+from gemmaserve.api.errors import APIError
+from gemmaserve.api.keys import matching_digest
 from gemmaserve.api.state import ServerState
 from gemmaserve.protocol.common import SamplingFields
-from gemmaserve.types import EngineError
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A request that passed admission. `key_hash` is the accepted key's digest (None on an open
+    server): the handle a key-limit store reserves against."""
+
+    state: ServerState
+    model: str  # the `model` responses name (the request's variant suffix kept)
+    key_hash: str | None
+    headers: Mapping[str, str]
+
+
+def check_bearer(authorization: str | None, accepted: frozenset[str]) -> str | None:
+    """The accepted digest of the header's key (None on an open server); otherwise raise the
+    OpenRouter 401 bodies (spec §1.3)."""
+    if not accepted:
+        return None
+    if not authorization:
+        raise APIError(401, "No auth credentials found", "authentication")
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise APIError(401, "No auth credentials found", "authentication")
+    digest = matching_digest(key, accepted)
+    if digest is None:
+        raise APIError(401, "User not found.", "authentication")
+    return digest
+
+
+async def require_auth(request: Request) -> None:
+    """FastAPI dependency for the endpoints OpenRouter authenticates; leaves the key's digest on
+    request.state.key_hash for admit()."""
+    state: ServerState = request.app.state.gs
+    request.state.key_hash = check_bearer(request.headers.get("authorization"), state.config.api_key_hashes)
 
 
 def check_model(state: ServerState, req: SamplingFields) -> str | None:
@@ -72,14 +106,14 @@ def check_provider(state: ServerState, req: SamplingFields) -> None:
                        {"param": reason})
 
 
-def admit(request: Request, req: SamplingFields) -> tuple[ServerState, str]:
-    """The app's state and the `model` its responses name (the request's variant kept), once the
-    model, provider preferences and engine readiness all pass."""
+def admit(request: Request, req: SamplingFields) -> Admission:
+    """The Admission of a request whose model, provider preferences and engine readiness all pass
+    (auth already ran as the route's dependency)."""
     state: ServerState = request.app.state.gs
     model = state.config.response_model_for(check_model(state, req))
     check_provider(state, req)
     ensure_ready(state)
-    return state, model
+    return Admission(state, model, getattr(request.state, "key_hash", None), request.headers)
 
 
 def ensure_ready(state: ServerState) -> None:
@@ -91,48 +125,3 @@ def ensure_ready(state: ServerState) -> None:
     if not state.engine.is_ready:
         raise APIError(503, "The inference engine is not ready.", "provider_unavailable",
                        headers={"Retry-After": "5"})
-
-
-# A stream's status line waits at most this long for the engine's first answer: long enough for
-# errors raised at submission (queue full, prompt too long) to get their own status, short enough
-# that a queued client soon sees headers and `: OPENROUTER PROCESSING` comments.
-FIRST_WAIT_S = 1.0
-
-
-async def respond(
-    request: Request,
-    run: EngineRun,
-    *,
-    stream: bool,
-    whole: Callable[[], Awaitable[Response]],
-    frames: Callable[[Any], AsyncIterator[bytes]],
-    keepalive_s: float,
-    gen_id: str,
-) -> Response:
-    """Answer with `whole()` (cancelled if the client leaves), or with an SSE stream of
-    `frames(first)`, where `first` is the first output, or TIMEOUT after `keepalive_s` or
-    FIRST_WAIT_S, whichever is shorter (the stream then starts with a keep-alive comment). The run
-    is closed (its request aborted unless finished) on every path that does not hand it to the stream."""
-    if not stream:
-        try:
-            return await unless_disconnected(request, whole())
-        finally:
-            await run.close()
-    try:
-        # Errors the engine raises up front (queue full, prompt too long) still get their status:
-        # nothing has been sent yet. Past the first keep-alive they go in-band.
-        first = await run.next(timeout=min(keepalive_s, FIRST_WAIT_S))
-    except EngineError as exc:
-        await run.close()
-        raise engine_error_to_api(exc) from None
-    except BaseException:
-        await run.close()
-        raise
-    return SSEResponse(frames(first), headers={"X-Generation-Id": gen_id})
-
-
-async def run_to_end(run: EngineRun) -> None:
-    """Consume outputs until the request finishes (run.last then holds the final one)."""
-    out = await run.next()
-    while out is not None and not out.finished:
-        out = await run.next()

@@ -1,12 +1,10 @@
-"""GET /generation (stored stats), /health and /metrics."""
+"""What a key holder asks about their account: GET /generation (a stored record) and /key."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
 
-from gemmaserve.api.auth import require_auth
+from gemmaserve.api.admission import require_auth
 from gemmaserve.api.errors import APIError
 from gemmaserve.api.state import ServerState
 
@@ -40,26 +38,3 @@ async def key_info(request: Request):
         "creator_user_id": None, "expires_at": None,
         "rate_limit": {"requests": -1, "interval": "10s", "note": "This field is deprecated and safe to ignore."},
     }}
-
-
-@router.get("/health")
-async def health(request: Request):
-    state: ServerState = request.app.state.gs
-    if state.ready:
-        return {"status": "ok"}
-    if state.load_error is not None:
-        return JSONResponse({"status": "error", "error": state.load_error}, status_code=503)
-    status = "loading" if state.engine is None else "unavailable"
-    return JSONResponse({"status": status}, status_code=503)
-
-
-@router.get("/metrics")
-async def metrics(request: Request):
-    state: ServerState = request.app.state.gs
-    stats = None
-    if state.engine is not None:
-        try:
-            stats = state.engine.stats()
-        except Exception:
-            stats = None  # a dead engine still lets the HTTP counters be scraped
-    return Response(state.metrics.render(stats), media_type=CONTENT_TYPE_LATEST)

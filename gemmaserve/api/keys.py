@@ -1,0 +1,38 @@
+"""API keys at rest: the digest a keys file holds for each accepted key, reading that file, and
+checking a presented key against the accepted digests."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def load_key_hashes(path: str | Path) -> frozenset[str]:
+    """One sha256 hex digest per line; blank lines and `#` comments are skipped."""
+    hashes = set()
+    for lineno, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip().lower()
+        if not line:
+            continue
+        if len(line) != 64 or any(c not in "0123456789abcdef" for c in line):
+            raise ValueError(f"{path}:{lineno}: expected a sha256 hex digest (see `gemmaserve hash-key`)")
+        hashes.add(line)
+    if not hashes:
+        raise ValueError(f"{path}: no key hashes found")
+    return frozenset(hashes)
+
+
+def matching_digest(key: str, accepted: frozenset[str]) -> str | None:
+    """The accepted digest `key` hashes to, or None."""
+    digest = hash_key(key)
+    # compare_digest against every entry: no early exit that leaks which prefix matched.
+    found = None
+    for h in accepted:
+        if hmac.compare_digest(digest, h):
+            found = h
+    return found
