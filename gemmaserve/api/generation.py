@@ -192,7 +192,7 @@ async def respond(request: Request, gen: Generation, responder: Responder, *, st
     try:
         gen.run = EngineRun(state.engine, gen.prompt_ids, gen.params, gen.gen_id)
         if not stream:
-            return await _unless_disconnected(request, _whole_response(request, gen, responder))
+            return await unless_disconnected(request, _whole_response(request, gen, responder))
         try:
             first = await gen.run.next(timeout=min(state.config.keepalive_interval_s, FIRST_WAIT_S))
         except EngineError as exc:
@@ -290,7 +290,7 @@ async def _stream(gen: Generation, r: Responder, out: Any) -> AsyncIterator[byte
         gen.close(r, finish, streamed=True, cancelled=True)  # no-op unless the client left first
 
 
-async def _unless_disconnected(request: Request, coro) -> Any:
+async def unless_disconnected(request: Request, coro) -> Any:
     """Await `coro` (a whole, non-streaming response), cancelling it if the client hangs up
     first: its cleanup then aborts the engine request instead of generating for nobody."""
     work = asyncio.ensure_future(coro)

@@ -69,7 +69,12 @@ async def load_in_background(state: ServerState) -> None:
         log.exception("model loading failed")
         state.load_error = f"{type(exc).__name__}: {exc}"
         return
+    install(state, loaded)
+    log.info("model loaded; serving")
+
+
+def install(state: ServerState, loaded: LoadedModel) -> None:
+    """Make `state` serve `loaded`; the engine goes in last, since readiness follows it."""
     state.tokenizer, state.renderer = loaded.tokenizer, loaded.renderer
     state.prompt_encoder, state.grammar = loaded.prompt_encoder, loaded.grammar
-    state.engine = loaded.engine  # last: readiness follows it
-    log.info("model loaded; serving")
+    state.engine = loaded.engine

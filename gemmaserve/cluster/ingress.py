@@ -16,10 +16,10 @@ from typing import Any, Awaitable, Callable, Mapping
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from gemmaserve.api.auth import check_bearer
+from gemmaserve.api.admission import check_bearer
 from gemmaserve.api.body_limit import BodySizeLimit
 from gemmaserve.api.errors import APIError, install_error_handlers
-from gemmaserve.api.run import unless_disconnected
+from gemmaserve.api.generation import unless_disconnected
 from gemmaserve.api.sse import SSEResponse
 from gemmaserve.api.usage import GenerationStore
 from gemmaserve.cluster.endpoints import Endpoint

@@ -32,15 +32,16 @@ class EngineReplica:
         import torch
 
         from gemmaserve.api.app import create_app
-        from gemmaserve.api.cli_serve import _engine_loader, server_config_from_args
+        from gemmaserve.api.cli_serve import server_config_from_args
+        from gemmaserve.api.loading import install, model_loader
         from gemmaserve.api.state import ServerState
 
         torch.set_num_threads(max(1, spec.threads))
         args = argparse.Namespace(**spec.serve_args)
         # The ingress checks keys; the replica answers only the ingress, under its endpoint tag.
         config = dataclasses.replace(server_config_from_args(args), provider_name=spec.tag, api_key_hashes=frozenset())
-        engine, tokenizer, renderer = _engine_loader(args)()
-        self.state = ServerState(config=config, engine=engine, tokenizer=tokenizer, renderer=renderer)
+        self.state = ServerState(config=config)
+        install(self.state, model_loader(args)())
         self.app = create_app(self.state)
         self.tag = spec.tag
         log.info("replica %s ready (pid %d, %d threads)", spec.tag, os.getpid(), spec.threads)

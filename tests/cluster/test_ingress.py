@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "api"))  # api_supp
 from api_support import API_KEY, FakeEngine, ServerThread, make_state  # noqa: E402
 
 from gemmaserve.api.app import create_app  # noqa: E402
-from gemmaserve.api.auth import hash_key  # noqa: E402
+from gemmaserve.api.keys import hash_key  # noqa: E402
 from gemmaserve.cluster.asgi_call import asgi_stream  # noqa: E402
 from gemmaserve.cluster.endpoints import Endpoint  # noqa: E402
 from gemmaserve.cluster.ingress import Ingress, IngressConfig, create_ingress_app  # noqa: E402
