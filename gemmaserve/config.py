@@ -124,6 +124,11 @@ class EngineConfig:
     # Batch-invariant kernels (model.batch_invariant_): a request's tokens do not depend on its batch
     # mates, chunking or prefix-cache hits; slower prefill (README "Deterministic mode").
     deterministic: bool = False
+    # Vision: bytes of projected media embeddings kept for reuse (repeats, preemption, prefix hits;
+    # 256 MiB holds ~40k soft tokens of the real 2816-wide bf16 model), and the patch rows of one
+    # encoder slice between model steps (smaller = finer interleaving with decodes, more overhead).
+    encoder_cache_bytes: int = 256 * 2**20
+    encoder_slice_rows: int = 512
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -138,6 +143,8 @@ class EngineConfig:
         if self.deterministic and torch.device(self.device).type != "cpu":
             raise ValueError("deterministic mode runs on the CPU kernels; use --device cpu")
         torch.device(self.device)  # raises on a malformed device string
+        if self.encoder_cache_bytes < 0 or self.encoder_slice_rows <= 0:
+            raise ValueError("encoder_cache_bytes must be >= 0 and encoder_slice_rows positive")
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -15,6 +15,7 @@ from gemmaserve.engine.request import Request
 from gemmaserve.types import (
     EngineDeadError,
     InvalidRequestError,
+    MediaInput,
     QueueFullError,
     RequestOutput,
     SamplingParams,
@@ -98,6 +99,7 @@ class AsyncEngine:
         self.model_config = engine.model_config
         self.max_model_len: int = engine.max_model_len
         self.vocab_size: int = engine.vocab_size
+        self.takes_media: bool = engine.vision is not None
         mw = self._max_waiting_arg
         self.max_waiting = engine.config.scheduler.max_waiting if mw is None else mw
         self._stats = engine.stats()
@@ -115,10 +117,11 @@ class AsyncEngine:
 
     # -- EngineClient -----------------------------------------------------------------------
     async def generate(
-        self, prompt_token_ids: list[int], params: SamplingParams, request_id: str
+        self, prompt_token_ids: list[int], params: SamplingParams, request_id: str,
+        media: list[MediaInput] | None = None,
     ) -> AsyncIterator[RequestOutput]:
         self._check_alive()
-        req = self.engine.make_request(request_id, prompt_token_ids, params)
+        req = self.engine.make_request(request_id, prompt_token_ids, params, media)
         sink = _Sink(asyncio.get_running_loop())
         with self._lock:
             if request_id in self._sinks:

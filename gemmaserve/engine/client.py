@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
-from gemmaserve.types import RequestOutput, SamplingParams
+from gemmaserve.types import MediaInput, RequestOutput, SamplingParams
 
 
 @dataclass
@@ -24,13 +24,17 @@ class EngineClient(Protocol):
     something for the request, the last with finished=True. Closing the iterator early (client
     gone) aborts the request and frees its KV blocks. Raises QueueFullError when the waiting queue
     is full, PromptTooLongError when prompt + max_tokens cannot fit, InvalidRequestError for
-    sampling values or token ids it cannot run, EngineDeadError when the loop is gone."""
+    sampling values or token ids it cannot run (or media that does not match the prompt's soft-token
+    runs, or media on a model without a vision tower), EngineDeadError when the loop is gone.
+    `media` lists the processed images/videos in prompt order (media/ builds them)."""
 
     max_model_len: int
     vocab_size: int  # the model's logit width
+    takes_media: bool  # the model has a vision tower: images and video are accepted
 
     def generate(
-        self, prompt_token_ids: list[int], params: SamplingParams, request_id: str
+        self, prompt_token_ids: list[int], params: SamplingParams, request_id: str,
+        media: list[MediaInput] | None = None,
     ) -> AsyncIterator[RequestOutput]: ...
 
     async def abort(self, request_id: str) -> None: ...

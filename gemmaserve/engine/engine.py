@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +11,17 @@ import torch
 
 from gemmaserve.config import CPU_DEFAULT_KV_BYTES, EngineConfig
 from gemmaserve.engine.client import EngineStats
+from gemmaserve.engine.encoder_cache import EncoderCache
 from gemmaserve.engine.kv_cache import KVCacheManager, derive_num_blocks, kind_bytes_per_token
 from gemmaserve.engine.model_runner import ModelRunner
+from gemmaserve.engine.multimodal import MediaEncoder, find_spans
 from gemmaserve.engine.request import Request
 from gemmaserve.engine.scheduler import Scheduler
 from gemmaserve.model.config import Gemma4TextConfig
 from gemmaserve.types import (
     FinishReason,
     InvalidRequestError,
+    MediaInput,
     PromptTooLongError,
     RequestOutput,
     SamplingParams,
@@ -45,6 +49,7 @@ class Engine:
         sampler: Any = None,
         sampling_state_cls: Any = None,
         detokenizer_cls: Any = None,
+        vision: Any = None,
     ):
         self.config = config
         self.model_config = model_config
@@ -111,12 +116,23 @@ class Engine:
             # After the runner fused the projections (the fused modules must carry the flag too).
             model.batch_invariant_()
         self._arrivals = 0
+        # Media: the vision encoder (model.vision.VisionEncoder, None = text only), its cache of
+        # embeddings, and the slicing runner; the scheduler releases a finished request's pins.
+        self.vision = vision
+        self.encoder_cache: EncoderCache | None = None
+        self.media_encoder: MediaEncoder | None = None
+        self._step_seconds = 0.0  # the last model step's wall time: the encoder's slice between steps
+        if vision is not None:
+            self.encoder_cache = EncoderCache(config.encoder_cache_bytes)
+            self.media_encoder = MediaEncoder(vision, self.encoder_cache, config.encoder_slice_rows)
+            self.runner.encoder_cache = self.encoder_cache
+            self.scheduler.on_finish = lambda req: self.encoder_cache.release(req.request_id)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "Engine":
         """Load the checkpoint (or its dummy-weight twin) and its tokenizer."""
         from gemmaserve.model.hub import resolve_model_path
-        from gemmaserve.model.loader import CheckpointError, load_model
+        from gemmaserve.model.loader import CheckpointError, load_model, load_vision
         from gemmaserve.tokenizer import Tokenizer
 
         path = Path(resolve_model_path(config.model))
@@ -135,7 +151,9 @@ class Engine:
                 raise CheckpointError(f"{exc}; for random weights pass --dummy-weights") from exc
             raise
         tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
-        return cls(model, model_config, config, tokenizer)
+        vision = load_vision(path, dtype=config.torch_dtype, device=config.device,
+                             dummy_weights=config.dummy_weights, seed=config.seed)
+        return cls(model, model_config, config, tokenizer, vision=vision)
 
     def _default_kv_bytes(self) -> int:
         if self.device.type == "cuda":
@@ -144,8 +162,12 @@ class Engine:
         return CPU_DEFAULT_KV_BYTES
 
     # -- requests ---------------------------------------------------------------------------
-    def make_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> Request:
-        """Validate and build a request without touching engine state (safe from any thread)."""
+    def make_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+        media: list[MediaInput] | None = None,
+    ) -> Request:
+        """Validate and build a request without touching engine state (safe from any thread).
+        `media` are the processed images/videos whose soft-token runs the prompt holds, in order."""
         ids = [int(t) for t in prompt_token_ids]
         if not ids:
             raise InvalidRequestError("the prompt is empty")
@@ -162,15 +184,43 @@ class Engine:
         req = Request(request_id, ids, params, eos, state, detok)
         if params.ignore_eos:
             req.stop_ids = set()
+        if media or self._has_soft_tokens(ids):
+            self._attach_media(req, list(media or []))
         return req
+
+    def _has_soft_tokens(self, ids: list[int]) -> bool:
+        if self.vision is None:
+            return False
+        cfg = self.vision.config
+        return cfg.image_token_id in ids or cfg.video_token_id in ids
+
+    def _attach_media(self, req: Request, media: list[MediaInput]) -> None:
+        if self.vision is None:
+            raise InvalidRequestError("this model has no vision tower: it takes no images or video")
+        cfg = self.vision.config
+        spans = find_spans(req.prompt_token_ids, media, cfg.image_token_id, cfg.video_token_id)
+        budget = self.config.scheduler.max_num_batched_tokens
+        for span in spans:
+            if span.end - span.start > budget:  # a span is computed in one step: it must fit one
+                raise InvalidRequestError(f"an image of {span.end - span.start} soft tokens exceeds the step "
+                                          f"budget max_num_batched_tokens={budget}")
+        if spans and spans[-1].end >= req.num_prompt_tokens:
+            raise InvalidRequestError("the prompt cannot end with media soft tokens")
+        for item in media:
+            if item.position_ids.numel() and int(item.position_ids.max()) >= cfg.position_embedding_size:
+                raise InvalidRequestError("an image is longer than the vision tower's position table")
+        req.media, req.mm_spans, req.mm_ready = media, spans, [False] * len(spans)
 
     def add(self, req: Request) -> None:
         req.arrival = self._arrivals
         self._arrivals += 1
         self.scheduler.add_request(req)
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        self.add(self.make_request(request_id, prompt_token_ids, params))
+    def add_request(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+        media: list[MediaInput] | None = None,
+    ) -> None:
+        self.add(self.make_request(request_id, prompt_token_ids, params, media))
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Abort now, freeing every block; returns the final ABORT output (None if unknown)."""
@@ -192,13 +242,21 @@ class Engine:
     # -- the step ---------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Run one step; returns an output for every request that produced a token or finished."""
+        failed = self._encode_media() if self.media_encoder is not None else []
+        return failed + self._model_step() if failed else self._model_step()
+
+    def _model_step(self) -> list[RequestOutput]:
         sched_out = self.scheduler.schedule()
         if sched_out.is_empty:
+            if self._media_pending():
+                return []  # only media encoding to do: the next step continues it
             return self._fail_unschedulable()
         scored = [s.request for s in sched_out.scheduled if s.completes and not s.samples]  # max_tokens=0
         sampling = [s.request for s in sched_out.scheduled if s.samples]
+        t0 = time.perf_counter()
         try:
             logits = self.runner.execute(sched_out.scheduled)
+            self._step_seconds = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - a failed forward fails its requests, not the loop
             log.exception("forward pass failed")
             outs = []
@@ -228,6 +286,38 @@ class Engine:
                 self.scheduler.finish_request(req, FinishReason.ERROR, error=f"{type(exc).__name__}: {exc}")
                 outputs.append(self._output(req, [], "", None))
         return outputs
+
+    # -- media ------------------------------------------------------------------------------
+    def _media_requests(self) -> list[Request]:
+        sched = self.scheduler
+        return [r for r in list(sched.running) + list(sched.waiting) if r.mm_spans]
+
+    def _media_pending(self) -> bool:
+        return any(not all(r.mm_ready) for r in self._media_requests())
+
+    def _encode_media(self) -> list[RequestOutput]:
+        """Encode what the next prefill chunks need. While other requests can run, the encoder gets
+        about one model step's time per step (so their inter-token latency at most doubles); when
+        every request waits on media, it runs until their media is ready."""
+        requests = self._media_requests()
+        self.media_encoder.cancel_if_orphaned(requests)
+        if not requests:
+            return []
+        sched = self.scheduler
+        others = any(not r.mm_spans or r.clip_chunk(1, 1) > 0 for r in sched.running) or any(
+            not r.mm_spans for r in sched.waiting)
+        deadline = time.perf_counter() + max(self._step_seconds, 1e-3) if others else None
+        failed: list[RequestOutput] = []
+        try:
+            self.media_encoder.run(requests, deadline)
+        except Exception as exc:  # noqa: BLE001 - a failed encode fails the requests waiting on it
+            log.exception("vision encoder failed")
+            self.media_encoder.job = None
+            for req in requests:
+                if not all(req.mm_ready):
+                    sched.finish_request(req, FinishReason.ERROR, error=f"media encoding failed: {exc}")
+                    failed.append(self._output(req, [], "", None))
+        return failed
 
     def _fail_unschedulable(self) -> list[RequestOutput]:
         # Nothing running and the head of the queue still cannot get blocks: it can never run

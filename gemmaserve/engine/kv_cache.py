@@ -21,9 +21,10 @@ from gemmaserve.engine.request import Request
 from gemmaserve.model.config import AttentionKindSpec, Gemma4TextConfig
 
 
-def hash_block(parent: bytes, token_ids: Sequence[int]) -> bytes:
-    """Chained content hash: equal hashes mean equal tokens at equal positions from the start."""
-    return hashlib.sha256(parent + array("q", token_ids).tobytes()).digest()
+def hash_block(parent: bytes, token_ids: Sequence[int], media: bytes = b"") -> bytes:
+    """Chained content hash: equal hashes mean equal tokens (and, for media soft tokens, equal media
+    content and budget via `media`, the keys of the spans in the block) at equal positions from the start."""
+    return hashlib.sha256(parent + array("q", token_ids).tobytes() + media).digest()
 
 
 def kind_bytes_per_token(spec: AttentionKindSpec, dtype_bytes: int) -> int:
@@ -145,7 +146,8 @@ class KVCacheManager:
         while len(hashes) < upto_block:
             i = len(hashes)
             parent = hashes[-1] if hashes else b""
-            hashes.append(hash_block(parent, req.all_token_ids[i * bs : (i + 1) * bs]))
+            media = req.media_hash(i * bs, (i + 1) * bs) if req.mm_spans else b""
+            hashes.append(hash_block(parent, req.all_token_ids[i * bs : (i + 1) * bs], media))
 
     def _first_needed_block(self, kind: str, first_pos: int) -> int:
         """Logical block holding the oldest key that a query at `first_pos` (or later) reads."""
@@ -174,7 +176,9 @@ class KVCacheManager:
                 while i < n and pool.lookup(hashes[i]) is not None:
                     i += 1
                 n = i
-        while n > 0 and not self._sliding_present(hashes, n):
+        # A hit must not end inside an image's soft-token run: the rest of the run would be computed
+        # without its first part in the same pass (the bidirectional block would be lost).
+        while n > 0 and (req.splits_span(n * bs) or not self._sliding_present(hashes, n)):
             n -= 1
         if n == 0:
             return 0

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from gemmaserve.engine.cuda_graph import DEFAULT_MAX_GRAPH_LEN, MIN_GRAPH_WIDTH, DecodeGraphRunner, graphs_supported
+from gemmaserve.engine.multimodal import media_embeddings
 from gemmaserve.engine.scheduler import ScheduledRequest
 from gemmaserve.model.batch import ForwardBatch, KindMetadata
 from gemmaserve.model.config import Gemma4TextConfig
@@ -47,6 +48,8 @@ class ModelRunner:
         self.device = torch.device(device)
         self.kinds = [s.kind for s in config.attention_kinds()]
         self.sampler = sampler
+        # The engine's EncoderCache when the model takes media: prepare() reads soft-token embeddings there.
+        self.encoder_cache: Any = None
         # After execute(): the requests and positions whose next prompt token wants a logprob, and
         # their logits [len(rows), V] (rows past the sampled ones in the forward's logits_indices).
         self.prompt_rows: list[tuple[Any, int]] = []
@@ -114,7 +117,11 @@ class ModelRunner:
             assert min(slots[kind]) >= 0, "a new token was mapped to a released block"
             kinds[kind] = KindMetadata(block_tables=self._dev(block_tables), slot_mapping=self._dev(slot_mapping))
 
+        mm = media_embeddings(scheduled, self.encoder_cache, self.device) if self.encoder_cache is not None else None
         return ForwardBatch(
+            mm_rows=mm[0] if mm else None,  # [M]
+            mm_embeds=mm[1] if mm else None,  # [M, H]
+            mm_blocks=mm[2] if mm else None,
             input_ids=self._dev(torch.tensor(input_ids, dtype=torch.int64)),  # [T]
             positions=self._dev(torch.tensor(positions, dtype=torch.int64)),  # [T]
             query_start_loc=self._dev(torch.tensor(query_start_loc, dtype=torch.int32)),  # [num_seqs + 1]
@@ -137,6 +144,8 @@ class ModelRunner:
         """The graph runner's inputs for a pure-decode step that fits a bucket, else None."""
         if self.graphs is None or not scheduled or any(s.num_new_tokens != 1 for s in scheduled):
             return None
+        if any(getattr(s.request, "mm_spans", None) and s.start < s.request.mm_spans[-1].end for s in scheduled):
+            return None  # a media soft token: its embedding comes from the encoder cache
         if any(s.request.prompt_logprobs is not None and s.start < s.request.num_prompt_tokens - 1 for s in scheduled):
             return None  # a one-token prompt chunk that wants its logprob: the graph returns sampled rows only
         positions = [s.start for s in scheduled]

@@ -62,6 +62,11 @@ class Request:
         )
         # Index into output_token_ids/logprobs of what the last RequestOutput already reported.
         self.num_reported_tokens = 0
+        # Media (engine.multimodal): the processed inputs, their soft-token runs in the prompt (sorted,
+        # disjoint) and whether each run's embeddings are in the encoder cache (pinned for this request).
+        self.media: list[Any] = []
+        self.mm_spans: list[Any] = []
+        self.mm_ready: list[bool] = []
 
     @property
     def scores_only(self) -> bool:
@@ -88,6 +93,35 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
+
+    def clip_chunk(self, n: int, room: int) -> int:
+        """Tokens the next chunk may take, given a proposed `n` and `room` left in the step: never ends
+        inside a media span (its bidirectional block must be computed in one forward pass), never
+        reaches a span whose embeddings are not ready; a span at the chunk's start that is longer
+        than `n` is taken whole when it fits `room` (else 0: it waits for a roomier step)."""
+        start = self.num_computed_tokens
+        end = start + n
+        for i, span in enumerate(self.mm_spans):
+            if span.end <= start:
+                continue
+            if span.start >= end:
+                break
+            if not self.mm_ready[i]:
+                return max(0, span.start - start)
+            if span.end > end:
+                if span.start > start:
+                    return span.start - start
+                return span.end - start if span.end - start <= room else 0
+        return n
+
+    def splits_span(self, pos: int) -> bool:
+        """Whether a chunk boundary at `pos` would fall strictly inside a media span."""
+        return any(span.start < pos < span.end for span in self.mm_spans)
+
+    def media_hash(self, lo: int, hi: int) -> bytes:
+        """Keys of the media spans overlapping positions [lo, hi): the prefix cache mixes them into
+        block hashes (equal token ids with other pixels are another prefix)."""
+        return b"".join(span.key for span in self.mm_spans if span.start < hi and span.end > lo)
 
     def append_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)

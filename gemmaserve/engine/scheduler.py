@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from gemmaserve.config import SchedulerConfig
 from gemmaserve.engine.kv_cache import KVCacheManager
@@ -70,6 +71,9 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        # Called once for every request that finishes, on any path, after its blocks are freed (the
+        # engine releases the request's encoder-cache pins there).
+        self.on_finish: Callable[[Request], None] | None = None
 
     # -- queue management -------------------------------------------------------------------
     def add_request(self, req: Request) -> None:
@@ -115,6 +119,8 @@ class Scheduler:
         self.kv.free(req)
         req.finish(reason, stop_reason, error)
         self.requests.pop(req.request_id, None)
+        if self.on_finish is not None:
+            self.on_finish(req)
 
     def abort_request(self, request_id: str) -> Request | None:
         req = self.requests.get(request_id)
@@ -146,8 +152,10 @@ class Scheduler:
                 continue  # preempted earlier in this step
             is_prefill = req.num_remaining > 1
             n = min(req.num_remaining, budget, chunk, prefill_budget if is_prefill else 1)
+            if req.mm_spans and n:
+                n = req.clip_chunk(n, min(budget, prefill_budget))
             if n == 0:
-                continue  # the prefill cap is spent: this prompt continues next step
+                continue  # the prefill cap is spent (or media is not encoded yet): next step
             while not self.kv.allocate_slots(req, n):
                 victim = self._victim()
                 self._preempt(victim)
@@ -184,6 +192,12 @@ class Scheduler:
                 continue
             cached = self.kv.acquire_prefix(req)
             n = min(req.num_remaining, budget, chunk)
+            if req.mm_spans:
+                n = req.clip_chunk(n, budget)
+                if n == 0:  # its next media span is not encoded yet (or needs a roomier step)
+                    self.kv.free(req)
+                    req.num_computed_tokens = 0
+                    break
             if not self.kv.allocate_slots(req, n):
                 self.kv.free(req)  # hands back the prefix blocks it just took
                 req.num_computed_tokens = 0

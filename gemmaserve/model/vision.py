@@ -36,6 +36,8 @@ class Gemma4VisionConfig:
     rms_norm_eps: float = 1e-6
     standardize: bool = True
     text_hidden_size: int = 2816  # embed_vision's output width
+    image_token_id: int = 258_880  # the soft-token ids the embeddings replace (config.json top level)
+    video_token_id: int = 258_884
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "Gemma4VisionConfig | None":
@@ -61,6 +63,8 @@ class Gemma4VisionConfig:
             rms_norm_eps=float(vc.get("rms_norm_eps", 1e-6)),
             standardize=bool(vc.get("standardize", True)),
             text_hidden_size=int(raw["text_config"]["hidden_size"]),
+            image_token_id=int(raw.get("image_token_id", 258_880)),
+            video_token_id=int(raw.get("video_token_id", 258_884)),
         )
 
     @property
@@ -91,24 +95,21 @@ class _VisionAttention(nn.Module):
         self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dtype, device)
         self.k_norm = RMSNorm(d, cfg.rms_norm_eps, dtype, device)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...], lengths: list[int]) -> torch.Tensor:
-        # x [P, H] (the patches of several images end to end) -> [P, H]
-        p, n, d = x.shape[0], self.num_heads, self.head_dim
-        q = _axial_rope(rms_norm(self.q_proj(x).view(p, n, d), self.q_norm.weight, self.eps), rope)  # [P, n, d]
-        k = _axial_rope(rms_norm(self.k_proj(x).view(p, n, d), self.k_norm.weight, self.eps), rope)
-        v = rms_norm(self.v_proj(x).view(p, n, d), None, self.eps)
-        out = torch.empty_like(q)
-        start = 0
-        # Each image attends bidirectionally over its own valid patches only: the reference's padded
-        # run masks padding keys and drops padded queries, so the unpadded run gives the same rows.
-        for n_p in lengths:
-            sl = slice(start, start + n_p)
-            o = F.scaled_dot_product_attention(
-                q[sl].transpose(0, 1)[None], k[sl].transpose(0, 1)[None], v[sl].transpose(0, 1)[None], scale=1.0
-            )  # [1, n, P_i, d]
-            out[sl] = o[0].transpose(0, 1)
-            start += n_p
-        return self.o_proj(out.reshape(p, n * d))
+    def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """x [R, H] -> q, k, v [R, n, d]: q/k RMSNorm with weight then axial RoPE, v weightless norm."""
+        r, n, d = x.shape[0], self.num_heads, self.head_dim
+        q = _axial_rope(rms_norm(self.q_proj(x).view(r, n, d), self.q_norm.weight, self.eps), rope)
+        k = _axial_rope(rms_norm(self.k_proj(x).view(r, n, d), self.k_norm.weight, self.eps), rope)
+        return q, k, rms_norm(self.v_proj(x).view(r, n, d), None, self.eps)
+
+    @staticmethod
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """One image's patches [P_i, n, d] each, bidirectional, scale 1.0 -> [P_i, n, d]. Only valid
+        patches: the reference's padded run masks padding keys and drops padded queries, so the
+        unpadded run gives the same rows."""
+        o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
+                                           v.transpose(0, 1)[None], scale=1.0)  # [1, n, P_i, d]
+        return o[0].transpose(0, 1)
 
 
 class _VisionMLP(nn.Module):
@@ -136,10 +137,32 @@ class _VisionLayer(nn.Module):
         self.pre_feedforward_layernorm = RMSNorm(h, eps, dtype, device)
         self.post_feedforward_layernorm = RMSNorm(h, eps, dtype, device)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...], lengths: list[int]) -> torch.Tensor:
-        a = self.self_attn(self.input_layernorm(x), rope, lengths)
-        x = x + self.post_attention_layernorm(a)
-        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+    def steps(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...], lengths: list[int], rows: int):
+        """The layer on x [P, H] in slices of at most `rows` rows (projections, MLP) or one image
+        (attention), yielding between slices; returns the new [P, H]. Every op is row-independent,
+        so slices agree with the whole-tensor run up to the matmul kernels' summation order."""
+        p, attn = x.shape[0], self.self_attn
+        n, d = attn.num_heads, attn.head_dim
+        q, k, v = (x.new_empty(p, n, d) for _ in range(3))
+        for a in range(0, p, rows):
+            b = min(a + rows, p)
+            q[a:b], k[a:b], v[a:b] = attn.project(self.input_layernorm(x[a:b]), tuple(t[a:b] for t in rope))
+            yield
+        o = torch.empty_like(q)
+        start = 0
+        for n_p in lengths:
+            sl = slice(start, start + n_p)
+            o[sl] = attn.attend(q[sl], k[sl], v[sl])
+            start += n_p
+            yield
+        del q, k, v
+        out = torch.empty_like(x)
+        for a in range(0, p, rows):
+            b = min(a + rows, p)
+            h = x[a:b] + self.post_attention_layernorm(attn.o_proj(o[a:b].reshape(b - a, n * d)))
+            out[a:b] = h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+            yield
+        return out
 
 
 class _PatchEmbedder(nn.Module):
@@ -178,15 +201,16 @@ class Gemma4VisionTower(nn.Module):
         inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, spatial, 2, dtype=torch.float) / spatial))
         self.register_buffer("inv_freq", inv.to(device), persistent=False)
 
-    def forward(self, pixels: torch.Tensor, positions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """pixels [P, 768] fp32, positions [P, 2] int64 for the valid patches of several images end to
-        end (lengths[i] patches each, a multiple of 9) -> [sum(lengths) / 9, H] pooled, standardized
-        soft tokens in the weight dtype, row-major over each image's pooled grid."""
+    def steps(self, pixels: torch.Tensor, positions: torch.Tensor, lengths: list[int], rows: int = 1 << 30):
+        """Generator: pixels [P, 768] fp32, positions [P, 2] int64 for the valid patches of several
+        images end to end (lengths[i] patches each, a multiple of 9); yields between slices of work
+        (see _VisionLayer.steps) and returns [sum(lengths) / 9, H] pooled, standardized soft tokens
+        in the weight dtype, row-major over each image's pooled grid."""
         cfg = self.config
         x = self.patch_embedder(pixels, positions)  # [P, H]
         rope = self._rope(positions, x.dtype)
         for layer in self.encoder.layers:
-            x = layer(x, rope, lengths)
+            x = yield from layer.steps(x, rope, lengths, rows)
         k = cfg.pooling_kernel_size
         pooled = []
         start = 0
@@ -249,17 +273,32 @@ class VisionEncoder(nn.Module):
     def device(self) -> torch.device:
         return self.embed_vision.embedding_projection.weight.device
 
-    @torch.no_grad()
     def encode(self, pixels: torch.Tensor, positions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """See Gemma4VisionTower.forward; returns [sum(lengths) / 9, text_hidden] in the weight dtype."""
+        """See Gemma4VisionTower.steps; returns [sum(lengths) / 9, text_hidden] in the weight dtype."""
+        job = self.encode_steps(pixels, positions, lengths)
+        with torch.inference_mode():
+            while True:
+                try:
+                    next(job)
+                except StopIteration as done:
+                    return done.value
+
+    def encode_steps(self, pixels: torch.Tensor, positions: torch.Tensor, lengths: list[int], rows: int = 1 << 30):
+        """The same work as a generator that yields between slices of at most `rows` patch rows (or
+        one image's attention), so a caller can interleave it with other work; returns what encode
+        returns. Inputs are checked before the first slice. The caller runs each slice under
+        torch.inference_mode() (a context entered inside a generator would leak across its yields)."""
         bad = [n for n in lengths if n <= 0 or n % self.config.pooling_kernel_size**2]
         if bad or sum(lengths) != pixels.shape[0] or positions.shape != (pixels.shape[0], 2):
             raise ValueError(f"patch counts {lengths} do not fit pixels {tuple(pixels.shape)}")
         if positions.numel() and int(positions.max()) >= self.config.position_embedding_size:
             raise ValueError(f"an image {int(positions.max()) + 1} patches long exceeds the vision tower's "
                              f"position table ({self.config.position_embedding_size})")
-        dev = self.device
-        return self.embed_vision(self.vision_tower(pixels.to(dev), positions.to(dev).long(), lengths))
+        return self._steps(pixels.to(self.device), positions.to(self.device).long(), lengths, rows)
+
+    def _steps(self, pixels: torch.Tensor, positions: torch.Tensor, lengths: list[int], rows: int):
+        h = yield from self.vision_tower.steps(pixels, positions, lengths, rows)
+        return self.embed_vision(h)
 
     @torch.no_grad()
     def init_random_(self, seed: int = 0) -> "VisionEncoder":

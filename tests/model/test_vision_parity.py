@@ -184,3 +184,26 @@ def test_bf16_features_close(ckpt):
     got = _ours(vision16, pv, pos, tokens).float()
     assert got.dtype == torch.float32 and got.shape == want.shape
     torch.testing.assert_close(got, want, atol=5e-2, rtol=5e-2)
+
+
+def test_sliced_encoding_equals_whole(ckpt):
+    """The generator form (slices of 7 rows, one image's attention per slice) gives the same values
+    (up to the matmul kernels' summation order for other row counts)."""
+    _, _, _, _, vision = ckpt
+    pv, pos, tokens = _hf_pixels([_image(200, 150, 1), _image(60, 90, 2)], 70)
+    valid = (pos != -1).all(-1)
+    pix = torch.cat([pv[i][valid[i]] for i in range(2)])
+    ps = torch.cat([pos[i][valid[i]] for i in range(2)])
+    whole = vision.encode(pix, ps, [9 * n for n in tokens])
+    job = vision.encode_steps(pix, ps, [9 * n for n in tokens], rows=7)
+    slices = 0
+    with torch.inference_mode():
+        while True:
+            try:
+                next(job)
+                slices += 1
+            except StopIteration as done:
+                got = done.value
+                break
+    assert slices > 2 * vision.config.num_hidden_layers
+    torch.testing.assert_close(got, whole, atol=1e-5, rtol=1e-5)
