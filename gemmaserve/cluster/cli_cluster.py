@@ -27,6 +27,8 @@ def _add_options(p: argparse.ArgumentParser) -> None:
                    help="let Ray Serve grow each replica endpoint up to this many copies on queue depth")
     p.add_argument("--autoscale-target", type=float, default=16.0,
                    help="target ongoing requests per copy when autoscaling (Serve's target_ongoing_requests)")
+    p.add_argument("--no-sticky", action="store_true",
+                   help="no sticky sessions (each request balanced afresh; for measuring what stickiness buys)")
     p.add_argument("--providers", help="JSON providers file of upstream endpoints (see README)")
     p.add_argument("--address", help="join this Ray cluster (e.g. 'auto' after `ray start --head`); "
                    "default: start a local one")
@@ -94,7 +96,7 @@ def spec_from_args(args: argparse.Namespace):
         threads_per_replica=args.threads_per_replica, gpus_per_replica=args.gpus_per_replica,
         autoscaling=autoscaling, upstream=upstream, model_ids=models,
         ingress=IngressConfig(default_model=args.served_model_name, api_key_hashes=server.api_key_hashes,
-                              max_body_bytes=args.max_body_bytes),
+                              max_body_bytes=args.max_body_bytes, sticky_ttl_s=0.0 if args.no_sticky else 600.0),
         context_length=args.max_model_len or 262_144, quantization=args.quantization or "bf16",
         prompt_price_per_m=args.prompt_price, completion_price_per_m=args.completion_price,
     )

@@ -111,10 +111,8 @@ def build_app(spec: ClusterSpec) -> Any:
     return ingress.bind(spec, *bound)
 
 
-def app_builder(args: dict[str, Any]) -> Any:
-    """For `serve run gemmaserve.cluster.deploy:app_builder key=value ...` and RayService
-    `import_path`: `args` holds `cluster serve` options by their long names (model, replicas,
-    cpus_per_replica, threads_per_replica, gpus_per_replica, providers, autoscale_max, ...)."""
+def spec_from_config(args: dict[str, Any]) -> ClusterSpec:
+    """A ClusterSpec from `cluster serve` options given by long name (a Serve config's `args`)."""
     from gemmaserve.cluster.cli_cluster import build_parser, spec_from_args
 
     argv = []
@@ -124,5 +122,11 @@ def app_builder(args: dict[str, Any]) -> Any:
             argv.append(flag)
         elif value not in (False, None, "false"):
             argv += [flag, str(value)]
-    return build_app(spec_from_args(build_parser().parse_args(argv)))
+    return spec_from_args(build_parser().parse_args(argv))
 
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """For `serve run|deploy` configs and KubeRay RayService: `import_path:
+    gemmaserve.cluster.deploy:app_builder` with `cluster serve` options as `args` (model,
+    replicas, cpus_per_replica, threads_per_replica, gpus_per_replica, autoscale_max, providers, ...)."""
+    return build_app(spec_from_config(args))

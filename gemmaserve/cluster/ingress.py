@@ -42,6 +42,7 @@ class IngressConfig:
     probe_interval_s: float = 1.0  # how often each replica's health is asked
     probe_timeout_s: float = 3.0  # a probe unanswered this long marks the endpoint down
     cooldown_s: float = 30.0  # a failed endpoint goes to the back of the line this long
+    sticky_ttl_s: float = 600.0  # a session stays on its endpoint this long unused; 0 = no stickiness
     max_stored_generations: int = 10_000
 
 
@@ -55,7 +56,7 @@ class Ingress:
         self.config = config
         self.endpoints = endpoints
         self.stats = StatsBook()
-        self.router = Router(endpoints, self.stats, cooldown_s=config.cooldown_s)
+        self.router = Router(endpoints, self.stats, cooldown_s=config.cooldown_s, sticky_ttl_s=config.sticky_ttl_s)
         self.generations = GenerationStore(config.max_stored_generations)
         self.forwarder = Forwarder(self.router, self.stats, transports, self._store)
         self.transports = transports

@@ -216,7 +216,7 @@ class Router:
 
     def served(self, req: RouteRequest, ep: Endpoint, now: float) -> None:
         """Remember that `ep` answered this session, so its next turn goes there too."""
-        if req.session_key is None:
+        if req.session_key is None or self.sticky_ttl_s <= 0:
             return
         self._sticky[req.session_key] = (ep.tag, now)
         if len(self._sticky) > 100_000:  # bound memory: drop the expired, then the oldest half
