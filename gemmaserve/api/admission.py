@@ -47,7 +47,16 @@ async def require_auth(request: Request) -> None:
     """FastAPI dependency for the endpoints OpenRouter authenticates; leaves the key's digest on
     request.state.key_hash for admit()."""
     state: ServerState = request.app.state.gs
-    request.state.key_hash = check_bearer(request.headers.get("authorization"), state.config.api_key_hashes)
+    request.state.key_hash = check_bearer(authorization(request.headers), state.config.api_key_hashes)
+
+
+def authorization(headers: Mapping[str, str]) -> str | None:
+    """The Authorization header, or Anthropic's `x-api-key` as a Bearer credential (Anthropic's SDK
+    and Claude Code send either)."""
+    auth = headers.get("authorization")
+    if not auth and headers.get("x-api-key"):
+        return f"Bearer {headers['x-api-key']}"
+    return auth
 
 
 def check_model(state: ServerState, req: SamplingFields) -> str | None:

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gemmaserve.api import account, chat_completions, completions, health, models
+from gemmaserve.api import account, chat_completions, completions, health, messages, models, responses
 from gemmaserve.api.body_limit import BodySizeLimit
 from gemmaserve.api.errors import install_error_handlers
 from gemmaserve.api.loading import load_in_background
@@ -15,7 +15,8 @@ from gemmaserve.api.state import ServerState
 
 _KNOWN_PATHS = {
     "/api/v1/chat/completions", "/v1/chat/completions", "/api/v1/completions", "/v1/completions",
-    "/api/v1/models", "/v1/models", "/api/v1/generation", "/v1/generation", "/health", "/metrics",
+    "/api/v1/responses", "/v1/responses", "/api/v1/messages", "/v1/messages", "/api/v1/messages/count_tokens",
+    "/v1/messages/count_tokens", "/api/v1/models", "/v1/models", "/api/v1/generation", "/v1/generation", "/health", "/metrics",
 }
 
 
@@ -63,8 +64,9 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="gemmaserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gs = state
     install_error_handlers(app)
-    for module in (chat_completions, completions, models, account, health):
+    for module in (chat_completions, completions, responses, models, account, health):
         app.include_router(module.router)
+    messages.register(app)
     app.add_middleware(BodySizeLimit, max_bytes=state.config.max_body_bytes)
     app.add_middleware(RequestMetrics, state=state)
     return app

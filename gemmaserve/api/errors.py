@@ -66,6 +66,14 @@ class APIError(Exception):
         }
 
 
+def translated(convert: Callable[[Any], Any], req: Any) -> Any:
+    """`convert(req)` (a wire-format translator); a FieldError it raises becomes a 400 naming the field."""
+    try:
+        return convert(req)
+    except FieldError as exc:
+        raise APIError(400, f"Invalid value for '{exc.param}': {exc}", "invalid_request", {"param": exc.param}) from None
+
+
 def engine_error_to_api(exc: EngineError) -> APIError:
     """Map the engine's typed errors (types.py) onto statuses."""
     if isinstance(exc, PromptTooLongError):
@@ -123,8 +131,8 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     field = _field_path(tuple(first.get("loc", ())))
     msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     blamed = (first.get("ctx") or {}).get("error")
-    if not field and isinstance(blamed, FieldError):  # a cross-field check that names its field
-        field = blamed.param
+    if isinstance(blamed, FieldError):  # a cross-field check that names its field
+        field = f"{field}.{blamed.param}" if field else blamed.param
     if not field:
         return f"Invalid request body: {msg}", None
     if first.get("type") == "missing":

@@ -17,6 +17,11 @@ def sse_data(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n\n"
 
 
+def sse_event(obj: dict[str, Any]) -> bytes:
+    """An `event:`-typed frame (Responses, Anthropic Messages): the event name is the object's type."""
+    return f"event: {obj['type']}\n".encode("utf-8") + sse_data(obj)
+
+
 class SSEResponse(StreamingResponse):
     """text/event-stream whose body generator is closed on every exit.
 

@@ -108,7 +108,7 @@ class ToolChoice(_Block):
 
 
 class Thinking(_Block):
-    type: Literal["enabled", "disabled", "adaptive"]
+    type: Literal["enabled", "disabled", "adaptive", "between_tools"]
     budget_tokens: Annotated[int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
@@ -116,6 +116,17 @@ class Thinking(_Block):
         if self.type == "enabled" and self.budget_tokens is None:
             raise FieldError("budget_tokens", "thinking type 'enabled' needs 'budget_tokens'")
         return self
+
+
+class JsonOutputFormat(_Block):
+    type: Literal["json_schema"]
+    # "schema" shadows a BaseModel attribute, hence the alias.
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Block):
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    format: JsonOutputFormat | None = None
 
 
 class Metadata(_Block):
@@ -134,6 +145,7 @@ class MessagesBody(BaseModel):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
     provider: dict[str, Any] | None = None
     session_id: Annotated[str, Field(max_length=256)] | None = None
 

@@ -135,7 +135,13 @@ def to_chat_request(req: MessagesBody) -> ChatCompletionRequest:
             body["parallel_tool_calls"] = False
     if req.thinking is not None:
         body["reasoning"] = ({"max_tokens": req.thinking.budget_tokens} if req.thinking.type == "enabled"
-                             else {"enabled": req.thinking.type == "adaptive"})
+                             else {"enabled": req.thinking.type != "disabled"})
+    out = req.output_config
+    if out is not None and out.effort is not None and body.get("reasoning", {}).get("enabled") is True:
+        body["reasoning"]["effort"] = out.effort  # adaptive thinking: the effort sets its share of max_tokens
+    if out is not None and out.format is not None:
+        body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": "output", "schema": out.format.json_schema, "strict": True}}
     if isinstance(req, MessagesRequest):
         if req.thinking is not None and req.thinking.type == "enabled" \
                 and req.thinking.budget_tokens >= req.max_tokens:  # type: ignore[operator]

@@ -60,6 +60,12 @@ def test_thinking_maps_to_reasoning_budget():
     assert chat({"messages": msgs, "thinking": {"type": "disabled"}})["reasoning"]["enabled"] is False
     assert chat({"messages": msgs, "thinking": {"type": "adaptive"}})["reasoning"]["enabled"] is True
     assert "reasoning" not in chat({"messages": msgs})
+    adaptive = chat({"messages": msgs, "thinking": {"type": "adaptive"}, "output_config": {"effort": "low"}})
+    assert (adaptive["reasoning"]["enabled"], adaptive["reasoning"]["effort"]) == (True, "low")
+    assert chat({"messages": msgs, "thinking": {"type": "between_tools"}})["reasoning"]["enabled"] is True
+    fmt = chat({"messages": msgs, "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}})
+    assert fmt["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "output", "json_schema": {"type": "object"}, "strict": True}}
 
 
 def test_count_tokens_body_needs_no_max_tokens():
