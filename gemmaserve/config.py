@@ -274,6 +274,9 @@ class ServerConfig:
     max_stored_generations: int = 10_000
     quantization: str | None = None  # reported on the endpoints listing
     max_completion_tokens: int | None = 32768  # advertised in /models top_provider
+    # Response cache (X-OpenRouter-Cache): bounded in entries and bytes, least recently used out first.
+    response_cache_entries: int = 1024
+    response_cache_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.keepalive_interval_s <= 0:

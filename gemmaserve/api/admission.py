@@ -10,7 +10,7 @@ from typing import Mapping
 from fastapi import Request
 
 from gemmaserve.api.errors import APIError
-from gemmaserve.api.keys import matching_digest
+from gemmaserve.api.keys import authorization, matching_digest
 from gemmaserve.api.state import ServerState
 from gemmaserve.protocol.common import SamplingFields
 
@@ -49,14 +49,6 @@ async def require_auth(request: Request) -> None:
     state: ServerState = request.app.state.gs
     request.state.key_hash = check_bearer(authorization(request.headers), state.config.api_key_hashes)
 
-
-def authorization(headers: Mapping[str, str]) -> str | None:
-    """The Authorization header, or Anthropic's `x-api-key` as a Bearer credential (Anthropic's SDK
-    and Claude Code send either)."""
-    auth = headers.get("authorization")
-    if not auth and headers.get("x-api-key"):
-        return f"Bearer {headers['x-api-key']}"
-    return auth
 
 
 def check_model(state: ServerState, req: SamplingFields) -> str | None:

@@ -49,6 +49,7 @@ from gemmaserve.api.accounting import Outcome
 from gemmaserve.api.admission import Admission
 from gemmaserve.api.engine_run import TIMEOUT, EngineRun, run_to_end
 from gemmaserve.api.errors import APIError, engine_error_to_api, error_response
+from gemmaserve.api.response_cache import CacheSlot, open_slot
 from gemmaserve.api.sse import DONE, KEEPALIVE, SSEResponse
 from gemmaserve.api.state import ServerState
 from gemmaserve.api.usage import TokenCounts
@@ -188,11 +189,14 @@ async def respond(request: Request, gen: Generation, responder: Responder, *, st
     submission still get their own status."""
     state = gen.state
     assert state.engine is not None
+    slot = await open_slot(request, gen, stream)
+    if slot is not None and (hit := slot.lookup()) is not None:
+        return slot.replay(hit, gen.gen_id, stream)  # no engine, no ledger: a hit is not billed
     state.ledger.open(gen)
     try:
         gen.run = EngineRun(state.engine, gen.prompt_ids, gen.params, gen.gen_id)
         if not stream:
-            return await unless_disconnected(request, _whole_response(request, gen, responder))
+            return await unless_disconnected(request, _whole_response(request, gen, responder, slot))
         try:
             first = await gen.run.next(timeout=min(state.config.keepalive_interval_s, FIRST_WAIT_S))
         except EngineError as exc:
@@ -210,7 +214,12 @@ async def respond(request: Request, gen: Generation, responder: Responder, *, st
             gen.close(responder, Finish(None, None) if cancelled else Finish("error", "error"),
                       streamed=stream, cancelled=cancelled, error=err)
         raise
-    return SSEResponse(_stream(gen, responder, first), headers={"X-Generation-Id": gen.gen_id})
+    frames = _stream(gen, responder, first)
+    headers = {"X-Generation-Id": gen.gen_id}
+    if slot is not None:
+        frames = slot.captured(frames, gen, responder.keepalive)
+        headers.update(slot.miss_headers())
+    return SSEResponse(frames, headers=headers)
 
 
 async def generate_whole(gen: Generation, responder: Responder) -> dict[str, Any]:
@@ -240,12 +249,17 @@ async def generate_whole(gen: Generation, responder: Responder) -> dict[str, Any
         await run.close()
 
 
-async def _whole_response(request: Request, gen: Generation, responder: Responder) -> Response:
+async def _whole_response(request: Request, gen: Generation, responder: Responder,
+                          slot: CacheSlot | None = None) -> Response:
     try:
         body = await generate_whole(gen, responder)
     except APIError as err:
         return error_response(err, request)
-    return JSONResponse(body, headers={"X-Generation-Id": gen.gen_id})
+    headers = {"X-Generation-Id": gen.gen_id}
+    if slot is not None:
+        slot.keep_body(body, gen)
+        headers.update(slot.miss_headers())
+    return JSONResponse(body, headers=headers)
 
 
 async def _stream(gen: Generation, r: Responder, out: Any) -> AsyncIterator[bytes]:

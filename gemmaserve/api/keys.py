@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from pathlib import Path
+from typing import Mapping
 
 
 def hash_key(key: str) -> str:
@@ -36,3 +37,12 @@ def matching_digest(key: str, accepted: frozenset[str]) -> str | None:
         if hmac.compare_digest(digest, h):
             found = h
     return found
+
+
+def authorization(headers: Mapping[str, str]) -> str | None:
+    """The Authorization header, or Anthropic's `x-api-key` as a Bearer credential (Anthropic's SDK
+    and Claude Code send either)."""
+    auth = headers.get("authorization")
+    if not auth and headers.get("x-api-key"):
+        return f"Bearer {headers['x-api-key']}"
+    return auth

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from gemmaserve.api.accounting import Ledger, MemoryLedger
 from gemmaserve.api.metrics import ServerMetrics
+from gemmaserve.api.response_cache import ResponseCache
 from gemmaserve.api.usage import GenerationStore
 from gemmaserve.config import ServerConfig
 from gemmaserve.engine.client import EngineClient
@@ -35,6 +36,7 @@ class ServerState:
     grammar: Any = None
     generations: GenerationStore = field(default_factory=GenerationStore)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    response_cache: ResponseCache = field(default_factory=ResponseCache)
     # Where generations are recorded and charged (accounting.py); a durable store replaces it.
     ledger: Ledger | None = None
     # Builds the LoadedModel in a worker thread at startup when the app is created before the
@@ -44,6 +46,7 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.generations = GenerationStore(self.config.max_stored_generations)
+        self.response_cache = ResponseCache(self.config.response_cache_entries, self.config.response_cache_bytes)
         if self.ledger is None:
             self.ledger = MemoryLedger(self.config, self.generations, self.metrics)
         if self.prompt_encoder is None and self.tokenizer is not None and self.renderer is not None:
