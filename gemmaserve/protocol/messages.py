@@ -72,7 +72,8 @@ ContentBlock = Annotated[
 
 
 class Message(_Block):
-    role: Literal["user", "assistant"]
+    # "system" mid-conversation: Claude Code sends it (its mid-conversation-system beta).
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
 
 

@@ -108,6 +108,8 @@ def _messages(req: MessagesBody) -> list[dict[str, Any]]:
         where = f"messages[{i}].content"
         if m.role == "user":
             messages += _user_turn(blocks, where)
+        elif m.role == "system":
+            messages.append({"role": "system", "content": "".join(b.text for b in blocks if isinstance(b, TextBlock))})
         else:
             messages.append(_assistant_turn(blocks, where))
     return messages

@@ -68,6 +68,12 @@ def test_thinking_maps_to_reasoning_budget():
         "name": "output", "json_schema": {"type": "object"}, "strict": True}}
 
 
+def test_mid_conversation_system_message():
+    c = chat({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": [{"type": "text", "text": "S"}]},
+                           {"role": "user", "content": "b"}]})
+    assert [m["role"] for m in c["messages"]] == ["user", "system", "user"] and c["messages"][1]["content"] == "S"
+
+
 def test_count_tokens_body_needs_no_max_tokens():
     c = to_chat_request(CountTokensRequest.model_validate({"messages": [{"role": "user", "content": "x"}]}))
     assert c.max_tokens is None and c.messages is not None
@@ -76,7 +82,7 @@ def test_count_tokens_body_needs_no_max_tokens():
 @pytest.mark.parametrize("body, field", [
     ({"messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
     ({"max_tokens": 5, "messages": []}, "messages"),
-    ({"max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "messages"),
+    ({"max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]}, "messages"),
     ({"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "bogus"}]}]}, "messages"),
 ])
 def test_schema_errors_name_the_field(body, field):
