@@ -1,4 +1,4 @@
-"""Command line: `gemmaserve generate | make-demo-model | serve` — parse args, build configs, run."""
+"""Command line: `gemmaserve generate | make-demo-model | quantize | serve` — parse args, build configs, run."""
 
 from __future__ import annotations
 
@@ -43,11 +43,21 @@ def add_make_demo_parser(subparsers) -> None:
     p.set_defaults(func=run_make_demo)
 
 
+def add_quantize_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "quantize", help="write a 4-bit (compressed-tensors W4A16 pack-quantized) copy of a bf16 checkpoint")
+    p.add_argument("src", help="checkpoint directory (safetensors)")
+    p.add_argument("dst", help="output directory")
+    p.add_argument("--group-size", type=int, default=None, help="weights per scale (default: ops.int4.GROUP_SIZE)")
+    p.set_defaults(func=run_quantize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gemmaserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_generate_parser(sub)
     add_make_demo_parser(sub)
+    add_quantize_parser(sub)
     try:  # the API teammate owns `serve`; the CLI still works where the API is not installed
         from gemmaserve.api.cli_serve import add_serve_parser
     except ImportError:
@@ -132,6 +142,18 @@ def run_make_demo(args: argparse.Namespace) -> int:
     if args.size == "26b-a4b":
         print(f"no weights were written (the 26B-A4B shape is ~50 GB); serve it with random weights:\n"
               f"  gemmaserve serve --model {path} --dummy-weights", file=sys.stderr)
+    return 0
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from gemmaserve.model.ct_checkpoint import quantize_checkpoint
+    from gemmaserve.ops.int4 import GROUP_SIZE
+
+    group = args.group_size or GROUP_SIZE
+    if group < 32 or group % 32:
+        raise ValueError(f"--group-size must be a positive multiple of 32, got {group}")
+    out = quantize_checkpoint(args.src, args.dst, group, progress=lambda line: print(line, file=sys.stderr))
+    print(out)
     return 0
 
 

@@ -136,10 +136,10 @@ class EngineConfig:
         parse_dtype(self.dtype)
         if self.max_model_len is not None and self.max_model_len <= 0:
             raise ValueError("max_model_len must be positive")
-        if self.quantization not in (None, "int8"):
-            raise ValueError(f"unknown quantization {self.quantization!r}; supported: int8")
+        if self.quantization not in (None, "int8", "int4"):
+            raise ValueError(f"unknown quantization {self.quantization!r}; supported: int8, int4")
         if self.deterministic and self.quantization is not None:
-            raise ValueError("deterministic mode has no int8 kernels; drop --quantization or --deterministic")
+            raise ValueError("deterministic mode has no int8/int4 kernels; drop --quantization or --deterministic")
         if self.deterministic and torch.device(self.device).type != "cpu":
             raise ValueError("deterministic mode runs on the CPU kernels; use --device cpu")
         torch.device(self.device)  # raises on a malformed device string
@@ -191,7 +191,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--dummy-weights", action="store_true", help="random weights; reads config.json only")
-    p.add_argument("--quantization", default=None, choices=["int8"])
+    p.add_argument("--quantization", default=None, choices=["int8", "int4"],
+                   help="weight-only: int8 per channel, or int4 group-wise (a compressed-tensors 4-bit checkpoint loads as int4 by itself)")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument(

@@ -44,6 +44,8 @@ def fuse_linears(parts: list[nn.Module]) -> nn.Module:
         fused.weight = nn.Parameter(w, requires_grad=False)
         return fused
     kind = type(parts[0])
+    if all(type(p) is kind for p in parts) and hasattr(kind, "concat"):  # 4-bit (model/quantize_int4.py)
+        return kind.concat(parts)
     if all(type(p) is kind and hasattr(p, "qweight") and hasattr(p, "scale") for p in parts):
         return kind(torch.cat([p.qweight for p in parts]), torch.cat([p.scale for p in parts]))
     raise TypeError(f"cannot fuse {[type(p).__name__ for p in parts]}")

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from gemmaserve.model.config import Gemma4TextConfig
+from gemmaserve.model.ct_checkpoint import compressed_sinks, int4_group_size
 from gemmaserve.model.decoder import Gemma4ForCausalLM
+from gemmaserve.model.quantize_int4 import Int4Experts, Int4Linear, add_int8_lm_head_, init_random_int4_, to_int4_
 from gemmaserve.model.vision import EMBED_PREFIX, VISION_PREFIX, Gemma4VisionConfig, VisionEncoder
+from gemmaserve.ops.int4 import GROUP_SIZE
 
 # Tensors of the multimodal checkpoint that the text decoder does not use.
 SKIPPED_PREFIXES = ("model.vision_tower.", "model.embed_vision.", "model.audio_tower.", "model.embed_audio.")
 MULTIMODAL_TEXT_PREFIX = "model.language_model."
 TEXT_ONLY_PREFIX = "model."
-QUANTIZATIONS = (None, "int8")
+QUANTIZATIONS = (None, "int8", "int4")
 # How many missing/unexpected names an error message lists before it says "and N more".
 _MAX_NAMES = 8
 
@@ -34,6 +38,7 @@ def load_model(
     dummy_weights: bool = False,
     quantization: str | None = None,
     seed: int = 0,
+    int4_group: int = GROUP_SIZE,
 ) -> tuple[Gemma4ForCausalLM, Gemma4TextConfig]:
     """Build the decoder from `model_dir/config.json` and fill it from the safetensors files.
 
@@ -41,7 +46,10 @@ def load_model(
     to `dtype` on the way (never a full-size float32 copy). With `dummy_weights` no tensor file is
     read: the weights are random (seeded), which serves any shape, the real 26B-A4B included; on
     device "meta" nothing is allocated. `quantization="int8"` swaps linear and expert weights for
-    per-output-channel int8 after loading.
+    per-output-channel int8 after loading. `quantization="int4"` swaps them for group-wise 4-bit modules
+    *before* loading, so each bf16 tensor is quantized as it is read (peak: the 4-bit model plus one
+    source tensor); a compressed-tensors W4A16 checkpoint (its config.json says so) loads as int4
+    directly, with `int4_group_size` taken from the file.
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantization!r}; choose from {QUANTIZATIONS[1:]}")
@@ -54,8 +62,19 @@ def load_model(
     with open(config_path, encoding="utf-8") as f:
         raw = json.load(f)
     config = Gemma4TextConfig.from_dict(raw)
+    stored_group = int4_group_size(raw)
+    if stored_group is not None:
+        if quantization not in (None, "int4"):
+            raise ValueError(f"{model_dir} holds a 4-bit checkpoint; it loads with quantization int4, not {quantization}")
+        quantization = "int4"
     device = torch.device(device)
+    # Parameters are allocated but never written until loaded: the bf16 tensors that the int4 swap
+    # replaces below are released untouched (no resident pages).
     model = Gemma4ForCausalLM(config, dtype=dtype, device=device)
+    if quantization == "int4":
+        _load_int4(model, model_dir, raw, dummy_weights, seed, stored_group or int4_group)
+        model.eval()
+        return model, config
     if dummy_weights:
         if device.type != "meta":
             model.init_random_(seed)
@@ -67,6 +86,24 @@ def load_model(
         quantize_model_int8_(model)
     model.eval()
     return model, config
+
+
+def _load_int4(model: Gemma4ForCausalLM, model_dir: Path, raw: dict, dummy: bool, seed: int, group: int) -> None:
+    """Swap in the 4-bit modules, then fill them: random, from a 4-bit checkpoint, or by quantizing a
+    float checkpoint tensor by tensor."""
+    sinks = to_int4_(model, group)
+    if dummy:
+        if model.device.type != "meta":
+            model.init_random_(seed)  # the float tensors left: embedding, norms, router
+            init_random_int4_(model, seed)
+    elif int4_group_size(raw) is not None:
+        load_weights(model, model_dir, _text_prefix(raw), *compressed_sinks(model))
+    else:
+        filled = {n for path, m in model.named_modules() if isinstance(m, (Int4Linear, Int4Experts))
+                  for n, _ in m.named_buffers(prefix=path)}
+        load_weights(model, model_dir, _text_prefix(raw), sinks, filled)
+    if model.device.type != "meta":
+        add_int8_lm_head_(model)
 
 
 def _text_prefix(raw: dict) -> str:
@@ -98,8 +135,16 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
 
 
 @torch.no_grad()
-def load_weights(model: Gemma4ForCausalLM, model_dir: Path, text_prefix: str = MULTIMODAL_TEXT_PREFIX) -> None:
-    """Copy every text tensor of the checkpoint into `model`'s state, tensor by tensor.
+def load_weights(
+    model: Gemma4ForCausalLM,
+    model_dir: Path,
+    text_prefix: str = MULTIMODAL_TEXT_PREFIX,
+    sinks: dict[str, Callable[[torch.Tensor], None]] | None = None,
+    filled: set[str] = frozenset(),
+) -> None:
+    """Copy every text tensor of the checkpoint into `model`'s state, tensor by tensor. `sinks` maps
+    checkpoint names (without the text prefix) the model holds in another form (4-bit) to the function
+    that stores them; `filled` names the model state those functions fill, and every sink must be hit.
 
     Raises CheckpointError naming any tensor that is mis-shaped, unexpected (a text tensor the
     model lacks, or a name outside the known prefixes) or missing (a model tensor the files lack).
@@ -114,6 +159,13 @@ def load_weights(model: Gemma4ForCausalLM, model_dir: Path, text_prefix: str = M
                 if key.startswith(SKIPPED_PREFIXES) or (tied and key in ("lm_head.weight", text_prefix + "lm_head.weight")):
                     continue
                 name = key[len(text_prefix):] if key.startswith(text_prefix) else None
+                if name is not None and sinks and name in sinks:
+                    try:
+                        sinks[name](f.get_tensor(key))
+                    except (ValueError, RuntimeError) as exc:
+                        raise CheckpointError(f"tensor {key} in {path.name}: {exc}") from exc
+                    loaded.add(name)
+                    continue
                 if name is None or name not in targets:
                     unexpected.append(key)
                     continue
@@ -128,7 +180,7 @@ def load_weights(model: Gemma4ForCausalLM, model_dir: Path, text_prefix: str = M
                 loaded.add(name)
     if unexpected:
         raise CheckpointError(f"unexpected tensor(s) in checkpoint: {_names(unexpected)}")
-    missing = [text_prefix + n for n in targets if n not in loaded]
+    missing = [text_prefix + n for n in [*targets, *(sinks or ())] if n not in loaded and n not in filled]
     if missing:
         raise CheckpointError(f"tensor(s) missing from checkpoint: {_names(missing)}")
 
