@@ -144,7 +144,13 @@ def add_int8_lm_head_(model: nn.Module) -> None:
     weights are ~1.2 GB at the 26B-A4B shape and the bf16 head 1.5 GB; the copy halves the head's share."""
     embed = model.embed_tokens.weight
     if embed.device.type == "cpu" and hasattr(model, "lm_head_int8"):
-        model.lm_head_int8 = Int8LMHead(*quantize_per_channel(embed.data))
+        # In row chunks: one fp32 copy of the whole [262144, 2816] matrix would be 3 GB, above the
+        # load's peak budget (final footprint plus one shard).
+        q = torch.empty(embed.shape, dtype=torch.int8)
+        scale = torch.empty(embed.shape[0], dtype=embed.dtype)
+        for start in range(0, embed.shape[0], 8192):
+            q[start : start + 8192], scale[start : start + 8192] = quantize_per_channel(embed.data[start : start + 8192])
+        model.lm_head_int8 = Int8LMHead(q, scale)
 
 
 @torch.no_grad()

@@ -68,6 +68,8 @@ def _compile() -> ctypes.CDLL:
     lib.gs_int4_tiers.restype = _int
     lib.gs_gemv_int4_experts.argtypes = [_p, _p, _i64, _i64, _i64, _i64, _p, _i64, _i64, _p, _i64, _p, _int, _int, _int]
     lib.gs_gemv_int4_experts.restype = None
+    lib.gs_int4_dequant_bf16.argtypes = [_p, _p, _i64, _i64, _i64, _p, _int]
+    lib.gs_int4_dequant_bf16.restype = None
     return lib
 
 
@@ -143,3 +145,16 @@ def gemv_int4(packed: torch.Tensor, scale: torch.Tensor, group_size: int, x: tor
     ids = torch.zeros(x.shape[0], 1, dtype=torch.int64)
     y = gemv_int4_experts(packed[None], scale[None], group_size, ids, x, out_dtype, tier)  # [M, 1, N]
     return y.view(x.shape[0], packed.shape[0])
+
+
+def dequantize_bf16(packed: torch.Tensor, scale: torch.Tensor, k: int, group_size: int) -> torch.Tensor:
+    """The bf16 [..., N, K] matrix of 4-bit packed [..., N, ceil(K/8)] / scale [..., N, ceil(K/G)] (contiguous),
+    equal to ops.int4.dequantize_int4(..., torch.bfloat16); vectorised and threaded. Call available() first."""
+    if packed.dtype is not torch.int32 or scale.dtype is not torch.bfloat16 or not (packed.is_contiguous() and scale.is_contiguous()):
+        raise ValueError("packed must be contiguous int32 and scale contiguous bf16")
+    out = torch.empty(*packed.shape[:-1], k, dtype=torch.bfloat16)
+    rows = out.numel() // k if k else 0
+    if rows:
+        _STATE.lib.gs_int4_dequant_bf16(packed.data_ptr(), scale.data_ptr(), rows, k, group_size, out.data_ptr(),
+                                        torch.get_num_threads())
+    return out

@@ -16,9 +16,14 @@ from gemmaserve.ops.activation import gelu_tanh_mul
 GROUP_SIZE = 128
 # Stored nibble = q + OFFSET (compressed-tensors' unsigned packing of symmetric int4 in [-8, 7]).
 OFFSET = 8
-# Up to this many rows of x (tokens of a decode step), bf16 on CPU, the kernel computes the product
-# reading the 4-bit weights once; past it the dequantised matrix in a torch matmul (compute bound).
-KERNEL_MAX_ROWS = 32
+# Up to this many rows of x, bf16 on CPU, the GEMV kernel computes the product reading the 4-bit weights
+# once; past it the kernel-dequantised bf16 matrix in a torch matmul (compute bound, where torch's GEMM
+# does ~4x the kernel's MACs per cycle). [4096 x 2816] group 64, one thread, ms: kernel (avx512bf16) at
+# 1 / 8 / 32 rows 0.51 / 2.3 / 17; dequantise ~3 + bf16 GEMM (benchmarks/probes/int4_bench.py).
+KERNEL_MAX_ROWS = 16
+# Up to this many tokens the MoE experts run as two expert-gather kernel calls (each chosen expert read
+# once for all its tokens: decode steps); past it, grouped by expert with int4_linear per expert.
+GATHER_MAX_TOKENS = 32
 
 
 def quantize_int4(w: torch.Tensor, group_size: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,13 +81,15 @@ def _kernel_ok(x2: torch.Tensor, max_rows: int) -> bool:
 def int4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, k: int, group_size: int,
                 tier: str | None = None) -> torch.Tensor:
     """y = x W^T, W the 4-bit [N, K] matrix. x [..., K] -> [..., N] in x's dtype. Few bf16 CPU rows: the
-    kernel (fp32 accumulation, one rounding); otherwise the reference: W dequantised in fp32 and rounded
-    to x's dtype (an error of 2^-9 relative per weight, far below 4-bit's), one torch matmul."""
+    kernel (fp32 accumulation, one rounding); more: W dequantised (kernel or torch, the same bf16 values:
+    q * scale rounded once, an error of 2^-9 relative per weight, far below 4-bit's), one torch matmul."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)  # [M, K]
     n = packed.shape[0]
     if _kernel_ok(x2, KERNEL_MAX_ROWS):
         y = cpu_int4.gemv_int4(packed, scale, group_size, x2, tier=tier)  # [M, N]
+    elif _kernel_ok(x2, x2.shape[0]) and packed.is_contiguous() and scale.is_contiguous():
+        y = F.linear(x2, cpu_int4.dequantize_bf16(packed, scale, k, group_size))
     else:
         y = F.linear(x2, dequantize_int4(packed, scale, k, group_size, x2.dtype))
     return y.reshape(*lead, n)
@@ -109,7 +116,7 @@ def moe_experts_int4(
     i2 = gate_up_p.shape[1]
     if t == 0:
         return torch.zeros_like(x)
-    if _kernel_ok(x, KERNEL_MAX_ROWS):
+    if _kernel_ok(x, GATHER_MAX_TOKENS):
         gu = cpu_int4.gemv_int4_experts(gate_up_p, gate_up_s, group_size, topk_idx, x, tier=tier)
         act = gelu_tanh_mul(*gu.chunk(2, dim=-1)).reshape(t * k, -1)  # [T*K, I]
         y = cpu_int4.gemv_int4_experts(down_p, down_s, group_size, topk_idx.reshape(t * k, 1),

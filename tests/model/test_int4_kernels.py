@@ -93,7 +93,7 @@ def test_int4_linear_kernel_and_torch_paths_agree(rows, monkeypatch):
     torch.testing.assert_close(ref.float(), want.float(), atol=2e-2 * want.abs().max().item(), rtol=0)
 
 
-@pytest.mark.parametrize("tokens", [1, 6, int4.KERNEL_MAX_ROWS + 3])
+@pytest.mark.parametrize("tokens", [1, 6, int4.GATHER_MAX_TOKENS + 3])
 def test_int4_experts_match_grouped_moe_on_dequantized_weights(tokens, monkeypatch):
     g = torch.Generator().manual_seed(tokens)
     e, h, i, k, group = 8, 64, 32, 2, 32
@@ -108,3 +108,10 @@ def test_int4_experts_match_grouped_moe_on_dequantized_weights(tokens, monkeypat
     torch.testing.assert_close(got.float(), want, atol=tol, rtol=0)
     monkeypatch.setattr(cpu_int4, "available", lambda: False)
     torch.testing.assert_close(moe_experts_int4(x, gp, gs, dp, ds, idx, w, group).float(), want, atol=tol, rtol=0)
+
+
+@needs_kernel
+@pytest.mark.parametrize("k,group", [(256, 64), (704, 128), (40, 32)])  # 40: the scalar loop
+def test_kernel_dequantize_equals_torch_dequantize(k, group):
+    p, s = quantize_int4(torch.randn(3, 24, k, generator=torch.Generator().manual_seed(k)) * 0.05, group)
+    assert torch.equal(cpu_int4.dequantize_bf16(p, s, k, group), dequantize_int4(p, s, k, group, torch.bfloat16))

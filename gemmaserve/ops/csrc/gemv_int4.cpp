@@ -48,6 +48,17 @@ void permute_rows(const bf16_t* x, int64_t m, int64_t xs, int64_t k, T* out) {
     }
 }
 
+// bf16.h's f32x16_to_bf16 for a function compiled with target("avx512f"): nearest even, NaN quieted.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m256i f32x16_to_bf16_t(__m512 f) {
+    const __m512i u = _mm512_castps_si512(f);
+    const __m512i hi = _mm512_srli_epi32(u, 16);
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(hi, _mm512_set1_epi32(1))));
+    r = _mm512_srli_epi32(r, 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+    return _mm512_cvtepi32_epi16(r);
+}
+
 // Portable: unpermuted fp32 x rows.
 void row_portable(const uint8_t* w, const bf16_t* s, int64_t k, int64_t g, const float* const* xr, int m,
                   float* res) {
@@ -208,6 +219,24 @@ void one_row(int tier, const uint8_t* w, const bf16_t* s, int64_t k, int64_t g, 
     }
 }
 
+// One row to bf16 in natural element order: the low/high nibbles of 16 bytes interleaved back to elements
+// 0..31, widened, scaled in fp32, rounded like torch (nearest even).
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void dequant_row_avx512(const uint8_t* w, const bf16_t* s,
+                                                                                int64_t k, int64_t g, bf16_t* o) {
+    const __m128i lo_mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+    for (int64_t c = 0; c < k; c += 32) {
+        const __m512 sc = _mm512_set1_ps(bf16_to_f32(s[c / g]));
+        const __m128i b = _mm_loadu_si128((const __m128i*)(w + c / 2));
+        const __m128i lo = _mm_and_si128(b, lo_mask), hi = _mm_and_si128(_mm_srli_epi16(b, 4), lo_mask);
+        const __m128i first = _mm_sub_epi8(_mm_unpacklo_epi8(lo, hi), eight);   // elements c .. c+15
+        const __m128i second = _mm_sub_epi8(_mm_unpackhi_epi8(lo, hi), eight);  // elements c+16 .. c+31
+        const __m512 f0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(first)), sc);
+        const __m512 f1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(second)), sc);
+        _mm256_storeu_si256((__m256i*)(o + c), f32x16_to_bf16_t(f0));
+        _mm256_storeu_si256((__m256i*)(o + c + 16), f32x16_to_bf16_t(f1));
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -281,6 +310,30 @@ void gs_gemv_int4_experts(const int32_t* packed, const bf16_t* scale, int64_t e,
                     if (out_f32) ((float*)out)[idx] = res[q];
                     else ((bf16_t*)out)[idx] = f32_to_bf16(res[q]);
                 }
+            }
+        }
+    }
+}
+
+// Dequantise rows of a 4-bit matrix to bf16 (the prefill path: many rows of x make a bf16 GEMM on the
+// dequantised weights cheaper than the GEMV): out[r, k] = bf16((nibble - 8) * scale[r, k / G]), q * scale
+// exact in fp32 and rounded once, as torch's (q.float() * scale).to(bf16). packed [R, ceil(K/8)], scale
+// [R, ceil(K/G)] bf16, out [R, K] bf16.
+void gs_int4_dequant_bf16(const int32_t* packed, const bf16_t* scale, int64_t rows, int64_t k, int64_t g,
+                          bf16_t* out, int nthreads) {
+    const int64_t kw = (k + 7) / 8, ng = (k + g - 1) / g;
+    const bool vec = (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) && k % 32 == 0 && g % 32 == 0;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        const uint8_t* w = (const uint8_t*)(packed + r * kw);
+        const bf16_t* s = scale + r * ng;
+        bf16_t* o = out + r * k;
+        if (vec) {
+            dequant_row_avx512(w, s, k, g, o);
+        } else {
+            for (int64_t i = 0; i < k; ++i) {
+                const int nib = (w[i >> 1] >> ((i & 1) * 4)) & 0xF;
+                o[i] = f32_to_bf16((float)(nib - 8) * bf16_to_f32(s[i / g]));
             }
         }
     }
