@@ -58,7 +58,7 @@ def test_rejects_unknown_dtype_and_quantization(tiny):
     with pytest.raises(ValueError, match="dtype"):
         load_model(tiny, dtype=torch.int32)
     with pytest.raises(ValueError, match="quantization"):
-        load_model(tiny, quantization="int4")
+        load_model(tiny, quantization="int3")
 
 
 def test_sharded_equals_single_file(tmp_path, tiny):

@@ -1,7 +1,7 @@
 """The 26B-A4B shape at 4 bits on this CPU: load time and RSS, KV room, prefill and decode speed through
 the engine, and the 4-bit bandwidth roofline. Prints one JSON summary.
 
-    flock /tmp/gs-bench.lock python benchmarks/int4_26b.py --model DIR [--dummy-weights] [--group 64]
+    flock /tmp/gs-bench.lock python benchmarks/suite/int4_26b.py --model DIR [--dummy-weights]
 
 DIR: a `make-demo-model --size 26b-a4b` directory (with --dummy-weights) or a checkpoint written by
 `gemmaserve quantize`. Needs ~15 GiB free: take the bench lock."""
