@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from gemmaserve.ops import cpu_int4
 from gemmaserve.ops.activation import gelu_tanh_mul
+from gemmaserve.ops.moe import moe_grouped_by
 
 # Elements per scale along K. 128 is what llm-compressor's W4A16 preset and GPTQ/AWQ checkpoints use;
 # measured on normal(0, 0.02) [2816 x 2816] weights, relative error of W (fp32 dequant vs fp32):
@@ -122,21 +123,8 @@ def moe_experts_int4(
         y = cpu_int4.gemv_int4_experts(down_p, down_s, group_size, topk_idx.reshape(t * k, 1),
                                        act, torch.float32, tier=tier)  # [T*K, 1, H] fp32
         return torch.bmm(topk_w[:, None, :].float(), y.view(t, k, h)).view(t, h).to(x.dtype)
-    flat = topk_idx.reshape(-1)  # [T*K]
-    order = torch.argsort(flat, stable=True)  # [T*K] pairs grouped by expert
-    counts = torch.bincount(flat, minlength=gate_up_p.shape[0]).tolist()
-    tokens = order // k  # [T*K]
-    xs = x.index_select(0, tokens)  # [T*K, H]
-    ws = topk_w.reshape(-1)[order, None].to(x.dtype)  # [T*K, 1]
-    ys = torch.empty_like(xs)
-    start = 0
-    for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        end = start + n
-        gate, up = int4_linear(xs[start:end], gate_up_p[e], gate_up_s[e], h, group_size, tier).chunk(2, dim=-1)  # [n, I]
-        ys[start:end] = int4_linear(gelu_tanh_mul(gate, up) * ws[start:end], down_p[e], down_s[e], i2 // 2, group_size, tier)
-        start = end
-    out = torch.zeros_like(x)
-    out.index_add_(0, tokens, ys)
-    return out
+    return moe_grouped_by(
+        x, topk_idx, topk_w, gate_up_p.shape[0],
+        lambda e, xs: int4_linear(xs, gate_up_p[e], gate_up_s[e], h, group_size, tier),  # [n, 2I]
+        lambda e, act: int4_linear(act, down_p[e], down_s[e], i2 // 2, group_size, tier),  # [n, H]
+    )

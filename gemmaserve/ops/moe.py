@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -118,11 +119,22 @@ def moe_grouped(
     """Sort (token, expert) pairs by expert and run one gate_up and one down matmul per active
     expert on its contiguous slice. Same shapes/contract as moe_gather; `counts` [E]: the pairs per
     expert when the caller already has them (expert_counts)."""
+    return moe_grouped_by(x, topk_idx, topk_w, gate_up.shape[0], lambda e, xs: linear(xs, gate_up[e]),
+                          lambda e, act: linear(act, down[e]), counts)
+
+
+def moe_grouped_by(
+    x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, num_experts: int,
+    gate_up_fn: Callable[[int, torch.Tensor], torch.Tensor], down_fn: Callable[[int, torch.Tensor], torch.Tensor],
+    counts: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """moe_grouped for any weight format: gate_up_fn(e, xs [n, H]) -> [n, 2I] and down_fn(e, act [n, I]) ->
+    [n, H] apply expert e's projections (bf16 matrices, or 4-bit ones in ops/int4.py)."""
     t, k = topk_idx.shape
     flat = topk_idx.reshape(-1)  # [T*K]
     order = torch.argsort(flat, stable=True)  # [T*K] pair ids grouped by expert
     if counts is None:
-        counts = expert_counts(topk_idx, gate_up.shape[0])
+        counts = expert_counts(topk_idx, num_experts)
     counts = counts.tolist()  # host sync, one per layer
     tokens = order // k  # [T*K] token of each sorted pair
     xs = x.index_select(0, tokens)  # [T*K, H]
@@ -133,11 +145,11 @@ def moe_grouped(
         if n == 0:
             continue
         end = start + n
-        gate, up = linear(xs[start:end], gate_up[e]).chunk(2, dim=-1)  # [n, I] each
+        gate, up = gate_up_fn(e, xs[start:end]).chunk(2, dim=-1)  # [n, I] each
         # Weighting the [n, I] activations before the down projection (it is linear) is cheaper than
         # weighting the [n, H] outputs.
         act = _act(gate, up) * ws[start:end]
-        ys[start:end] = linear(act, down[e])  # [n, H]
+        ys[start:end] = down_fn(e, act)  # [n, H]
         start = end
     out = torch.zeros_like(x)
     out.index_add_(0, tokens, ys)

@@ -22,17 +22,20 @@ static inline bf16_t f32_to_bf16(float f) {
     return (bf16_t)(u >> 16);
 }
 
-#if defined(__AVX512F__)
+#if defined(__x86_64__)
 #include <immintrin.h>
 
+// The AVX512 helpers carry target attributes so that a kernel built for any x86 -march can call them
+// from its own AVX512-targeted functions (gemv_int4.cpp's tiers); kernels built with -march=native on
+// an AVX512 machine call them as before.
 // 16 bf16 -> 16 fp32 (exact).
-static inline __m512 bf16x16_to_f32(__m256i v) {
+__attribute__((target("avx512f"))) static inline __m512 bf16x16_to_f32(__m256i v) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
 }
 
 // 16 fp32 -> 16 bf16 rounded exactly as f32_to_bf16 (nearest even, denormals kept, NaN quieted); not
 // VCVTNEPS2BF16, which flushes denormals.
-static inline __m256i f32x16_to_bf16(__m512 f) {
+__attribute__((target("avx512f"))) static inline __m256i f32x16_to_bf16(__m512 f) {
     const __m512i u = _mm512_castps_si512(f);
     const __m512i hi = _mm512_srli_epi32(u, 16);
     __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(hi, _mm512_set1_epi32(1))));

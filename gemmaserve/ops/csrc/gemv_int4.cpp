@@ -48,17 +48,6 @@ void permute_rows(const bf16_t* x, int64_t m, int64_t xs, int64_t k, T* out) {
     }
 }
 
-// bf16.h's f32x16_to_bf16 for a function compiled with target("avx512f"): nearest even, NaN quieted.
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m256i f32x16_to_bf16_t(__m512 f) {
-    const __m512i u = _mm512_castps_si512(f);
-    const __m512i hi = _mm512_srli_epi32(u, 16);
-    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(hi, _mm512_set1_epi32(1))));
-    r = _mm512_srli_epi32(r, 16);
-    const __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
-    return _mm512_cvtepi32_epi16(r);
-}
-
 // Portable: unpermuted fp32 x rows.
 void row_portable(const uint8_t* w, const bf16_t* s, int64_t k, int64_t g, const float* const* xr, int m,
                   float* res) {
@@ -232,8 +221,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void dequant_row_avx512(con
         const __m128i second = _mm_sub_epi8(_mm_unpackhi_epi8(lo, hi), eight);  // elements c+16 .. c+31
         const __m512 f0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(first)), sc);
         const __m512 f1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(second)), sc);
-        _mm256_storeu_si256((__m256i*)(o + c), f32x16_to_bf16_t(f0));
-        _mm256_storeu_si256((__m256i*)(o + c + 16), f32x16_to_bf16_t(f1));
+        _mm256_storeu_si256((__m256i*)(o + c), f32x16_to_bf16(f0));
+        _mm256_storeu_si256((__m256i*)(o + c + 16), f32x16_to_bf16(f1));
     }
 }
 
