@@ -11,7 +11,9 @@
    resending the history) on 2 replicas with and without sticky sessions: the fraction of prompt
    tokens served from the replicas' prefix caches.
 
-Each server runs alone (started, measured, stopped). A cluster's Ray processes live in its
+Each comparison keeps its two servers up together and alternates rounds between them (A B, A B,
+...; the medians of per-round ratios are reported): on a shared machine the load drifts, and both
+sides see the same drift. A cluster's Ray processes live in its
 process group, which is stopped whole (SIGTERM, then SIGKILL): no `ray stop --force`, which on a
 shared machine would also end other sessions' clusters.
 """
@@ -22,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import sys
 import time
@@ -73,9 +74,9 @@ async def _throughput(client: httpx.AsyncClient, url: str, args, vocab: PromptVo
     return out
 
 
-async def _multi_turn(client: httpx.AsyncClient, url: str, args, sticky: bool) -> dict[str, Any]:
+async def _multi_turn(client: httpx.AsyncClient, url: str, args, round_: int) -> dict[str, Any]:
     """Sessions in parallel; each turn resends the whole history (a shared system prompt first)."""
-    rng = random.Random(args.seed)
+    rng = random.Random(args.seed + round_)
     words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
     system = " ".join(rng.choice(words) for _ in range(args.system_words))
     prompt_tokens = cached = 0
@@ -83,13 +84,12 @@ async def _multi_turn(client: httpx.AsyncClient, url: str, args, sticky: bool) -
 
     async def session(k: int) -> None:
         nonlocal prompt_tokens, cached, later_prompt, later_cached
-        msgs = [{"role": "system", "content": f"Session {k}. {system}"}]
+        msgs = [{"role": "system", "content": f"Session {round_}.{k}. {system}"}]
         for turn in range(args.turns):
             msgs.append({"role": "user", "content": " ".join(rng.choice(words) for _ in range(args.user_words))})
             body = {"model": MODEL_ID, "messages": msgs, "max_tokens": args.turn_tokens, "ignore_eos": True,
                     "temperature": 0}
-            if sticky:
-                body["session_id"] = f"bench-{k}"
+            body["session_id"] = f"bench-{round_}-{k}"  # sticky only where the cluster has stickiness on
             r = await client.post(url + "/api/v1/chat/completions", json=body)
             r.raise_for_status()
             j = r.json()
@@ -116,60 +116,87 @@ def _cluster_cmd(args, replicas: int, threads: int, extra: list[str] = ()) -> li
             "--max-model-len", str(args.max_model_len), "--log-level", "warning", *extra]
 
 
+def _median(xs: list[float | None]) -> float | None:
+    v = sorted(x for x in xs if x is not None)
+    return None if not v else (v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2)
+
+
+async def _ab(client, urls: dict[str, str], args, vocab: PromptVocab) -> dict[str, Any]:
+    """Rounds alternating between the servers (A B, A B, ...), each round with its own prompts:
+    on a shared machine the load drifts, and alternating exposes both to the same drift."""
+    rounds: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        rounds.append({name: await _throughput(client, url, args, vocab, args.seed + 1000 * r)
+                       for name, url in urls.items()})
+    names = list(urls)
+    out: dict[str, Any] = {"rounds": rounds}
+    for name in names:
+        out[name] = {f"{w}_{k}": _median([rd[name][w][k] for rd in rounds])
+                     for w in ("single", "loaded") for k in ("ttft_p50_ms", "output_throughput")}
+    a, b = names
+    out["ratio_per_round_median"] = {
+        f"{w}_{k}": _median([rd[b][w][k] / rd[a][w][k] for rd in rounds if rd[a][w][k] and rd[b][w][k]])
+        for w in ("single", "loaded") for k in ("ttft_p50_ms", "output_throughput")}
+    out["ttft_single_added_ms_per_round_median"] = _median(
+        [rd[b]["single"]["ttft_p50_ms"] - rd[a]["single"]["ttft_p50_ms"] for rd in rounds])
+    return out
+
+
 async def main_async(args) -> dict[str, Any]:
     log_dir = Path(args.log_dir)
     vocab = PromptVocab.from_tokenizer(args.model, args.bos_id)
     t = args.threads
-    phases = [
-        ("plain_serve", ["serve", "--model", args.model, "--max-model-len", str(args.max_model_len),
-                         "--log-level", "warning"], t, "throughput"),
-        (f"cluster_1x{t}", _cluster_cmd(args, 1, t), t, "throughput"),
-        (f"cluster_2x{t}", _cluster_cmd(args, 2, t), t, "both"),
-        (f"cluster_2x{t}_no_sticky", _cluster_cmd(args, 2, t, ["--no-sticky"]), t, "multi_turn_off"),
-    ]
-    results: dict[str, Any] = {}
+    plain_cmd = ["serve", "--model", args.model, "--max-model-len", str(args.max_model_len), "--log-level", "warning"]
+    procs: dict[str, ServerProcess] = {}
+
+    async def up(name: str, cmd: list[str]) -> str:
+        procs[name] = _spawn(cmd, t, log_dir, name)
+        await asyncio.to_thread(procs[name].wait_ready, args.startup_timeout)
+        return procs[name].base_url
+
+    def down(name: str) -> None:
+        procs.pop(name).stop(grace=30)
+
+    one, two, off = f"cluster_1x{t}", f"cluster_2x{t}", f"cluster_2x{t}_no_sticky"
     limits = httpx.Limits(max_connections=args.concurrency + 16)
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600.0, connect=30.0)) as client:
-        for name, cmd, threads, what in phases:
-            proc = _spawn(cmd, threads, log_dir, name)
-            try:
-                await asyncio.to_thread(proc.wait_ready, args.startup_timeout)
-                row: dict[str, Any] = {"argv": cmd}
-                if what in ("throughput", "both"):
-                    row.update(await _throughput(client, proc.base_url, args, vocab, args.seed))
-                if what == "both":
-                    row["multi_turn_sticky"] = await _multi_turn(client, proc.base_url, args, sticky=True)
-                    _log(f"  sticky cached fraction {row['multi_turn_sticky']['cached_fraction']:.3f}")
-                if what == "multi_turn_off":
-                    # Same bodies (session_id included): only the cluster's --no-sticky differs.
-                    row["multi_turn_no_sticky"] = await _multi_turn(client, proc.base_url, args, sticky=True)
-                    _log(f"  no-sticky cached fraction {row['multi_turn_no_sticky']['cached_fraction']:.3f}")
-                results[name] = row
-            finally:
-                proc.stop(grace=30)
-    plain, one, two = results["plain_serve"], results[phases[1][0]], results[phases[2][0]]
-    off = results[phases[3][0]]["multi_turn_no_sticky"]
-
-    def ratio(a, b):
-        return None if not a or not b else a / b
-
+    out: dict[str, Any] = {}
+    try:
+        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600.0, connect=30.0)) as client:
+            # 1. the ingress's cost: plain serve vs one replica behind Serve's proxy and the ingress
+            urls = {"plain_serve": await up("plain_serve", plain_cmd), one: await up(one, _cluster_cmd(args, 1, t))}
+            out["plain_vs_1_replica"] = await _ab(client, urls, args, vocab)
+            down("plain_serve")
+            # 2. scaling: 1 replica (T threads) vs 2 replicas (T threads each)
+            urls = {one: urls[one], two: await up(two, _cluster_cmd(args, 2, t))}
+            out["1_vs_2_replicas"] = await _ab(client, urls, args, vocab)
+            down(one)
+            # 3. stickiness: the same multi-turn workload (session_id included) with and without
+            urls = {two: urls[two], off: await up(off, _cluster_cmd(args, 2, t, ["--no-sticky"]))}
+            sticky, loose = [], []
+            for r in range(args.rounds):
+                sticky.append(await _multi_turn(client, urls[two], args, r))
+                loose.append(await _multi_turn(client, urls[off], args, r))
+                _log(f"  round {r}: cached fraction sticky {sticky[-1]['cached_fraction']:.3f}, "
+                     f"no-sticky {loose[-1]['cached_fraction']:.3f}")
+            out["stickiness"] = {"sticky": sticky, "no_sticky": loose}
+    finally:
+        for name in list(procs):
+            down(name)
+    p1, p2 = out["plain_vs_1_replica"], out["1_vs_2_replicas"]
     return {
         "benchmark": "cluster",
-        "cpu": platform.processor() or platform.machine(), "threads": t,
+        "threads_per_server_or_replica": t,
         "config": {k: getattr(args, k) for k in ("model", "input_len", "output_len", "concurrency", "num_prompts",
-                                                  "single_prompts", "sessions", "turns", "system_words",
+                                                  "single_prompts", "rounds", "sessions", "turns", "system_words",
                                                   "user_words", "turn_tokens")},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "results": results,
-        "ratios": {
-            "ingress_ttft_added_ms_single": one["single"]["ttft_p50_ms"] - plain["single"]["ttft_p50_ms"],
-            "cluster1_over_plain_ttft_single": ratio(one["single"]["ttft_p50_ms"], plain["single"]["ttft_p50_ms"]),
-            "cluster1_over_plain_throughput_loaded": ratio(one["loaded"]["output_throughput"],
-                                                           plain["loaded"]["output_throughput"]),
-            "cluster2_over_cluster1_throughput_loaded": ratio(two["loaded"]["output_throughput"],
-                                                              one["loaded"]["output_throughput"]),
-            "cached_fraction_sticky": two["multi_turn_sticky"]["cached_fraction"],
-            "cached_fraction_no_sticky": off["cached_fraction"],
+        "results": out,
+        "summary": {
+            "ingress_ttft_added_ms_single": p1["ttft_single_added_ms_per_round_median"],
+            "cluster1_over_plain": p1["ratio_per_round_median"],
+            "cluster2_over_cluster1": p2["ratio_per_round_median"],
+            "cached_fraction_sticky": _median([x["cached_fraction"] for x in out["stickiness"]["sticky"]]),
+            "cached_fraction_no_sticky": _median([x["cached_fraction"] for x in out["stickiness"]["no_sticky"]]),
         },
     }
 
@@ -181,8 +208,9 @@ def parse_args(argv=None):
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--num-prompts", type=int, default=32)
-    p.add_argument("--single-prompts", type=int, default=12, help="lone requests for the TTFT comparison")
+    p.add_argument("--num-prompts", type=int, default=16)
+    p.add_argument("--single-prompts", type=int, default=6, help="lone requests for the TTFT comparison")
+    p.add_argument("--rounds", type=int, default=3, help="alternating A/B rounds per comparison")
     p.add_argument("--sessions", type=int, default=8)
     p.add_argument("--turns", type=int, default=4)
     p.add_argument("--system-words", type=int, default=300)

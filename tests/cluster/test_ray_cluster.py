@@ -53,7 +53,7 @@ def ray_cluster(demo_dir):
             ray.shutdown()
 
 
-def _body(stream: bool, order: list[str] | None = None, max_tokens: int = 160) -> dict:
+def _body(stream: bool, order: list[str] | None = None, max_tokens: int = 480) -> dict:
     b = {"model": GEMMA, "messages": [{"role": "user", "content": "Count"}], "max_tokens": max_tokens,
          "ignore_eos": True, "temperature": 0, "stream": stream}
     if order:
@@ -101,7 +101,7 @@ def test_replica_killed_under_load(ray_cluster):
     def post_whole() -> None:
         try:
             whole.append(httpx.post(base + "/api/v1/chat/completions", timeout=120,
-                                    json=_body(False, ["gemmaserve/replica-0"], max_tokens=400)))
+                                    json=_body(False, ["gemmaserve/replica-0"])))
         except Exception as exc:
             whole.append(exc)
 
@@ -111,6 +111,11 @@ def test_replica_killed_under_load(ray_cluster):
         threads.append(t)
     for ev, _ in streams:
         assert ev.wait(60)
+    # Kill while all six are in flight on the victim (the ingress counts them).
+    deadline = time.monotonic() + 60
+    while httpx.get(base + "/api/v1/endpoints", timeout=30).json()["data"][0]["in_flight"] < 6:
+        assert time.monotonic() < deadline, "the requests never were all in flight"
+        time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
     t_kill = time.monotonic()
     for t in threads:
@@ -120,8 +125,8 @@ def test_replica_killed_under_load(ray_cluster):
     # No client error for requests whose first byte was not sent: served by the other replica.
     for r in whole:
         assert isinstance(r, httpx.Response) and r.status_code == 200, r
-        assert r.json()["usage"]["completion_tokens"] == 400
-    assert any(r.json()["provider"] == "gemmaserve/replica-1" for r in whole)
+        assert r.json()["usage"]["completion_tokens"] == 480
+    assert all(r.json()["provider"] == "gemmaserve/replica-1" for r in whole)  # all were cut off on the victim
     # Started streams end: either finished on the victim before it died, or with the error chunk.
     broken = 0
     for _, out in streams:
