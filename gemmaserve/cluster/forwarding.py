@@ -147,7 +147,7 @@ class Forwarder:
     def _finish_whole(self, route: RouteRequest, attempt: Attempt, attempts: list[Attempt], raw: bytes,
                       t0: float) -> bytes:
         ep, now = attempt.endpoint, time.monotonic()
-        ok = attempt.status is not None and attempt.status < 500
+        ok = attempt.status == 200
         try:
             obj = json.loads(raw)
         except ValueError:
@@ -161,8 +161,10 @@ class Forwarder:
                 obj["provider"] = ep.tag
                 raw = _dumps(obj)
             self._record(route, attempt, attempts, seen, t0, streamed=False, cancelled=False)
-        self.stats[ep.tag].finished(self._outcome(ok, t0, now, None))
-        if ok and attempt.status == 200:
+        # A 4xx the endpoint passed through (bad sampling values, prompt too long) is the
+        # request's fault: uptime does not count it (OpenRouter excludes 400/413/429 likewise).
+        self.stats[ep.tag].finished(self._outcome(ok, t0, now, None) if attempt.status == 200 else None)
+        if ok:
             self.router.served(route, ep, now)
         return raw
 

@@ -189,10 +189,15 @@ def test_errors_in_openrouter_shape(fresh):
     assert r.status_code == 401 and r.json()["error"]["code"] == 401
     r = httpx.post(fresh.url + "/chat/completions", content=b"{", headers={"Authorization": f"Bearer {API_KEY}"})
     assert r.status_code == 400 and r.json()["error"]["message"] == "Invalid JSON in request body"
-    # a replica's own validation error passes through unchanged (not retried, not a failure)
+    # a replica's own validation error passes through unchanged (not retried, not counted in uptime)
+    def counted():
+        return sum(row["requests_last_30m"] for row in httpx.get(fresh.root + "/api/v1/endpoints").json()["data"])
+
+    before = counted()
     r = httpx.post(fresh.url + "/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
                    json={"model": GEMMA, "messages": [{"role": "user", "content": "x"}], "temperature": -1})
     assert r.status_code == 400 and r.json()["error"]["code"] == 400
+    assert counted() == before
 
 
 def test_endpoints_listing(fresh):
