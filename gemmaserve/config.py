@@ -278,6 +278,10 @@ class ServerConfig:
     # Response cache (X-OpenRouter-Cache): bounded in entries and bytes, least recently used out first.
     response_cache_entries: int = 1024
     response_cache_bytes: int = 64 * 1024 * 1024
+    # Media in chat messages (README "Images and video"): remote http(s) URLs are fetched only when
+    # the operator allows it; at most this many images + videos per request.
+    allow_remote_media: bool = False
+    max_media_per_request: int = 8
 
     def __post_init__(self) -> None:
         if self.keepalive_interval_s <= 0:

@@ -269,6 +269,7 @@ def write_demo_model(
     })
     tok.save(str(out / "tokenizer.json"))
     _write_json(out / "tokenizer_config.json", _tokenizer_config())
+    _write_json(out / "processor_config.json", PROCESSOR_CONFIG)
     template = resources.files("gemmaserve") / "templates" / "chat_template.jinja"
     if not template.is_file():
         raise FileNotFoundError(f"chat template missing from the package: {template}")
@@ -322,6 +323,26 @@ def _write_weights(
     _write_json(out / "model.safetensors.index.json", {
         "metadata": {"total_size": sum(sizes)}, "weight_map": dict(sorted(weight_map.items())),
     })
+
+
+# The real checkpoint's processor settings (spec 8.1, 8.4): 280 soft tokens per image, 32 video
+# frames of 70; gemmaserve.media implements them (the budgets are its defaults too).
+PROCESSOR_CONFIG: dict[str, Any] = {
+    "processor_class": "Gemma4Processor",
+    "image_seq_length": 280,
+    "image_processor": {
+        "image_processor_type": "Gemma4ImageProcessor", "do_convert_rgb": True, "do_normalize": False,
+        "do_rescale": True, "do_resize": True, "image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0],
+        "max_soft_tokens": 280, "patch_size": 16, "pooling_kernel_size": 3, "resample": 3,
+        "rescale_factor": 1 / 255,
+    },
+    "video_processor": {
+        "video_processor_type": "Gemma4VideoProcessor", "do_convert_rgb": True, "do_normalize": True,
+        "do_rescale": True, "do_resize": True, "do_sample_frames": True, "image_mean": [0.0, 0.0, 0.0],
+        "image_std": [1.0, 1.0, 1.0], "max_soft_tokens": 70, "num_frames": 32, "patch_size": 16,
+        "pooling_kernel_size": 3, "resample": 3, "rescale_factor": 1 / 255,
+    },
+}
 
 
 def _tokenizer_config() -> dict[str, Any]:

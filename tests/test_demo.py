@@ -22,7 +22,7 @@ from gemmaserve.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 
-TOKEN_FILES = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+TOKEN_FILES = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "processor_config.json",
                "chat_template.jinja"}
 
 
@@ -154,3 +154,13 @@ def test_tiny_loads_quickly_in_our_tokenizer(tmp_path):
 def test_unknown_size_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown demo size"):
         write_demo_model(tmp_path / "x", "huge")
+
+
+def test_demo_processor_config_loads_in_transformers(tmp_path):
+    """The demo's processor_config.json is the real layout: transformers' PIL processor reads its budget."""
+    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+
+    d = write_demo_model(tmp_path / "p", "tiny", write_weights=False)
+    cfg = json.loads((d / "processor_config.json").read_text())
+    proc = Gemma4ImageProcessorPil(**{k: v for k, v in cfg["image_processor"].items() if k != "image_processor_type"})
+    assert proc.max_soft_tokens == 280 and cfg["video_processor"]["max_soft_tokens"] == 70

@@ -123,5 +123,5 @@ async def chat_completions(req: ChatCompletionRequest, request: Request):
     # so other streams keep flowing while a long prompt is prepared.
     prep = await asyncio.to_thread(prepare_chat, adm.state, req)
     gen = Generation(adm, "completions", prep.prompt_ids, prep.params, user=req.user,
-                     session_id=req.session_id or adm.headers.get("x-session-id"))
+                     session_id=req.session_id or adm.headers.get("x-session-id"), media=prep.media)
     return await respond(request, gen, ChatResponder(gen, req, prep), stream=bool(req.stream))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gemmaserve.api.errors import APIError
+from gemmaserve.api.media_input import resolve_media
 from gemmaserve.api.sampling import (
     ReasoningPlan,
     build_sampling_params,
@@ -27,7 +28,7 @@ from gemmaserve.structured import (
     json_schema_constraint,
     tool_call_constraint,
 )
-from gemmaserve.types import SamplingParams
+from gemmaserve.types import MediaInput, SamplingParams
 
 
 @dataclass
@@ -39,6 +40,7 @@ class PreparedChat:
     parallel_tool_calls: bool
     starts_in_reasoning: bool = False  # the prompt leaves a thought channel open
     prompt_text: str = ""  # what the engine is asked to continue (for debug.echo_upstream_body)
+    media: list[MediaInput] = field(default_factory=list)  # images/videos whose soft tokens the prompt holds
 
 
 def _text_of(content: Any) -> str:
@@ -65,16 +67,25 @@ def _with_name(msg: dict[str, Any]) -> dict[str, Any]:
     return msg
 
 
-def template_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
+def template_messages(req: ChatCompletionRequest, state: ServerState | None = None) -> list[dict[str, Any]]:
     """The request's messages as the dicts the chat template renders: the one place wire messages
-    become template input. Content parts other than text (image_url, video_url) pass through as
-    dicts; media decoding belongs here, turning them into typed media inputs beside the prompt."""
-    return [_with_name(m.model_dump(exclude_unset=True)) for m in req.messages or []]
+    become template input. With `state`, image/video parts are decoded here into resolved parts
+    carrying their MediaInput (api/media_input.py); without it they pass through as dicts."""
+    messages = [_with_name(m.model_dump(exclude_unset=True)) for m in req.messages or []]
+    if state is not None:
+        resolve_media(state, messages, req.mm_processor_kwargs)
+    return messages
+
+
+def media_of(messages: list[dict[str, Any]]) -> list[MediaInput]:
+    """The MediaInputs of resolved parts, in prompt order (after middle-out, of the kept messages)."""
+    return [p["media"] for m in messages if isinstance(m.get("content"), list)
+            for p in m["content"] if isinstance(p, dict) and "media" in p]
 
 
 def _encode(state: ServerState, req: ChatCompletionRequest, tools: list[dict] | None, thinking: bool,
-            max_model_len: int) -> ChatPrompt:
-    messages = template_messages(req)
+            max_model_len: int) -> tuple[ChatPrompt, list[MediaInput]]:
+    messages = template_messages(req, state)
     prefill = ""
     if messages and messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls"):
         # A trailing assistant message is the start of the answer, to be continued (spec §2.2).
@@ -91,11 +102,13 @@ def _encode(state: ServerState, req: ChatCompletionRequest, tools: list[dict] | 
 
         prompt = encode(messages)
         if len(prompt.ids) < max_model_len or not req.middle_out:
-            return prompt
+            return prompt, media_of(messages)
         # context-compression: whole messages go from the middle until the prompt fits; when
         # nothing can go, the prompt is returned as is and refused with the context-length 400.
         shorter = middle_out(messages, lambda msgs: len(encode(msgs).ids) < max_model_len)
-        return encode(shorter) if shorter is not None else prompt
+        if shorter is None:
+            return prompt, media_of(messages)
+        return encode(shorter), media_of(shorter)
     except ValueError as exc:  # ChatFormatError, or no free placeholder characters left
         raise APIError(400, str(exc), "invalid_prompt", {"param": "messages"}) from None
 
@@ -177,9 +190,10 @@ def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat
     render_tools = None if req.tool_choice == "none" else tool_dicts
     thinking = thinking_enabled(req) if req.messages is not None else False
     if req.messages is not None:
-        prompt = _encode(state, req, render_tools, thinking, engine.max_model_len)
+        prompt, media = _encode(state, req, render_tools, thinking, engine.max_model_len)
         text, prompt_ids, starts_in_reasoning = prompt.text, prompt.ids, prompt.ends_in_reasoning
     else:
+        media = []
         text = req.prompt or ""
         prompt_ids = tok.encode_prompt(text)
         if req.middle_out and len(prompt_ids) >= engine.max_model_len:
@@ -205,4 +219,4 @@ def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat
         params.constraints.append(constraint)
     if req.tool_choice == "none" and tool_dicts:
         params.logit_bias.setdefault(tok.require_marker("tool_call_start"), -100.0)
-    return PreparedChat(prompt_ids, params, plan, render_tools, parallel, starts_in_reasoning, text)
+    return PreparedChat(prompt_ids, params, plan, render_tools, parallel, starts_in_reasoning, text, media)

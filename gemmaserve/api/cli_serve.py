@@ -36,6 +36,9 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--keepalive-interval", type=float, default=10.0,
                    help="seconds between `: OPENROUTER PROCESSING` comments before the first token")
     p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
+    p.add_argument("--allow-remote-media", action="store_true",
+                   help="fetch http(s) image/video URLs (public addresses only; off = data URLs only)")
+    p.add_argument("--max-media-per-request", type=int, default=8, help="images + videos in one request")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run_serve)
 
@@ -71,6 +74,8 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
         keepalive_interval_s=args.keepalive_interval,
         max_body_bytes=args.max_body_bytes,
         quantization=args.quantization,
+        allow_remote_media=args.allow_remote_media,
+        max_media_per_request=args.max_media_per_request,
     )
 
 

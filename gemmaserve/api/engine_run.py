@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 
 from gemmaserve.engine.client import EngineClient
-from gemmaserve.types import RequestOutput, SamplingParams
+from gemmaserve.types import MediaInput, RequestOutput, SamplingParams
 
 TIMEOUT = object()  # sentinel: nothing arrived within the wait
 
@@ -19,11 +19,14 @@ class EngineRun:
     iterator (a cancelled __anext__ would abort the request), and so every exit path - finish,
     error, client gone - ends in exactly one abort of an unfinished request."""
 
-    def __init__(self, engine: EngineClient, prompt_ids: list[int], params: SamplingParams, request_id: str):
+    def __init__(self, engine: EngineClient, prompt_ids: list[int], params: SamplingParams, request_id: str,
+                 media: list[MediaInput] | None = None):
         self.engine = engine
         self.request_id = request_id
         self.prompt_ids = prompt_ids
-        self._it = self.engine.generate(prompt_ids, params, request_id)
+        # Text-only requests call generate as before (engine doubles without a media argument work).
+        self._it = (self.engine.generate(prompt_ids, params, request_id, media) if media
+                    else self.engine.generate(prompt_ids, params, request_id))
         self._pending: asyncio.Future | None = None
         self.finished = False
         self.last: RequestOutput | None = None

@@ -53,7 +53,7 @@ from gemmaserve.api.response_cache import CacheSlot, open_slot
 from gemmaserve.api.sse import DONE, KEEPALIVE, SSEResponse
 from gemmaserve.api.state import ServerState
 from gemmaserve.api.usage import TokenCounts
-from gemmaserve.types import EngineError, FinishReason, RequestOutput, SamplingParams
+from gemmaserve.types import EngineError, FinishReason, MediaInput, RequestOutput, SamplingParams
 
 _ALNUM = string.ascii_letters + string.digits
 
@@ -105,6 +105,7 @@ class Generation:
     gen_id: str = ""
     usage: dict[str, Any] | None = None  # set once the ledger closed it
     run: EngineRun | None = None
+    media: list[MediaInput] = field(default_factory=list)  # images/videos whose soft tokens prompt_ids hold
 
     def __post_init__(self) -> None:
         if not self.gen_id:
@@ -194,7 +195,7 @@ async def respond(request: Request, gen: Generation, responder: Responder, *, st
         return slot.replay(hit, gen.gen_id, stream)  # no engine, no ledger: a hit is not billed
     state.ledger.open(gen)
     try:
-        gen.run = EngineRun(state.engine, gen.prompt_ids, gen.params, gen.gen_id)
+        gen.run = EngineRun(state.engine, gen.prompt_ids, gen.params, gen.gen_id, gen.media)
         if not stream:
             return await unless_disconnected(request, _whole_response(request, gen, responder, slot))
         try:
@@ -228,7 +229,7 @@ async def generate_whole(gen: Generation, responder: Responder) -> dict[str, Any
     if gen.run is None:
         assert gen.state.engine is not None
         gen.state.ledger.open(gen)
-        gen.run = EngineRun(gen.state.engine, gen.prompt_ids, gen.params, gen.gen_id)
+        gen.run = EngineRun(gen.state.engine, gen.prompt_ids, gen.params, gen.gen_id, gen.media)
     run = gen.run
     try:
         try:

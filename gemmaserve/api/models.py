@@ -46,10 +46,12 @@ def _context_length(state: ServerState) -> int:
     return state.engine.max_model_len if state.engine is not None else 262_144
 
 
-def _architecture() -> dict[str, Any]:
-    # OpenRouter lists text+image+video input for this model, but this server has no vision front
-    # end and answers image/video parts with a 400: advertise what it accepts, so a client that
-    # filters on input_modalities does not send what will be refused.
+def _architecture(state: ServerState) -> dict[str, Any]:
+    # OpenRouter lists text+image+video input for this model; a checkpoint without a vision tower
+    # answers image/video parts with a 400, so it advertises text only (clients filter on this).
+    if getattr(state.engine, "takes_media", False):
+        return {"modality": "text+image+video->text", "input_modalities": ["text", "image", "video"],
+                "output_modalities": ["text"], "tokenizer": "Gemma", "instruct_type": None}
     return {"modality": "text->text", "input_modalities": ["text"],
             "output_modalities": ["text"], "tokenizer": "Gemma", "instruct_type": None}
 
@@ -73,7 +75,7 @@ def model_object(state: ServerState) -> dict[str, Any]:
         "created": _CREATED,
         "description": _DESCRIPTION,
         "context_length": ctx,
-        "architecture": _architecture(),
+        "architecture": _architecture(state),
         "pricing": _pricing(state),
         "top_provider": {"context_length": ctx, "max_completion_tokens": max_completion, "is_moderated": False},
         "per_request_limits": None,

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from tokenizers import Tokenizer as HFTokenizer
 
 from gemmaserve.chat.parser import prompt_ends_in_reasoning
-from gemmaserve.chat.render import ChatRenderer, normalize_messages, normalize_tools
+from gemmaserve.chat.render import ChatRenderer, media_parts, normalize_messages, normalize_tools
 
 __all__ = ["ChatPrompt", "PromptEncoder"]
 
@@ -91,7 +91,10 @@ class PromptEncoder:
 
         for msg in msgs:
             if msg["role"] in _TEXT_ROLES:
-                msg["content"] = mask(msg["content"])
+                content = msg["content"]
+                # Resolved media parts keep their expansion's real control tokens; text is masked.
+                msg["content"] = (mask(content) if isinstance(content, str) else
+                                  [p if "expansion" in p else _map_strings(p, mask) for p in content])
             for call in msg.get("tool_calls", ()):
                 call["function"]["arguments"] = _map_strings(call["function"]["arguments"], mask)
         if tool_list:
@@ -100,6 +103,9 @@ class PromptEncoder:
             messages=msgs, tools=tool_list, documents=None,
             add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking,
         ) + suffix
+        media = media_parts(msgs)
+        if media:
+            rendered = _expand_media(rendered, media)
         ids: list[int] = []
         if from_ph:
             ph_re = re.compile("[" + "".join(from_ph) + "]")
@@ -156,6 +162,27 @@ class PromptEncoder:
         if base + n > _PUA_END:
             raise ValueError("no free private-use characters for control-string placeholders")
         return base
+
+
+_MEDIA_RE = re.compile(r"<\|image\|>|<\|video\|>")
+
+
+def _expand_media(rendered: str, parts: list[dict]) -> str:
+    """Each template-written <|image|> / <|video|> (client text holding them was masked) replaced by
+    its media's soft-token expansion, in order, at the text level as transformers' processor does:
+    the text around a video's timestamps then tokenizes exactly as there."""
+    it = iter(parts)
+
+    def sub(m: re.Match) -> str:
+        part = next(it, None)
+        if part is None or m.group() != ("<|image|>" if part["type"] == "image" else "<|video|>"):
+            raise ValueError("the chat template placed media placeholders out of order")
+        return part["expansion"]
+
+    out = _MEDIA_RE.sub(sub, rendered)
+    if next(it, None) is not None:
+        raise ValueError("the chat template dropped a media part")
+    return out
 
 
 def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:

@@ -22,8 +22,25 @@ __all__ = [
 ]
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
-# Wire part types that name media; the engine has no vision/audio path yet, so each is a 400.
+# Wire part types that name media. Images and video reach the template only as resolved parts
+# (`resolved_media_part`, built by the API from decoded media); anything else is a 400.
 _MEDIA_PARTS = ("image_url", "input_audio", "video_url", "input_video", "file", "image", "audio", "video")
+_RESOLVED = ("image", "video")  # what the template renders as <|image|> / <|video|>
+
+
+def resolved_media_part(kind: str, expansion: str, media: Any) -> dict:
+    """A content part standing for one decoded image or video: the template writes its placeholder
+    (<|image|> / <|video|>), which the prompt encoder replaces by `expansion` (the soft-token run the
+    processor computed); `media` rides along for the engine."""
+    if kind not in _RESOLVED:
+        raise ValueError(f"unknown media kind {kind!r}")
+    return {"type": kind, "expansion": expansion, "media": media}
+
+
+def media_parts(messages: list[dict]) -> list[dict]:
+    """The resolved media parts of normalized messages, in render order."""
+    return [p for m in messages if isinstance(m.get("content"), list)
+            for p in m["content"] if isinstance(p, dict) and "expansion" in p]
 
 
 class ChatFormatError(ValueError):
@@ -136,12 +153,26 @@ def _text_parts(content: Any, where: str, joiner: str) -> str:
                 raise ChatFormatError(f"{where}: a '{kind}' part needs a string '{kind}' field.")
             texts.append(text)
         elif kind in _MEDIA_PARTS:
-            raise ChatFormatError(
-                f"{where}: content parts of type '{kind}' are not supported by this server (text only)."
-            )
+            what = "audio" if "audio" in kind else kind
+            raise ChatFormatError(f"{where}: content parts of type '{kind}' are not supported here "
+                                  f"({what} input is not accepted in this position or by this model).")
         else:
             raise ChatFormatError(f"{where}: unknown content part type {kind!r}.")
     return joiner.join(texts)
+
+
+def _user_content(content: Any, where: str) -> Any:
+    """A user message's content: a string when it is text only (as before), else the list of text
+    parts and resolved media parts in their order (the template renders each in place)."""
+    if not isinstance(content, list) or not any(isinstance(p, dict) and "expansion" in p for p in content):
+        return _text_parts(content, where, "\n")
+    parts: list[Any] = []
+    for j, part in enumerate(content):
+        if isinstance(part, dict) and "expansion" in part:
+            parts.append(part)
+        else:
+            parts.append({"type": "text", "text": _text_parts([part], f"{where}.content[{j}]", "")})
+    return parts
 
 
 def _reasoning_of(msg: dict, where: str) -> str | None:
@@ -212,7 +243,7 @@ def normalize_messages(messages: Any) -> list[dict]:
         if role in ("system", "developer"):
             out.append({"role": "system", "content": _text_parts(msg.get("content"), where, "\n")})
         elif role == "user":
-            out.append({"role": "user", "content": _text_parts(msg.get("content"), where, "\n")})
+            out.append({"role": "user", "content": _user_content(msg.get("content"), where)})
         elif role == "assistant":
             item: dict[str, Any] = {"role": "assistant", "content": _text_parts(msg.get("content"), where, "\n")}
             calls = _tool_calls_of(msg, where)

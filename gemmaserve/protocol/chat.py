@@ -46,7 +46,18 @@ class VideoUrl(_Part):
 
 class VideoPart(_Part):
     type: Literal["video_url", "input_video"]
-    video_url: VideoUrl
+    video_url: VideoUrl | None = None
+    input_video: VideoUrl | None = None  # the deprecated alias may name its own field
+
+    @model_validator(mode="after")
+    def _has_url(self) -> "VideoPart":
+        if self.video_url is None and self.input_video is None:
+            raise ValueError("a video part needs video_url.url")
+        return self
+
+    @property
+    def url(self) -> str:
+        return (self.video_url or self.input_video).url  # type: ignore[union-attr]
 
 
 class FilePart(_Part):
@@ -181,6 +192,9 @@ class ChatCompletionRequest(SamplingFields):
     include_reasoning: bool | None = None
     modalities: list[str] | None = None  # output modalities; Gemma writes text only
     debug: dict[str, Any] | None = None  # {echo_upstream_body: bool}, streaming only (spec §4.6)
+    # vLLM's per-request processor options: {"max_soft_tokens": 70|140|280|560|1120 (images),
+    # "video_max_soft_tokens": ..., "num_frames": n, "fps": f} (README "Images and video").
+    mm_processor_kwargs: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "ChatCompletionRequest":
