@@ -1,8 +1,8 @@
 """gemmaserve: an OpenRouter-compatible inference server and engine for Google's Gemma 4."""
 
-from gemmaserve.types import FinishReason, RequestOutput, SamplingParams
+from gemmaserve.types import FinishReason, MediaInput, MultimodalPrompt, RequestOutput, SamplingParams
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "FinishReason"]
+__all__ = ["LLM", "SamplingParams", "RequestOutput", "FinishReason", "MediaInput", "MultimodalPrompt"]
 
 
 def __getattr__(name: str):

@@ -30,6 +30,12 @@ def add_generate_parser(subparsers) -> None:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--ignore-eos", action="store_true")
     p.add_argument("--show-ids", action="store_true", help="print the generated token ids at the end")
+    p.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="an image file (png/jpeg/webp/gif) placed before the prompt (repeatable)")
+    p.add_argument("--video", action="append", default=[], metavar="PATH",
+                   help="a video file (mp4/webm/mov/mpeg) placed before the prompt (repeatable)")
+    p.add_argument("--max-soft-tokens", type=int, default=280, choices=[70, 140, 280, 560, 1120],
+                   help="image budget in soft tokens")
     p.set_defaults(func=run_generate)
 
 
@@ -73,20 +79,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prompt_ids(engine, args: argparse.Namespace) -> list[int]:
+def _load_media(args: argparse.Namespace) -> list:
+    """--image / --video files as MediaInputs (images first, then videos, in the order given)."""
+    from pathlib import Path
+
+    from gemmaserve.media.image import load_image
+    from gemmaserve.media.video import load_video
+
+    return ([load_image(Path(p).read_bytes(), args.max_soft_tokens) for p in args.image]
+            + [load_video(Path(p).read_bytes()) for p in args.video])
+
+
+def _prompt_ids(engine, args: argparse.Namespace, media: list) -> list[int]:
     tok = engine.tokenizer
     if tok is None:
         raise ValueError(f"{args.model} has no tokenizer.json")
     if args.chat:
         from gemmaserve.chat import ChatRenderer, PromptEncoder
+        from gemmaserve.chat.render import resolved_media_part
+        from gemmaserve.engine.llm import expand_media_text
 
         if not tok.chat_template:
             raise ValueError(f"{args.model} has no chat template")
+        # Media first, then the text: the order the model card recommends.
+        parts = [resolved_media_part(m.kind, expand_media_text(f"<|{m.kind}|>", [m]), m) for m in media]
+        content = parts + [{"type": "text", "text": args.prompt}] if parts else args.prompt
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-            {"role": "user", "content": args.prompt}
+            {"role": "user", "content": content}
         ]
         # The template writes <bos> itself; control-token strings in --prompt/--system stay text.
         return PromptEncoder(ChatRenderer(tok.chat_template), tok).encode(messages, enable_thinking=args.thinking).ids
+    if media:
+        from gemmaserve.engine.llm import expand_media_text
+
+        placeholders = "".join(f"<|{m.kind}|>" for m in media)
+        return tok.encode_prompt(expand_media_text(placeholders, media) + args.prompt)
     return tok.encode_prompt(args.prompt)
 
 
@@ -111,7 +138,8 @@ def run_generate(args: argparse.Namespace) -> int:
         stop=list(args.stop),
         ignore_eos=args.ignore_eos,
     )
-    engine.add_request("cli", _prompt_ids(engine, args), params)
+    media = _load_media(args)
+    engine.add_request("cli", _prompt_ids(engine, args, media), params, media or None)
     final = None
     while final is None:
         for out in engine.step():

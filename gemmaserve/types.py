@@ -140,6 +140,16 @@ class MediaInput:
         return self.num_frames * self.tokens_per_frame
 
 
+@dataclass(frozen=True)
+class MultimodalPrompt:
+    """A raw prompt with media for LLM.generate: `text` holds one "<|image|>" per image and one
+    "<|video|>" per video of `media`, in order; each is expanded to its soft-token run (and a video's
+    frame timestamps) before tokenization, as transformers' processor does."""
+
+    text: str
+    media: tuple[MediaInput, ...]
+
+
 class EngineError(Exception):
     """Base for errors the engine reports to its callers (the API maps each to a status)."""
 

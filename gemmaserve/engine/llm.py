@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+import re
 from typing import Sequence, Union
 
 from gemmaserve.config import engine_config_from_kwargs
 from gemmaserve.engine.engine import Engine
-from gemmaserve.types import RequestOutput, SamplingParams
+from gemmaserve.types import MediaInput, MultimodalPrompt, RequestOutput, SamplingParams
 
-PromptType = Union[str, Sequence[int]]
+PromptType = Union[str, Sequence[int], MultimodalPrompt]
+_PLACEHOLDER = re.compile(r"<\|image\|>|<\|video\|>")
+
+
+def expand_media_text(text: str, media: Sequence[MediaInput]) -> str:
+    """Each <|image|> / <|video|> placeholder of `text` replaced, in order, by its media's soft-token
+    run (transformers' Gemma4Processor text expansion): "<|image>" + "<|image|>"*n + "<image|>" for an
+    image, and per video frame "mm:ss <|image>" + "<|video|>"*n + "<image|>", frames joined by spaces."""
+    it = iter(media)
+
+    def sub(m: re.Match) -> str:
+        item = next(it, None)
+        want = "image" if m.group() == "<|image|>" else "video"
+        if item is None or item.kind != want:
+            raise ValueError(f"the prompt's placeholders do not match the media (a {want} placeholder)")
+        n = item.tokens_per_frame
+        if item.kind == "image":
+            return "<|image>" + "<|image|>" * n + "<image|>"
+        return " ".join(f"{t} <|image>" + "<|video|>" * n + "<image|>" for t in item.timestamps)
+
+    out = _PLACEHOLDER.sub(sub, text)
+    if next(it, None) is not None:
+        raise ValueError("more media than <|image|> / <|video|> placeholders in the prompt")
+    return out
 
 
 class LLM:
@@ -41,7 +65,10 @@ class LLM:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
         """One final RequestOutput per prompt, in prompt order. `prompts` is a string, a list of
-        strings, one list of token ids, or a list of token-id lists."""
+        strings, one list of token ids, a list of token-id lists, or MultimodalPrompts (text with
+        image/video placeholders and their MediaInputs, made by gemmaserve.media's load_image / load_video)."""
+        items = [prompts] if isinstance(prompts, (str, MultimodalPrompt)) else list(prompts)
+        media = [list(p.media) if isinstance(p, MultimodalPrompt) else None for p in items]
         batch = self._normalise(prompts)
         if sampling_params is None:
             params = [SamplingParams() for _ in batch]
@@ -53,10 +80,10 @@ class LLM:
                 raise ValueError(f"{len(params)} sampling params for {len(batch)} prompts")
         ids = []
         try:
-            for prompt, sp in zip(batch, params):
+            for prompt, sp, mm in zip(batch, params, media if len(media) == len(batch) else [None] * len(batch)):
                 rid = f"llm-{self._counter}"
                 self._counter += 1
-                self.engine.add_request(rid, prompt, sp)
+                self.engine.add_request(rid, prompt, sp, mm)
                 ids.append(rid)
             finals: dict[str, RequestOutput] = {}
             while len(finals) < len(ids):
@@ -69,9 +96,14 @@ class LLM:
         return [finals[rid] for rid in ids]
 
     def _normalise(self, prompts: PromptType | Sequence[PromptType]) -> list[list[int]]:
-        if isinstance(prompts, str):
-            return [self.encode(prompts)]
+        if isinstance(prompts, (str, MultimodalPrompt)):
+            prompts = [prompts]
         prompts = list(prompts)
         if prompts and all(isinstance(p, int) for p in prompts):
             return [[int(p) for p in prompts]]
-        return [self.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+        return [self._ids(p) for p in prompts]
+
+    def _ids(self, p: PromptType) -> list[int]:
+        if isinstance(p, MultimodalPrompt):
+            return self.encode(expand_media_text(p.text, p.media))
+        return self.encode(p) if isinstance(p, str) else [int(t) for t in p]
