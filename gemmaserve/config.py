@@ -282,6 +282,11 @@ class ServerConfig:
     # the operator allows it; at most this many images + videos per request.
     allow_remote_media: bool = False
     max_media_per_request: int = 8
+    # Batches (/api/beta/batches): billed at this share of the list price (OpenRouter: about half),
+    # at most this many items per batch, and this many items in the engine at once, all batches together.
+    batch_price_factor: float = 0.5
+    batch_max_requests: int = 10_000
+    batch_concurrency: int = 8
 
     def __post_init__(self) -> None:
         if self.keepalive_interval_s <= 0:
@@ -290,6 +295,10 @@ class ServerConfig:
             raise ValueError("max_body_bytes must be at least 1024")
         if self.prompt_price_per_m < 0 or self.completion_price_per_m < 0:
             raise ValueError("prices must be non-negative")
+        if not 0 <= self.batch_price_factor <= 1:
+            raise ValueError("batch_price_factor must be within [0, 1]")
+        if self.batch_concurrency <= 0 or self.batch_max_requests <= 0:
+            raise ValueError("batch_concurrency and batch_max_requests must be positive")
 
     @property
     def accepted_model_ids(self) -> frozenset[str]:

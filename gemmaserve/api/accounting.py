@@ -55,7 +55,8 @@ class MemoryLedger:
     def close(self, gen: "Generation", run: "EngineRun | None", outcome: Outcome) -> dict[str, Any]:
         cfg = self.config
         counts = outcome.counts
-        usage = usage_object(counts, cfg.prompt_price_per_m, cfg.completion_price_per_m)
+        f = gen.price_factor
+        usage = usage_object(counts, cfg.prompt_price_per_m * f, cfg.completion_price_per_m * f)
         if outcome.error is not None and not outcome.started and not outcome.cancelled:
             return usage  # refused before any work (queue full, prompt too long): nothing to record
         now = time.monotonic()

@@ -43,12 +43,29 @@ def check_bearer(authorization: str | None, accepted: frozenset[str]) -> str | N
     return digest
 
 
+# ASGI scope key of a batch item run in-process (api/batches.py); no HTTP request can set it.
+BATCH_SCOPE = "gemmaserve.batch"
+
+
+@dataclass(frozen=True)
+class BatchMark:
+    """What a batch item carries instead of credentials: the batch owner's key digest (checked when
+    the batch was created), its scheduling priority and the price factor it is billed at."""
+
+    key_hash: str | None
+    priority: int
+    price_factor: float
+
+
 async def require_auth(request: Request) -> None:
     """FastAPI dependency for the endpoints OpenRouter authenticates; leaves the key's digest on
     request.state.key_hash for admit()."""
+    mark: BatchMark | None = request.scope.get(BATCH_SCOPE)
+    if mark is not None:
+        request.state.key_hash = mark.key_hash
+        return
     state: ServerState = request.app.state.gs
     request.state.key_hash = check_bearer(authorization(request.headers), state.config.api_key_hashes)
-
 
 
 def check_model(state: ServerState, req: SamplingFields) -> str | None:

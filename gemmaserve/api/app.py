@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gemmaserve.api import account, chat_completions, completions, health, messages, models, responses
+from gemmaserve.api import account, batches, chat_completions, completions, health, messages, models, responses
 from gemmaserve.api.body_limit import BodySizeLimit
 from gemmaserve.api.errors import install_error_handlers
 from gemmaserve.api.loading import load_in_background
@@ -53,9 +53,11 @@ def create_app(state: ServerState) -> FastAPI:
     async def lifespan(app: FastAPI):
         if state.loader is not None and state.engine is None:
             state.load_task = asyncio.create_task(load_in_background(state))
+        app.state.batches.resume()
         try:
             yield
         finally:
+            await app.state.batches.shutdown()
             if state.load_task is not None and not state.load_task.done():
                 state.load_task.cancel()
             if state.loader is not None and state.engine is not None:
@@ -64,8 +66,9 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="gemmaserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gs = state
     install_error_handlers(app)
-    for module in (chat_completions, completions, responses, models, account, health):
+    for module in (chat_completions, completions, responses, batches, models, account, health):
         app.include_router(module.router)
+    app.state.batches = batches.BatchRunner(app, state, state.batch_repo)
     messages.register(app)
     app.add_middleware(BodySizeLimit, max_bytes=state.config.max_body_bytes)
     app.add_middleware(RequestMetrics, state=state)

@@ -114,7 +114,7 @@ def error_response(err: APIError, request: Request | None = None) -> JSONRespons
 
 def _field_path(loc: tuple) -> str:
     # loc looks like ("body", "messages", 0, "content"); the leading "body" is noise to a client.
-    parts = [str(p) for p in loc if p != "body"]
+    parts = [str(p) for p in (loc[1:] if loc[:1] == ("body",) else loc)]
     out = ""
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)

@@ -46,7 +46,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gemmaserve.api.accounting import Outcome
-from gemmaserve.api.admission import Admission
+from gemmaserve.api.admission import BATCH_SCOPE, Admission, BatchMark
 from gemmaserve.api.engine_run import TIMEOUT, EngineRun, run_to_end
 from gemmaserve.api.errors import APIError, engine_error_to_api, error_response
 from gemmaserve.api.response_cache import CacheSlot, open_slot
@@ -106,6 +106,7 @@ class Generation:
     usage: dict[str, Any] | None = None  # set once the ledger closed it
     run: EngineRun | None = None
     media: list[MediaInput] = field(default_factory=list)  # images/videos whose soft tokens prompt_ids hold
+    price_factor: float = 1.0  # what the ledger bills of the list price (batches run at a discount)
 
     def __post_init__(self) -> None:
         if not self.gen_id:
@@ -190,6 +191,9 @@ async def respond(request: Request, gen: Generation, responder: Responder, *, st
     submission still get their own status."""
     state = gen.state
     assert state.engine is not None
+    mark: BatchMark | None = request.scope.get(BATCH_SCOPE)
+    if mark is not None:  # a batch item: background priority, discounted price
+        gen.params.priority, gen.price_factor = mark.priority, mark.price_factor
     slot = await open_slot(request, gen, stream)
     if slot is not None and (hit := slot.lookup()) is not None:
         return slot.replay(hit, gen.gen_id, stream)  # no engine, no ledger: a hit is not billed

@@ -37,6 +37,8 @@ class ServerState:
     generations: GenerationStore = field(default_factory=GenerationStore)
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     response_cache: ResponseCache = field(default_factory=ResponseCache)
+    # Where batches are saved (api/batches.BatchRepository); None keeps them in memory only.
+    batch_repo: Any = None
     # Where generations are recorded and charged (accounting.py); a durable store replaces it.
     ledger: Ledger | None = None
     # Builds the LoadedModel in a worker thread at startup when the app is created before the
