@@ -90,8 +90,9 @@ def _load_media(args: argparse.Namespace) -> list:
             + [load_video(Path(p).read_bytes()) for p in args.video])
 
 
-def _prompt_ids(engine, args: argparse.Namespace, media: list) -> list[int]:
+def _prompt_ids(engine, args: argparse.Namespace, media: list | None = None) -> list[int]:
     tok = engine.tokenizer
+    media = media or []
     if tok is None:
         raise ValueError(f"{args.model} has no tokenizer.json")
     if args.chat:
