@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gemmaserve.api.errors import APIError
+from gemmaserve.api.errors import APIError, enveloped
 
 
 class BodySizeLimit:
@@ -23,7 +23,7 @@ class BodySizeLimit:
         if declared is not None:
             try:
                 if int(declared) > self.max_bytes:
-                    await self._reject(send)
+                    await self._reject(scope, send)
                     return
             except ValueError:
                 pass
@@ -36,7 +36,7 @@ class BodySizeLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._reject(send)
+                await self._reject(scope, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -53,9 +53,10 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send) -> None:
+    async def _reject(self, scope, send) -> None:
         err = APIError(413, f"Request body exceeds the limit of {self.max_bytes} bytes", "payload_too_large")
-        payload = json.dumps(err.body()).encode()
+        # Starlette puts the app in the scope: its paths' own envelopes (Anthropic's) apply here too.
+        payload = json.dumps(enveloped(err, scope.get("app"), scope.get("path", ""))).encode()
         await send({
             "type": "http.response.start",
             "status": 413,

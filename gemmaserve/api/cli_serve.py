@@ -39,6 +39,13 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--allow-remote-media", action="store_true",
                    help="fetch http(s) image/video URLs (public addresses only; off = data URLs only)")
     p.add_argument("--max-media-per-request", type=int, default=8, help="images + videos in one request")
+    p.add_argument("--batch-price-factor", type=float, default=0.5,
+                   help="share of the list price a /api/beta/batches item is billed at")
+    p.add_argument("--batch-concurrency", type=int, default=8,
+                   help="batch items in the engine at once (all batches together; background priority)")
+    p.add_argument("--batch-max-requests", type=int, default=10_000, help="items per batch")
+    p.add_argument("--response-cache-mb", type=int, default=64,
+                   help="memory for X-OpenRouter-Cache answers (least recently used out first)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run_serve)
 
@@ -76,6 +83,10 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
         quantization=args.quantization,
         allow_remote_media=args.allow_remote_media,
         max_media_per_request=args.max_media_per_request,
+        batch_price_factor=args.batch_price_factor,
+        batch_concurrency=args.batch_concurrency,
+        batch_max_requests=args.batch_max_requests,
+        response_cache_bytes=args.response_cache_mb * 1024 * 1024,
     )
 
 

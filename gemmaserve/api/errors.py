@@ -101,14 +101,17 @@ def register_error_envelope(app: FastAPI, path_prefix: str, envelope: ErrorEnvel
     app.state.error_envelopes = {**getattr(app.state, "error_envelopes", {}), path_prefix: envelope}
 
 
+def enveloped(err: APIError, app: Any, path: str) -> dict[str, Any]:
+    """`err` in the envelope registered for `path` on `app` (OpenRouter's when none is)."""
+    state = getattr(app, "state", None)
+    for prefix, envelope in getattr(state, "error_envelopes", {}).items():
+        if path.startswith(prefix):
+            return envelope(err)
+    return err.body()
+
+
 def error_response(err: APIError, request: Request | None = None) -> JSONResponse:
-    body = err.body()
-    if request is not None:
-        path = request.url.path
-        for prefix, envelope in getattr(request.app.state, "error_envelopes", {}).items():
-            if path.startswith(prefix):
-                body = envelope(err)
-                break
+    body = err.body() if request is None else enveloped(err, request.app, request.url.path)
     return JSONResponse(body, status_code=err.status, headers=err.headers)
 
 

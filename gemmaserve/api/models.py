@@ -28,6 +28,17 @@ SUPPORTED_PARAMETERS = [
 ]
 
 
+SPOKEN_APIS = {
+    "chat_completions": "/api/v1/chat/completions",
+    "completions": "/api/v1/completions",
+    "responses": "/api/v1/responses",
+    "messages": "/api/v1/messages",
+    "messages_count_tokens": "/api/v1/messages/count_tokens",
+    "batches": "/api/beta/batches",
+    "response_cache": "X-OpenRouter-Cache",
+}
+
+
 def _per_token(price_per_m: float) -> str:
     # Strings, USD per token, without exponent notation: "0.00000006" (spec §7.1).
     value = Decimal(str(price_per_m)) / Decimal(1_000_000)
@@ -87,6 +98,9 @@ def model_object(state: ServerState) -> dict[str, Any]:
         "knowledge_cutoff": None,
         "links": {"details": f"/api/v1/models/{model_id}/endpoints"},
         "supported_voices": None,
+        # Not in OpenRouter's schema (clients ignore unknown keys): the wire protocols this server
+        # speaks for the model, so a client can pick one without probing.
+        "apis": SPOKEN_APIS,
     }
 
 

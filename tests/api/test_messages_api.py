@@ -137,3 +137,12 @@ def test_unreadable_json_and_engine_refusal(fake):
     fake.engine.submit_error = QueueFullError("full")
     resp = httpx.post(fake.root + "/v1/messages", json={"model": MODEL, "max_tokens": 5, "messages": USER})
     assert resp.status_code == 429 and resp.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_body_over_the_limit_is_anthropic_shaped(fake):
+    big = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "x" * (70 * 1024)}]}
+    resp = httpx.post(fake.root + "/v1/messages", json=big)
+    assert resp.status_code == 413
+    assert resp.json() == {"type": "error", "error": {"type": "request_too_large",
+                                                      "message": "Request body exceeds the limit of 65536 bytes"}}
+    assert httpx.post(fake.url + "/chat/completions", json=big).json()["error"]["code"] == 413

@@ -107,3 +107,13 @@ def test_errors_use_openrouter_envelope(fake, body, status, param):
     assert resp.status_code == status
     err = resp.json()["error"]
     assert err["code"] == status and err["metadata"]["param"] == param and param in err["message"]
+
+
+def test_models_lists_the_spoken_apis(fake):
+    m = httpx.get(fake.url + "/models").json()["data"][0]
+    apis = m["apis"]
+    assert set(apis) == {"chat_completions", "completions", "responses", "messages", "messages_count_tokens",
+                         "batches", "response_cache"}
+    for name, path in apis.items():
+        if path.startswith("/"):  # each one is served: an empty body is a 400 of its own, never a 404
+            assert httpx.post(fake.root + path, json={}).status_code == 400, name
