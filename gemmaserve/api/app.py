@@ -68,7 +68,7 @@ def create_app(state: ServerState) -> FastAPI:
     install_error_handlers(app)
     for module in (chat_completions, completions, responses, batches, models, account, health):
         app.include_router(module.router)
-    app.state.batches = batches.BatchRunner(app, state, state.batch_repo)
+    app.state.batches = batches.BatchRunner(app, state, batches.repository(state))
     messages.register(app)
     app.add_middleware(BodySizeLimit, max_bytes=state.config.max_body_bytes)
     app.add_middleware(RequestMetrics, state=state)

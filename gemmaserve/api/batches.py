@@ -32,9 +32,14 @@ _ATTRIBUTION = ("http-referer", "x-title", "x-openrouter-title", "user-agent")  
 
 
 class BatchRepository(Protocol):
-    """Where batches outlive the process: `save` after every change, `load` once at start."""
+    """Where batches outlive the process: `create` once, `update` the header (status, counts, cost)
+    and `add_result` per finished item as they change, `load` everything once at start."""
 
-    def save(self, batch: dict[str, Any]) -> None: ...
+    def create(self, batch: dict[str, Any]) -> None: ...
+
+    def update(self, batch: dict[str, Any]) -> None: ...
+
+    def add_result(self, batch_id: str, result: dict[str, Any]) -> None: ...
 
     def load(self) -> list[dict[str, Any]]: ...
 
@@ -42,11 +47,29 @@ class BatchRepository(Protocol):
 class MemoryBatches:
     """No durability: batches live as long as the process."""
 
-    def save(self, batch: dict[str, Any]) -> None:
+    def create(self, batch: dict[str, Any]) -> None:
+        return None
+
+    def update(self, batch: dict[str, Any]) -> None:
+        return None
+
+    def add_result(self, batch_id: str, result: dict[str, Any]) -> None:
         return None
 
     def load(self) -> list[dict[str, Any]]:
         return []
+
+
+def repository(state: ServerState) -> BatchRepository | None:
+    """The repository given on the state, else the durable store's when the server has one."""
+    if state.batch_repo is not None:
+        return state.batch_repo
+    store = getattr(state, "store", None)
+    if store is None:
+        return None
+    from gemmaserve.store.batches import StoreBatches
+
+    return StoreBatches(store)
 
 
 def view(b: dict[str, Any], results: bool = True) -> dict[str, Any]:
@@ -120,7 +143,7 @@ class BatchRunner:
             "items": [i.model_dump() for i in req.requests], "results": {},
         }
         self.batches[b["id"]] = b
-        self.repo.save(b)
+        self.repo.create(b)
         self._start(b)
         return b
 
@@ -152,7 +175,7 @@ class BatchRunner:
         if status == "cancelled":
             b["cancelled_at"] = now
         self.tasks.pop(b["id"], None)
-        self.repo.save(b)
+        self.repo.update(b)
 
     async def _run(self, b: dict[str, Any]) -> None:
         if self._slots is None:
@@ -160,7 +183,7 @@ class BatchRunner:
         while not self.state.ready and self.state.load_error is None:
             await asyncio.sleep(0.2)  # resumed at start-up: items wait for the model
         b["status"], b["in_progress_at"] = "in_progress", b["in_progress_at"] or int(time.time())
-        self.repo.save(b)
+        self.repo.update(b)
         mark = BatchMark(b["key_hash"], BACKGROUND, self.state.config.batch_price_factor)
 
         async def marked(scope, receive, send):  # the ASGI app, with the item's BatchMark in its scope
@@ -193,7 +216,8 @@ class BatchRunner:
         b["results"][item["custom_id"]] = result
         b["request_counts"]["failed" if result["error"] else "completed"] += 1
         b["cost"] += _cost(result)
-        self.repo.save(b)
+        self.repo.add_result(b["id"], result)
+        self.repo.update(b)
 
 
 def _runner(request: Request) -> BatchRunner:

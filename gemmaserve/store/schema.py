@@ -118,3 +118,28 @@ class RequestOutcome(Base):
     tokens_completion: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (Index("ix_request_outcomes_created_at", "created_at"),)
+
+
+class BatchRow(Base):
+    """A /api/beta/batches job: its header (status, counts, cost, timestamps: the batch object less
+    its items and results) and its items, written once. Results are rows of their own, so a
+    finished item is one small insert, not a rewrite of the batch."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    header: Mapped[dict] = mapped_column(JSON)
+    items: Mapped[list] = mapped_column(JSON)  # [{custom_id, body}] in input order
+
+
+class BatchResultRow(Base):
+    """One finished batch item: {custom_id, response: {status_code, body}, error}."""
+
+    __tablename__ = "batch_results"
+
+    batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    custom_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    result: Mapped[dict] = mapped_column(JSON)

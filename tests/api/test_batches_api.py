@@ -115,8 +115,14 @@ class DictBatches:
     def __init__(self):
         self.saved = {}
 
-    def save(self, batch):
-        self.saved[batch["id"]] = copy.deepcopy(batch)
+    def create(self, batch):
+        self.saved[batch["id"]] = copy.deepcopy({**batch, "results": {}})
+
+    def update(self, batch):
+        self.saved[batch["id"]].update(copy.deepcopy({k: v for k, v in batch.items() if k not in ("items", "results")}))
+
+    def add_result(self, batch_id, result):
+        self.saved[batch_id]["results"][result["custom_id"]] = copy.deepcopy(result)
 
     def load(self):
         return [copy.deepcopy(b) for b in self.saved.values()]
@@ -143,3 +149,36 @@ def test_restart_resumes_unfinished_items(demo_tokenizer):
         b = wait(srv.root, bid)
     assert b["status"] == "completed" and b["request_counts"] == {"total": 30, "completed": 30, "failed": 0}
     assert len(fresh.calls) == 30 - len(done_before)  # only the unfinished items ran again
+
+
+def test_restart_on_the_durable_store(demo_tokenizer, tmp_path):
+    """The same resume with the store's repository: the server process's state is gone, the
+    SQLite file is not."""
+    from gemmaserve.store import Store
+    from gemmaserve.store.batches import StoreBatches
+
+    reqs = [{"custom_id": str(i), "body": {"model": MODEL, **CHAT}} for i in range(12)]
+    store = Store.open(data_dir=str(tmp_path))
+    slow = FakeEngine(demo_tokenizer, vocab_size=demo_tokenizer.vocab_size, step_delay=0.05)
+    state = make_state(demo_tokenizer, slow, batch_concurrency=1)
+    state.batch_repo = StoreBatches(store)
+    with ServerThread(create_app(state)) as srv:
+        bid = httpx.post(srv.root + "/api/beta/batches", json={"endpoint": "/v1/chat/completions",
+                                                              "requests": reqs}).json()["id"]
+        wait(srv.root, bid, until=("in_progress",))
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{srv.root}/api/beta/batches/{bid}").json()["request_counts"]["completed"] < 2 \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+    store.close()
+    store = Store.open(data_dir=str(tmp_path))
+    (saved,) = StoreBatches(store).load()
+    assert saved["status"] == "in_progress" and 2 <= len(saved["results"]) < 12
+    fresh = FakeEngine(demo_tokenizer, vocab_size=demo_tokenizer.vocab_size)
+    state2 = make_state(demo_tokenizer, fresh)
+    state2.batch_repo = StoreBatches(store)
+    with ServerThread(create_app(state2)) as srv:
+        b = wait(srv.root, bid)
+    assert b["status"] == "completed" and b["request_counts"]["completed"] == 12
+    assert len(fresh.calls) == 12 - len(saved["results"])
+    store.close()

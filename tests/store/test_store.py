@@ -37,7 +37,7 @@ def test_migrations_reach_head_idempotently(db_url):
     assert current_revision(engine) is None
     migrate(engine)
     migrate(engine)
-    assert current_revision(engine) == head_revision() == "0001"
+    assert current_revision(engine) == head_revision() == "0002"
     downgrade(engine, "base")
     assert current_revision(engine) is None
     migrate(engine)
