@@ -52,8 +52,10 @@ async def probe(client: httpx.AsyncClient, prompt: list[int], out_len: int) -> f
 class Background:
     """The load one condition puts beside the probes; `stop()` ends it and reports items done."""
 
-    def __init__(self, client: httpx.AsyncClient, kind: str, prompts: list[list[int]], out_len: int, conc: int):
+    def __init__(self, client: httpx.AsyncClient, kind: str, prompts: list[list[int]], out_len: int, conc: int,
+                 settle_s: float):
         self.client, self.kind, self.prompts, self.out_len, self.conc = client, kind, prompts, out_len, conc
+        self.settle_s = settle_s
         self.batch_id: str | None = None
         self.tasks: list[asyncio.Task] = []
         self.done = 0
@@ -77,7 +79,7 @@ class Background:
 
             self.tasks = [asyncio.create_task(worker()) for _ in range(self.conc)]
         if self.kind != "idle":
-            await asyncio.sleep(3.0)  # let the load reach its steady state (decoding rows in every step)
+            await asyncio.sleep(self.settle_s)  # let the load reach its steady state (rows in every step)
 
     async def stop(self) -> int:
         if self.batch_id is not None:
@@ -101,7 +103,7 @@ async def run(args: argparse.Namespace, base_url: str, vocab: PromptVocab) -> di
             for cond in order:
                 seed += 1
                 bg = Background(client, cond, vocab.prompts(args.batch_items, args.input_len, 10_000 + seed),
-                                args.batch_output_len, args.batch_concurrency)
+                                args.batch_output_len, args.batch_concurrency, args.settle)
                 await bg.start()
                 t_start = time.perf_counter()
                 for p in vocab.prompts(args.probes, args.input_len, seed):
@@ -121,7 +123,7 @@ async def run(args: argparse.Namespace, base_url: str, vocab: PromptVocab) -> di
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="checkpoint directory (the bench model)")
     ap.add_argument("--spawn-args", default="", help="extra `gemmaserve serve` flags")
@@ -129,13 +131,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--probes", type=int, default=10, help="interactive requests per condition and round")
     ap.add_argument("--gap", type=float, default=0.2, help="seconds between probes")
+    ap.add_argument("--settle", type=float, default=3.0, help="seconds a background load runs before probes")
     ap.add_argument("--input-len", type=int, default=256)
     ap.add_argument("--probe-output-len", type=int, default=4)
     ap.add_argument("--batch-items", type=int, default=2000)
     ap.add_argument("--batch-output-len", type=int, default=64)
     ap.add_argument("--batch-concurrency", type=int, default=8)
     ap.add_argument("--log-dir", type=Path, default=Path("/tmp/gemmaserve-bench-logs"))
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     spec = SpawnSpec("gemmaserve", args.model, name="gemmaserve",
                      extra_args=args.spawn_args.split() + ["--batch-concurrency", str(args.batch_concurrency)])
     server = start(spec, args.input_len + args.batch_output_len, args.threads, args.log_dir)

@@ -182,3 +182,21 @@ def test_restart_on_the_durable_store(demo_tokenizer, tmp_path):
     assert b["status"] == "completed" and b["request_counts"]["completed"] == 12
     assert len(fresh.calls) == 12 - len(saved["results"])
     store.close()
+
+
+def test_batch_ttft_benchmark_runs_against_a_server(fake):
+    """The benchmark's measuring loop end to end (no timing asserted): all three conditions probe,
+    and the two loaded ones really ran background items."""
+    import asyncio
+
+    from benchmarks.suite import batch_ttft
+    from benchmarks.suite.prompts import PromptVocab
+
+    args = batch_ttft.parser().parse_args(["--model", "unused", "--rounds", "1", "--probes", "2", "--gap", "0",
+                                           "--settle", "0.3", "--batch-items", "6", "--input-len", "8"])
+    fake.engine.step_delay = 0.02
+    summary = asyncio.run(batch_ttft.run(args, fake.root, PromptVocab(range(300, 400), bos_id=2)))
+    assert {c: summary[c]["probes"] for c in ("idle", "batch", "same_load_interactive")} == {
+        "idle": 2, "batch": 2, "same_load_interactive": 2}
+    assert summary["batch"]["background_items_done"] > 0 and summary["same_load_interactive"]["background_items_done"] > 0
+    assert set(summary["ratios"]) == {"batch_vs_idle_ttft_p50", "same_load_interactive_vs_idle_ttft_p50"}
