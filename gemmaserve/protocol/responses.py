@@ -111,22 +111,32 @@ InputItem = Annotated[
 # -- tools, reasoning, text format ----------------------------------------------------------------
 
 
+# Tools the platform itself would run (OpenAI's hosted tools). This server has none of them: they
+# are accepted and not offered to the model, as OpenRouter ignores what an endpoint does not support.
+HOSTED_TOOLS = frozenset({"web_search", "web_search_preview", "file_search", "code_interpreter",
+                          "image_generation", "computer_use_preview", "computer_use", "mcp", "local_shell",
+                          "custom", "tool_search"})
+
+
 class ResponsesTool(_Item):
-    """Flat function tool ({type, name, parameters}); other tool types are refused by name."""
+    """A flat function tool ({type: function, name, parameters}), a `namespace` grouping function
+    tools (Codex sends them), or a hosted tool type (accepted, not offered); any other type is a 400."""
 
     type: str
     name: FunctionName | None = None
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    tools: list["ResponsesTool"] | None = None  # a namespace's members
 
     @model_validator(mode="after")
-    def _function_only(self) -> "ResponsesTool":
-        if self.type != "function":
-            raise FieldError("type", f"tool type '{self.type}' is not available on this endpoint "
-                             "(only 'function')")
-        if self.name is None:
-            raise FieldError("name", "a function tool needs a 'name'")
+    def _known_type(self) -> "ResponsesTool":
+        if self.type not in ("function", "namespace") and self.type not in HOSTED_TOOLS:
+            raise FieldError("type", f"tool type '{self.type}' is not available on this endpoint")
+        if self.type in ("function", "namespace") and self.name is None:
+            raise FieldError("name", f"a {self.type} tool needs a 'name'")
+        if self.type == "namespace" and any(t.type != "function" for t in self.tools or []):
+            raise FieldError("tools", "a namespace holds function tools only")
         return self
 
 

@@ -117,6 +117,22 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
     return messages
 
 
+def function_tools(req: ResponsesRequest) -> list[Any]:
+    """The function tools the model is offered: flat ones and every namespace's members."""
+    out = []
+    for t in req.tools or []:
+        if t.type == "function":
+            out.append(t)
+        elif t.type == "namespace":
+            out.extend(t.tools or [])
+    return out
+
+
+def namespaces(req: ResponsesRequest) -> dict[str, str]:
+    """Function name -> the namespace it came from (its calls name the namespace back)."""
+    return {f.name: t.name for t in req.tools or [] if t.type == "namespace" for f in t.tools or [] if f.name}
+
+
 def _tool_choice(req: ResponsesRequest) -> Any:
     choice = req.tool_choice
     if choice is None or isinstance(choice, str):
@@ -144,7 +160,7 @@ def to_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
     body: dict[str, Any] = {**shared, "messages": _messages(req)}
     if req.tools is not None:
         body["tools"] = [{"type": "function", "function": t.model_dump(
-            include={"name", "description", "parameters", "strict"}, exclude_none=True)} for t in req.tools]
+            include={"name", "description", "parameters", "strict"}, exclude_none=True)} for t in function_tools(req)]
     if req.tool_choice is not None:
         body["tool_choice"] = _tool_choice(req)
     if req.parallel_tool_calls is not None:
@@ -208,6 +224,7 @@ class ResponseFrame:
             "previous_response_id": None,
         }
         self.model = model
+        self.namespaces = namespaces(req)
 
     def response(self, status: str, output: list[dict[str, Any]], usage_obj: dict[str, Any] | None = None,
                  incomplete: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -230,9 +247,13 @@ def _reasoning_item(rid: str, text: str) -> dict[str, Any]:
     return {"id": rid, "type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": text}]}
 
 
-def _call_item(fid: str, call: dict[str, Any], status: str) -> dict[str, Any]:
-    return {"id": fid, "type": "function_call", "call_id": call["id"], "name": call["function"]["name"],
+def _call_item(fid: str, call: dict[str, Any], status: str, spaces: dict[str, str]) -> dict[str, Any]:
+    name = call["function"]["name"]
+    item = {"id": fid, "type": "function_call", "call_id": call["id"], "name": name,
             "arguments": call["function"]["arguments"], "status": status}
+    if name in spaces:
+        item["namespace"] = spaces[name]
+    return item
 
 
 def whole_response(frame: ResponseFrame, message: dict[str, Any], finish: str | None, chat_usage: dict[str, Any],
@@ -247,7 +268,7 @@ def whole_response(frame: ResponseFrame, message: dict[str, Any], finish: str | 
     if message.get("content") or not message.get("tool_calls"):
         output.append(_message_item(new_id("msg"), message.get("content") or "", item_status, logprobs))
     for call in message.get("tool_calls") or []:
-        output.append(_call_item(new_id("fc"), call, item_status))
+        output.append(_call_item(new_id("fc"), call, item_status, frame.namespaces))
     error = {"code": "server_error", "message": "generation failed"} if status == "failed" else None
     return frame.response(status, output, usage(chat_usage), incomplete, error)
 
@@ -340,7 +361,7 @@ class ResponseEvents:
             key = ("call", frag["index"])
             if "id" in frag:  # the opening fragment names the call
                 call = {"id": frag["id"], "function": {"name": frag["function"]["name"], "arguments": ""}}
-                events += self._open(key, _call_item(self.new_id("fc"), call, "in_progress"))
+                events += self._open(key, _call_item(self.new_id("fc"), call, "in_progress", self.frame.namespaces))
             args = (frag.get("function") or {}).get("arguments") or ""
             if args and self.open_key == key:
                 assert self.open is not None

@@ -96,7 +96,7 @@ def test_stream_text_event_shapes(fake):
 @pytest.mark.parametrize("body, status, param", [
     ({"input": "x", "store": True}, 400, "store"),
     ({"input": "x", "previous_response_id": "resp_1"}, 400, "previous_response_id"),
-    ({"input": "x", "tools": [{"type": "web_search"}]}, 400, "tools[0].type"),
+    ({"input": "x", "tools": [{"type": "bogus_tool"}]}, 400, "tools[0].type"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, 400, "input[0]"),
     ({"input": "x", "temperature": 3}, 400, "temperature"),
     ({}, 400, "input"),

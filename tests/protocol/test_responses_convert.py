@@ -83,7 +83,7 @@ def test_reasoning_text_format_and_logprobs_map_to_chat_fields():
 @pytest.mark.parametrize("body, field", [
     ({"input": "x", "store": True}, "store"),
     ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
-    ({"input": "x", "tools": [{"type": "web_search"}]}, "type"),
+    ({"input": "x", "tools": [{"type": "bogus_tool"}]}, "type"),
     ({"input": "x", "text": {"format": {"type": "json_schema", "schema": {}}}}, "name"),
     ({"input": "x", "max_tokens": 3, "max_output_tokens": 4}, "max_output_tokens"),
 ])
@@ -179,3 +179,20 @@ def test_stream_incomplete_failed_and_empty():
     empty = ev.finish("stop", CHAT_USAGE)
     assert [e["type"] for e in empty][-1] == "response.completed"
     assert empty[-1]["response"]["output"][0]["content"][0]["text"] == ""
+
+
+def test_namespaces_flatten_and_hosted_tools_are_not_offered():
+    ns = {"type": "namespace", "name": "agents", "description": "sub-agents", "tools": [
+        {"type": "function", "name": "spawn", "parameters": {"type": "object"}}]}
+    req = ResponsesRequest.model_validate({"input": "x", "tools": [TOOL, ns, {"type": "web_search",
+                                                                              "external_web_access": False}]})
+    assert [t["function"]["name"] for t in to_chat_request(req).model_dump(exclude_none=True)["tools"]] == [
+        "get_weather", "spawn"]
+    f = ResponseFrame(req, "gen-1-abc", "m", created_at=1)
+    msg = {"tool_calls": [{"id": "call_1", "function": {"name": "spawn", "arguments": "{}"}},
+                          {"id": "call_2", "function": {"name": "get_weather", "arguments": "{}"}}]}
+    spawn, weather = whole_response(f, msg, "tool_calls", CHAT_USAGE, new_id=ids())["output"]
+    assert spawn["namespace"] == "agents" and "namespace" not in weather
+    ev = ResponseEvents(f, new_id=ids())
+    added = ev.feed({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "spawn", "arguments": ""}}]})
+    assert added[0]["item"]["namespace"] == "agents"
