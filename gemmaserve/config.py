@@ -267,6 +267,7 @@ class ServerConfig:
 
     served_model_name: str = BASE_MODEL_ID
     api_key_hashes: frozenset[str] = frozenset()  # digests of accepted keys (api/keys.py); empty = open
+    management_key_hashes: frozenset[str] = frozenset()  # digests of management keys from a file
     prompt_price_per_m: float = 0.06  # USD per million prompt tokens
     completion_price_per_m: float = 0.33  # USD per million completion tokens (reasoning included)
     provider_name: str = "gemmaserve"
@@ -321,3 +322,13 @@ class ServerConfig:
         `...:free` request (spec §3.1)."""
         suffix = next((s for s in VARIANT_SUFFIXES[1:] if requested and requested.endswith(s)), "")
         return self.response_model + suffix
+
+
+def default_data_dir() -> str:
+    """Where the embedded SQLite store lives unless --data-dir says otherwise:
+    $GEMMASERVE_DATA_DIR, else $XDG_DATA_HOME/gemmaserve, else ~/.local/share/gemmaserve."""
+    explicit = os.environ.get("GEMMASERVE_DATA_DIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "gemmaserve")

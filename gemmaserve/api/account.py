@@ -1,40 +1,35 @@
-"""What a key holder asks about their account: GET /generation (a stored record) and /key."""
+"""What a key holder asks about their account: GET /generation (a stored record). The key's own
+object (/key), credits and activity live in key_admin.py and activity.py."""
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends, Request
 
-from gemmaserve.api.admission import require_auth
+from gemmaserve.api.callers import Caller, caller_of
 from gemmaserve.api.errors import APIError
 from gemmaserve.api.state import ServerState
+from gemmaserve.api.usage import generation_object
 
 router = APIRouter()
 
 
-@router.get("/api/v1/generation", dependencies=[Depends(require_auth)])
-@router.get("/v1/generation", dependencies=[Depends(require_auth)])
-async def generation(request: Request, id: str | None = None):
+@router.get("/api/v1/generation")
+@router.get("/v1/generation")
+async def generation(request: Request, id: str | None = None, caller: Caller = Depends(caller_of)):
+    """From the store when the server keeps one (so it survives restarts); a key sees its own
+    generations, a management key all of them."""
     state: ServerState = request.app.state.gs
     if not id:
         raise APIError(400, "Missing required query parameter 'id'", "invalid_request", {"param": "id"})
-    record = state.generations.get(id)
+    if state.store is None:
+        record = state.generations.get(id)
+    else:
+        rec = await asyncio.to_thread(state.store.generation, id)
+        visible = rec is not None and (caller.management or caller.key_hash is None
+                                       or rec.api_key_hash == caller.key_hash)
+        record = generation_object(rec) if visible else None
     if record is None:
         raise APIError(404, f"Generation {id} not found", "not_found")
     return {"data": record}
-
-
-@router.get("/api/v1/key", dependencies=[Depends(require_auth)])
-@router.get("/api/v1/auth/key", dependencies=[Depends(require_auth)])
-async def key_info(request: Request):
-    """Key info (spec §8.2): a self-hosted key has no credit limit, so limits are null."""
-    _, _, key = (request.headers.get("authorization") or "").partition(" ")
-    key = key.strip()
-    label = f"{key[:8]}...{key[-3:]}" if len(key) > 14 else ("open" if not key else "***")
-    return {"data": {
-        "label": label, "limit": None, "limit_remaining": None, "limit_reset": None, "include_byok_in_limit": False,
-        "usage": 0, "usage_daily": 0, "usage_weekly": 0, "usage_monthly": 0,
-        "byok_usage": 0, "byok_usage_daily": 0, "byok_usage_weekly": 0, "byok_usage_monthly": 0,
-        "is_free_tier": False, "is_management_key": False, "is_provisioning_key": False,
-        "creator_user_id": None, "expires_at": None,
-        "rate_limit": {"requests": -1, "interval": "10s", "note": "This field is deprecated and safe to ignore."},
-    }}

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gemmaserve.api.errors import APIError
 from gemmaserve.api.metrics import ServerMetrics
-from gemmaserve.api.usage import GenerationStore, TokenCounts, usage_object
+from gemmaserve.api.usage import GenerationStore, TokenCounts, charged_usage, generation_object
 from gemmaserve.config import ServerConfig
+from gemmaserve.store import GenerationRecord
 
 if TYPE_CHECKING:
     from gemmaserve.api.engine_run import EngineRun
@@ -56,68 +58,33 @@ class MemoryLedger:
         cfg = self.config
         counts = outcome.counts
         f = gen.price_factor
-        usage = usage_object(counts, cfg.prompt_price_per_m * f, cfg.completion_price_per_m * f)
+        usage = charged_usage(counts, outcome.finish_reason, cfg.prompt_price_per_m * f, cfg.completion_price_per_m * f)
         if outcome.error is not None and not outcome.started and not outcome.cancelled:
             return usage  # refused before any work (queue full, prompt too long): nothing to record
-        now = time.monotonic()
-        t_start = run.t_start if run is not None else now
-        t_first = run.t_first if run is not None else None
         self.metrics.observe_tokens(counts.prompt, counts.completion, run.ttft if run else None,
                                     run.tpot if run else None)
-        self.generations.put(gen.gen_id, generation_record(gen, outcome, usage, cfg,
-                                                           latency_ms=int((now - t_start) * 1000),
-                                                           gen_ms=int((now - t_first) * 1000) if t_first else 0))
+        self.generations.put(gen.gen_id, generation_object(build_record(gen, run, outcome, usage["cost"], cfg)))
         return usage
 
 
-def generation_record(gen: "Generation", outcome: Outcome, usage: dict[str, Any], cfg: ServerConfig, *,
-                      latency_ms: int, gen_ms: int) -> dict[str, Any]:
-    """The /generation record (spec §8.1)."""
+def build_record(gen: "Generation", run: "EngineRun | None", outcome: Outcome, cost: float,
+                 cfg: ServerConfig) -> GenerationRecord:
+    """What one generation leaves behind (both ledgers write this), timed now."""
+    now = time.monotonic()
+    t_start = run.t_start if run is not None else now
+    t_first = run.t_first if run is not None else None
     counts, headers = outcome.counts, gen.headers
-    return {
-        "id": gen.gen_id,
-        "upstream_id": gen.gen_id,
-        "request_id": gen.gen_id,
-        "total_cost": usage["cost"],
-        "usage": usage["cost"],
-        "cache_discount": None,
-        "upstream_inference_cost": usage["cost"],
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(gen.created)) + "Z",
-        "model": gen.model or cfg.response_model,
-        "app_id": None,
-        "streamed": outcome.streamed,
-        "cancelled": outcome.cancelled,
-        "provider_name": cfg.provider_name,
-        "latency": latency_ms,
-        "generation_time": gen_ms,
-        "moderation_latency": None,
-        "finish_reason": outcome.finish_reason,
-        "native_finish_reason": outcome.native_finish_reason,
-        "tokens_prompt": counts.prompt,
-        "tokens_completion": counts.completion,
-        "native_tokens_prompt": counts.prompt,
-        "native_tokens_completion": counts.completion,
-        "native_tokens_completion_images": 0,
-        "native_tokens_reasoning": counts.reasoning,
-        "native_tokens_cached": counts.cached,
-        "num_media_prompt": None,
-        "num_input_audio_prompt": None,
-        "num_media_completion": 0,
-        "num_search_results": None,
-        "num_fetches": None,
-        "origin": headers.get("origin", "") if headers is not None else "",
-        "http_referer": headers.get("http-referer") if headers is not None else None,
-        "user_agent": headers.get("user-agent") if headers is not None else None,
-        "external_user": gen.user,
-        "is_byok": False,
-        "api_type": gen.endpoint,
-        "router": None,
-        "preset_id": None,
-        "session_id": gen.session_id,
-        "service_tier": None,
-        "data_region": None,
-        "workspace_id": None,
-        "response_cache_source_id": None,
-        "web_search_engine": None,
-        "provider_responses": [],
-    }
+    return GenerationRecord(
+        id=gen.gen_id, created_at=datetime.fromtimestamp(gen.created, timezone.utc), api_key_hash=gen.admission.key_hash,
+        model=gen.model or cfg.response_model, api_type=gen.endpoint, provider_name=cfg.provider_name,
+        upstream_id=gen.gen_id, streamed=outcome.streamed, cancelled=outcome.cancelled,
+        finish_reason=outcome.finish_reason, native_finish_reason=outcome.native_finish_reason,
+        tokens_prompt=counts.prompt, tokens_completion=counts.completion, tokens_reasoning=counts.reasoning,
+        tokens_cached=counts.cached, total_cost=cost, latency_ms=int((now - t_start) * 1000),
+        generation_time_ms=int((now - t_first) * 1000) if t_first is not None else 0,
+        http_referer=headers.get("http-referer") if headers is not None else None,
+        # App attribution (spec §9): X-OpenRouter-Title names the app; X-Title is the older header.
+        app_title=(headers.get("x-openrouter-title") or headers.get("x-title")) if headers is not None else None,
+        origin=headers.get("origin", "") if headers is not None else "",
+        user_agent=headers.get("user-agent") if headers is not None else None,
+        external_user=gen.user, session_id=gen.session_id)

@@ -9,8 +9,9 @@ from typing import Mapping
 
 from fastapi import Request
 
+from gemmaserve.api.callers import require_inference_key
 from gemmaserve.api.errors import APIError
-from gemmaserve.api.keys import authorization, matching_digest
+from gemmaserve.api.keys import matching_digest
 from gemmaserve.api.state import ServerState
 from gemmaserve.protocol.common import SamplingFields
 
@@ -28,7 +29,8 @@ class Admission:
 
 def check_bearer(authorization: str | None, accepted: frozenset[str]) -> str | None:
     """The accepted digest of the header's key (None on an open server); otherwise raise the
-    OpenRouter 401 bodies (spec §1.3)."""
+    OpenRouter 401 bodies (spec §1.3). Static keys only: the cluster ingress checks with it; the
+    app itself resolves every kind of key (static, stored, management) through callers.py."""
     if not accepted:
         return None
     if not authorization:
@@ -58,14 +60,16 @@ class BatchMark:
 
 
 async def require_auth(request: Request) -> None:
-    """FastAPI dependency for the endpoints OpenRouter authenticates; leaves the key's digest on
-    request.state.key_hash for admit()."""
+    """FastAPI dependency of the generation endpoints: a valid key that may call inference
+    (callers.py: static, stored or none on an open server; never a management key). Leaves the
+    key's digest on request.state.key_hash for admit(). A batch item carries its owner's digest,
+    checked when the batch was made."""
     mark: BatchMark | None = request.scope.get(BATCH_SCOPE)
     if mark is not None:
         request.state.key_hash = mark.key_hash
         return
-    state: ServerState = request.app.state.gs
-    request.state.key_hash = check_bearer(authorization(request.headers), state.config.api_key_hashes)
+    caller = await require_inference_key(request)
+    request.state.key_hash = caller.key_hash
 
 
 def check_model(state: ServerState, req: SamplingFields) -> str | None:

@@ -7,16 +7,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gemmaserve.api import account, batches, chat_completions, completions, health, messages, models, responses
+from gemmaserve.api import (account, activity, batches, chat_completions, completions, health, key_admin,
+                            messages, model_page, models, responses)
 from gemmaserve.api.body_limit import BodySizeLimit
 from gemmaserve.api.errors import install_error_handlers
 from gemmaserve.api.loading import load_in_background
+from gemmaserve.api.outcomes import OutcomeRecorder
 from gemmaserve.api.state import ServerState
 
 _KNOWN_PATHS = {
     "/api/v1/chat/completions", "/v1/chat/completions", "/api/v1/completions", "/v1/completions",
     "/api/v1/responses", "/v1/responses", "/api/v1/messages", "/v1/messages", "/api/v1/messages/count_tokens",
     "/v1/messages/count_tokens", "/api/v1/models", "/v1/models", "/api/v1/generation", "/v1/generation", "/health", "/metrics",
+    "/api/v1/keys", "/api/v1/key", "/api/v1/credits", "/api/v1/activity", "/api/frontend/stats", "/",
 }
 
 
@@ -66,10 +69,14 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="gemmaserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gs = state
     install_error_handlers(app)
-    for module in (chat_completions, completions, responses, batches, models, account, health):
+    # Static files first and model_page last: its /{author}/{slug} page route must shadow no path.
+    model_page.mount_static(app)
+    for module in (chat_completions, completions, responses, batches, models, account, key_admin, activity, health):
         app.include_router(module.router)
     app.state.batches = batches.BatchRunner(app, state, batches.repository(state))
     messages.register(app)
+    app.include_router(model_page.router)
     app.add_middleware(BodySizeLimit, max_bytes=state.config.max_body_bytes)
+    app.add_middleware(OutcomeRecorder, state=state)  # a no-op without a store
     app.add_middleware(RequestMetrics, state=state)
     return app

@@ -1,4 +1,4 @@
-"""The `serve` and `hash-key` subcommands; gemmaserve/cli.py calls add_serve_parser(subparsers)."""
+"""The `serve`, `hash-key` and `keys` subcommands; gemmaserve/cli.py calls add_serve_parser(subparsers)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import getpass
 import logging
 import sys
 
+from gemmaserve.api.callers import is_open
+from gemmaserve.api.cli_store import add_keys_parser, add_store_args, open_store_from_args
 from gemmaserve.api.keys import hash_key, load_key_hashes
 from gemmaserve.api.loading import model_loader
 from gemmaserve.api.state import ServerState
@@ -47,11 +49,13 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--response-cache-mb", type=int, default=64,
                    help="memory for X-OpenRouter-Cache answers (least recently used out first)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_store_args(p)
     p.set_defaults(func=run_serve)
 
     h = subparsers.add_parser("hash-key", help="print the sha256 line for an --api-keys-file")
     h.add_argument("key", nargs="?", help="the key (read from stdin or a prompt when omitted)")
     h.set_defaults(func=run_hash_key)
+    add_keys_parser(subparsers)
 
 
 def run_hash_key(args: argparse.Namespace) -> int:
@@ -72,9 +76,13 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
         hashes = frozenset({hash_key(args.api_key)})
     else:
         hashes = frozenset()
+    # The cluster builds its own args without the store flags: no management keys there.
+    mgmt_file = getattr(args, "management_keys_file", None)
+    management = load_key_hashes(mgmt_file) if mgmt_file else frozenset()
     return ServerConfig(
         served_model_name=args.served_model_name,
         api_key_hashes=hashes,
+        management_key_hashes=management,
         prompt_price_per_m=args.prompt_price,
         completion_price_per_m=args.completion_price,
         provider_name=args.provider_name,
@@ -101,10 +109,21 @@ def run_serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not config.api_key_hashes:
-        log.warning("no --api-key/--api-keys-file: the API is open to anyone who can reach %s:%d",
-                    args.host, args.port)
-    state = ServerState(config=config, loader=model_loader(args))
+    try:
+        store = open_store_from_args(args)
+    except Exception as exc:  # a bad URL, an unreachable server, a failed migration
+        print(f"error: cannot open the store: {exc}", file=sys.stderr)
+        return 2
+    if store is not None:
+        log.info("store: %s", store.engine.url.render_as_string(hide_password=True))
+    state = ServerState(config=config, loader=model_loader(args), store=store)
+    if is_open(state):
+        log.warning("no keys (--api-key/--api-keys-file, or `gemmaserve keys create`): the API is open to "
+                    "anyone who can reach %s:%d", args.host, args.port)
     app = create_app(state)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        if store is not None:
+            store.close()  # commits whatever is still queued
     return 0 if state.load_error is None else 1

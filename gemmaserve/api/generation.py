@@ -35,9 +35,11 @@ exactly once whatever happens; a durable store swaps the ledger and touches noth
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import string
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterable, Mapping, NamedTuple
 
@@ -54,6 +56,8 @@ from gemmaserve.api.sse import DONE, KEEPALIVE, SSEResponse
 from gemmaserve.api.state import ServerState
 from gemmaserve.api.usage import TokenCounts
 from gemmaserve.types import EngineError, FinishReason, MediaInput, RequestOutput, SamplingParams
+
+log = logging.getLogger("gemmaserve.api")
 
 _ALNUM = string.ascii_letters + string.digits
 
@@ -107,6 +111,9 @@ class Generation:
     run: EngineRun | None = None
     media: list[MediaInput] = field(default_factory=list)  # images/videos whose soft tokens prompt_ids hold
     price_factor: float = 1.0  # what the ledger bills of the list price (batches run at a discount)
+    # The store's commit of this generation's record and charge (a concurrent Future), set by a
+    # durable ledger's close; awaited before the response's last bytes (wait_durable).
+    durable: Future | None = None
 
     def __post_init__(self) -> None:
         if not self.gen_id:
@@ -127,6 +134,15 @@ class Generation:
     @property
     def closed(self) -> bool:
         return self.usage is not None
+
+    async def wait_durable(self) -> None:
+        """Return once the ledger's record is committed, so a client holding the whole answer holds
+        a billed, durable generation; a failed write is logged, never turned into a failed answer."""
+        if self.durable is not None:
+            try:
+                await asyncio.wrap_future(self.durable)
+            except Exception:
+                log.exception("generation %s: the store did not commit its record", self.gen_id)
 
     def close(self, responder: "Responder", finish: Finish, *, streamed: bool, cancelled: bool,
               error: APIError | None = None) -> dict[str, Any]:
@@ -249,6 +265,7 @@ async def generate_whole(gen: Generation, responder: Responder) -> dict[str, Any
         responder.complete(last)
         finish = responder.finish_reasons(last)
         usage = gen.close(responder, finish, streamed=False, cancelled=False)
+        await gen.wait_durable()
         return responder.body(last, finish, usage)
     finally:
         await run.close()
@@ -300,6 +317,7 @@ async def _stream(gen: Generation, r: Responder, out: Any) -> AsyncIterator[byte
             for frame in r.error_frames(error):
                 yield frame
         usage = gen.close(r, finish, streamed=True, cancelled=False, error=error)
+        await gen.wait_durable()
         for frame in r.usage_frames(usage):
             yield frame
         if r.done is not None:

@@ -1,16 +1,16 @@
-"""API keys at rest: the digest a keys file holds for each accepted key, reading that file, and
-checking a presented key against the accepted digests."""
+"""API keys at rest: the digest a keys file holds for each accepted key (store.keys.hash_key),
+reading that file, checking a presented key against the accepted digests, and where a request
+carries its key."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from pathlib import Path
 from typing import Mapping
 
+from gemmaserve.store.keys import hash_key
 
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+__all__ = ["authorization", "hash_key", "load_key_hashes", "matching_digest"]
 
 
 def load_key_hashes(path: str | Path) -> frozenset[str]:

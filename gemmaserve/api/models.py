@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Request
 from gemmaserve.api.errors import APIError
 from gemmaserve.api.state import ServerState
 from gemmaserve.config import BASE_MODEL_ID, CANONICAL_SLUG
+from gemmaserve.store import queries, utcnow
 
 router = APIRouter()
 
@@ -148,6 +150,12 @@ async def model_endpoints(author: str, slug: str, request: Request):
     _lookup(state, author, slug)
     m = model_object(state)
     cfg = state.config
+    live = {"uptime_last_5m": None, "uptime_last_30m": None, "uptime_last_1d": None,
+            "latency_last_30m": None, "throughput_last_30m": None}
+    if state.store is not None:
+        # From the store's request outcomes, so the numbers survive a restart (platform spec §5).
+        live = await asyncio.to_thread(state.store.read, queries.endpoint_stats, utcnow(),
+                                       state.store.options.min_uptime_samples)
     endpoint = {
         "name": f"{cfg.provider_name} | {m['id']}",
         "model_id": m["canonical_slug"],
@@ -161,12 +169,12 @@ async def model_endpoints(author: str, slug: str, request: Request):
         "max_prompt_tokens": m["context_length"],
         "supported_parameters": m["supported_parameters"],
         "status": 0 if state.ready else -1,
-        "uptime_last_5m": None,
-        "uptime_last_30m": None,
-        "uptime_last_1d": None,
+        "uptime_last_5m": live["uptime_last_5m"],
+        "uptime_last_30m": live["uptime_last_30m"],
+        "uptime_last_1d": live["uptime_last_1d"],
         "supports_implicit_caching": True,  # prefix caching reuses shared prompt prefixes
-        "latency_last_30m": None,
-        "throughput_last_30m": None,
+        "latency_last_30m": live["latency_last_30m"],
+        "throughput_last_30m": live["throughput_last_30m"],
     }
     return {"data": {"id": m["id"], "name": m["name"], "created": m["created"], "description": m["description"],
                      "architecture": m["architecture"], "endpoints": [endpoint]}}

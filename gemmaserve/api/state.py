@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from gemmaserve.api.accounting import Ledger, MemoryLedger
 from gemmaserve.api.metrics import ServerMetrics
 from gemmaserve.api.response_cache import ResponseCache
+from gemmaserve.api.store_ledger import StoreLedger
 from gemmaserve.api.usage import GenerationStore
 from gemmaserve.config import ServerConfig
 from gemmaserve.engine.client import EngineClient
+from gemmaserve.store import Store
 
 if TYPE_CHECKING:
     from gemmaserve.api.loading import LoadedModel
@@ -41,6 +43,8 @@ class ServerState:
     batch_repo: Any = None
     # Where generations are recorded and charged (accounting.py); a durable store replaces it.
     ledger: Ledger | None = None
+    # Durable keys, generations and stats (gemmaserve.store); None = in memory only (--no-store).
+    store: Store | None = None
     # Builds the LoadedModel in a worker thread at startup when the app is created before the
     # model is loaded (the `serve` command); None when engine and tokenizer are given ready-made.
     loader: "Callable[[], LoadedModel] | None" = None
@@ -49,6 +53,8 @@ class ServerState:
     def __post_init__(self) -> None:
         self.generations = GenerationStore(self.config.max_stored_generations)
         self.response_cache = ResponseCache(self.config.response_cache_entries, self.config.response_cache_bytes)
+        if self.ledger is None and self.store is not None:
+            self.ledger = StoreLedger(self.config, self.store, self.metrics)
         if self.ledger is None:
             self.ledger = MemoryLedger(self.config, self.generations, self.metrics)
         if self.prompt_encoder is None and self.tokenizer is not None and self.renderer is not None:

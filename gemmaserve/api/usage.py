@@ -1,4 +1,5 @@
-"""Usage and cost objects (spec §3.2) and the store behind GET /generation (spec §8.1)."""
+"""Usage and cost objects (spec §3.2), the /generation object (spec §8.1), and the in-memory
+record map behind it when the server keeps no store."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+from gemmaserve.store import GenerationRecord
 
 _MILLION = Decimal(1_000_000)
 
@@ -50,6 +53,74 @@ def usage_object(counts: TokenCounts, prompt_price_per_m: float, completion_pric
             "upstream_inference_completions_cost": completion_cost,
         },
         "completion_tokens_details": {"reasoning_tokens": counts.reasoning, "image_tokens": 0, "audio_tokens": 0},
+    }
+
+
+def insured(counts: TokenCounts, finish_reason: str | None) -> bool:
+    """Zero-completion insurance (platform spec §4): no charge when nothing was generated and the
+    request ended without a proper finish (an error, or none at all)."""
+    return counts.completion == 0 and finish_reason in (None, "error")
+
+
+def charged_usage(counts: TokenCounts, finish_reason: str | None, prompt_price_per_m: float,
+                  completion_price_per_m: float) -> dict[str, Any]:
+    """The usage object with what is actually charged: zero cost under the insurance."""
+    usage = usage_object(counts, prompt_price_per_m, completion_price_per_m)
+    if insured(counts, finish_reason):
+        usage["cost"] = 0.0
+        usage["cost_details"] = {k: 0.0 for k in usage["cost_details"]}
+    return usage
+
+
+def generation_object(rec: GenerationRecord) -> dict[str, Any]:
+    """GET /generation's `data` (spec §8.1) for a stored record; every field present."""
+    return {
+        "id": rec.id,
+        "upstream_id": rec.upstream_id,
+        "request_id": rec.upstream_id,
+        "total_cost": rec.total_cost,
+        "usage": rec.total_cost,
+        "cache_discount": None,
+        "upstream_inference_cost": rec.total_cost,
+        "created_at": rec.created_at.strftime("%Y-%m-%dT%H:%M:%S") + "Z",
+        "model": rec.model,
+        "app_id": None,
+        "streamed": rec.streamed,
+        "cancelled": rec.cancelled,
+        "provider_name": rec.provider_name,
+        "latency": rec.latency_ms,
+        "generation_time": rec.generation_time_ms,
+        "moderation_latency": None,
+        "finish_reason": rec.finish_reason,
+        "native_finish_reason": rec.native_finish_reason,
+        "tokens_prompt": rec.tokens_prompt,
+        "tokens_completion": rec.tokens_completion,
+        "native_tokens_prompt": rec.tokens_prompt,
+        "native_tokens_completion": rec.tokens_completion,
+        "native_tokens_completion_images": 0,
+        "native_tokens_reasoning": rec.tokens_reasoning,
+        "native_tokens_cached": rec.tokens_cached,
+        "num_media_prompt": None,
+        "num_input_audio_prompt": None,
+        "num_media_completion": 0,
+        "num_search_results": None,
+        "num_fetches": None,
+        "origin": rec.origin,
+        "http_referer": rec.http_referer,
+        "app_title": rec.app_title,  # gemmaserve: the X-OpenRouter-Title / X-Title the app sent
+        "user_agent": rec.user_agent,
+        "external_user": rec.external_user,
+        "is_byok": False,
+        "api_type": rec.api_type,
+        "router": None,
+        "preset_id": None,
+        "session_id": rec.session_id,
+        "service_tier": None,
+        "data_region": None,
+        "workspace_id": None,
+        "response_cache_source_id": None,
+        "web_search_engine": None,
+        "provider_responses": [],
     }
 
 

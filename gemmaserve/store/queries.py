@@ -53,12 +53,14 @@ def content(session: Session, gen_id: str) -> dict[str, Any] | None:
 def activity(session: Session, now: datetime, date: str | None = None,
              api_key_hash: str | None = None) -> list[dict[str, Any]]:
     """OpenRouter's /activity rows: the last 30 completed UTC days (today excluded), one row per
-    date x model x endpoint (api_type), newest day first."""
+    date x model x endpoint (api_type), newest day first. With `date` only that day's rows, and
+    today may be asked for by date (its rows so far)."""
     today = period_start("daily", now)
     day = _bucket(session, G.created_at, "day")
+    end = today + timedelta(days=1) if date is not None else today
     q = (select(day, G.model, G.api_type, func.count(), func.sum(G.tokens_prompt), func.sum(G.tokens_completion),
                 func.sum(G.tokens_reasoning), func.sum(G.total_cost))
-         .where(G.created_at >= today - timedelta(days=30), G.created_at < today)
+         .where(G.created_at >= today - timedelta(days=30), G.created_at < end)
          .group_by(day, G.model, G.api_type).order_by(day.desc(), G.model, G.api_type))
     if date is not None:
         q = q.where(day == date)

@@ -32,7 +32,8 @@ def test_serve_process_loads_and_answers(demo_dir, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", RUNNER, "serve", "--model", str(demo_dir), "--port", str(port), "--dtype", "float32",
          "--max-model-len", "256", "--served-model-name", "demo", "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "GEMMASERVE_DATA_DIR": str(tmp_path / "data")},
     )
     try:
         base = f"http://127.0.0.1:{port}"

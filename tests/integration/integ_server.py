@@ -50,8 +50,10 @@ def serve(model_dir: Path, log_dir: Path, *extra: str, timeout: float = 180.0,
     log = log_dir / f"serve-{port}.log"
     prefix = cmd_prefix or [sys.executable, "-m", "gemmaserve.cli"]
     cmd = [*prefix, "serve", "--model", str(model_dir), "--port", str(port), *extra]
+    # Each server keeps its store in the test's folder, never in the user's data directory.
+    env = {**SUBPROCESS_ENV, "GEMMASERVE_DATA_DIR": str(log_dir / f"data-{port}")}
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=SUBPROCESS_ENV)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     srv = Server(proc, port, log)
     try:
         deadline = time.monotonic() + timeout

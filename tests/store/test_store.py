@@ -132,6 +132,8 @@ def test_activity_rows_per_day_model_endpoint(db_url):
     only_a = store.read(queries.activity, NOW, api_key_hash="a" * 64)
     assert [(r["date"], r["requests"]) for r in only_a] == [("2026-12-08", 1)]
     assert [r["date"] for r in store.read(queries.activity, NOW, date="2026-12-06")] == ["2026-12-06"]
+    assert [(r["date"], r["requests"]) for r in store.read(queries.activity, NOW, date="2026-12-09")] == [
+        ("2026-12-09", 1)]  # today, asked for by date
     store.close()
 
 
