@@ -128,7 +128,9 @@ class EngineConfig:
     # 256 MiB holds ~40k soft tokens of the real 2816-wide bf16 model), and the patch rows of one
     # encoder slice between model steps (smaller = finer interleaving with decodes, more overhead).
     encoder_cache_bytes: int = 256 * 2**20
-    encoder_slice_rows: int = 512
+    # 64 rows of the real tower (1152 wide, MLP 4304) are ~1 GFLOP of MLP, tens of ms on a 2-core
+    # CPU: about one decode step of the bench model, so a slice never doubles a step on its own.
+    encoder_slice_rows: int = 64
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

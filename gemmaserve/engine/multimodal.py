@@ -85,6 +85,7 @@ class MediaEncoder:
         self.job: _Job | None = None
         self.encoded_frames = 0  # frames run through the tower (cache misses)
         self.slices = 0
+        self.slice_seconds = 0.0  # moving average of one slice's wall time
 
     def refresh(self, requests: Iterable[Any]) -> list[tuple[Any, bytes]]:
         """Mark spans whose embeddings are cached as ready (pinning them); returns (request, key)
@@ -111,13 +112,18 @@ class MediaEncoder:
             if self.job is None:
                 req, span = missing[0]
                 self.job = self._start(req.media[span.media], span.frame, req)
+            t0 = time.perf_counter()
             with torch.inference_mode():
                 try:
                     next(self.job.steps)
                     self.slices += 1
                 except StopIteration as done:
                     self._finish(done.value, requests)
-            if deadline is not None and time.perf_counter() >= deadline:
+            now = time.perf_counter()
+            # A slice costs about what the last one did: stop when the next would overrun the deadline
+            # (every call still makes one slice of progress).
+            self.slice_seconds = 0.8 * self.slice_seconds + 0.2 * (now - t0)
+            if deadline is not None and now + self.slice_seconds >= deadline:
                 return
 
     def _start(self, media: MediaInput, first: int, req: Any) -> _Job:

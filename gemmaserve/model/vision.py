@@ -138,8 +138,8 @@ class _VisionLayer(nn.Module):
         self.post_feedforward_layernorm = RMSNorm(h, eps, dtype, device)
 
     def steps(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...], lengths: list[int], rows: int):
-        """The layer on x [P, H] in slices of at most `rows` rows (projections, MLP) or one image
-        (attention), yielding between slices; returns the new [P, H]. Every op is row-independent,
+        """The layer on x [P, H] in slices of at most `rows` rows (projections, MLP, attention query
+        rows of one image), yielding between slices; returns the new [P, H]. Every op is row-independent,
         so slices agree with the whole-tensor run up to the matmul kernels' summation order."""
         p, attn = x.shape[0], self.self_attn
         n, d = attn.num_heads, attn.head_dim
@@ -150,11 +150,13 @@ class _VisionLayer(nn.Module):
             yield
         o = torch.empty_like(q)
         start = 0
-        for n_p in lengths:
+        for n_p in lengths:  # each image attends over its own patches; query rows in slices
             sl = slice(start, start + n_p)
-            o[sl] = attn.attend(q[sl], k[sl], v[sl])
+            for a in range(start, start + n_p, rows):
+                b = min(a + rows, start + n_p)
+                o[a:b] = attn.attend(q[a:b], k[sl], v[sl])
+                yield
             start += n_p
-            yield
         del q, k, v
         out = torch.empty_like(x)
         for a in range(0, p, rows):
@@ -284,8 +286,7 @@ class VisionEncoder(nn.Module):
                     return done.value
 
     def encode_steps(self, pixels: torch.Tensor, positions: torch.Tensor, lengths: list[int], rows: int = 1 << 30):
-        """The same work as a generator that yields between slices of at most `rows` patch rows (or
-        one image's attention), so a caller can interleave it with other work; returns what encode
+        """The same work as a generator that yields between slices of at most `rows` patch rows, so a caller can interleave it with other work; returns what encode
         returns. Inputs are checked before the first slice. The caller runs each slice under
         torch.inference_mode() (a context entered inside a generator would leak across its yields)."""
         bad = [n for n in lengths if n <= 0 or n % self.config.pooling_kernel_size**2]
