@@ -120,3 +120,39 @@ def test_keys_survive_a_restart(demo_tokenizer, tmp_path):
     with platform_server(demo_tokenizer, tmp_path) as s:
         info = httpx.get(f"{s.url}/key", headers=bearer(created["key"])).json()["data"]
         assert info["usage"] == usage > 0 and info["limit_remaining"] == pytest.approx(2 - usage)
+
+
+def test_management_keys_from_a_file(demo_tokenizer, tmp_path):
+    from gemmaserve.api.cli_serve import add_serve_parser, server_config_from_args
+
+    keys_file = tmp_path / "mgmt.txt"
+    keys_file.write_text(f"# ops\n{hash_key('file-management-key-1')}\n")
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--model", "m", "--management-keys-file", str(keys_file)])
+    cfg = server_config_from_args(args)
+    assert cfg.management_key_hashes == {hash_key("file-management-key-1")}
+    with platform_server(demo_tokenizer, tmp_path / "data", management_key_hashes=cfg.management_key_hashes) as s:
+        h = bearer("file-management-key-1")
+        assert httpx.post(f"{s.url}/keys", json={"name": "x"}, headers=h).status_code == 201
+        assert httpx.get(f"{s.url}/key", headers=h).json()["data"]["is_management_key"] is True
+        assert chat(s, "file-management-key-1").status_code == 403
+
+
+def test_keys_cli_creates_and_lists(tmp_path, capsys):
+    from gemmaserve.cli import main
+
+    data = str(tmp_path / "data")
+    assert main(["keys", "create", "--management", "--name", "ops", "--data-dir", data]) == 0
+    plaintext = capsys.readouterr().out.strip()
+    assert main(["keys", "create", "--name", "alice", "--limit", "3", "--limit-reset", "daily",
+                 "--data-dir", data]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list", "--data-dir", data]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(hash_key(plaintext)) and "management" in lines[0]
+    assert "alice" in lines[1] and "limit=3.0/daily" in lines[1] and "active" in lines[1]
+    with pytest.raises(SystemExit):  # argparse refuses an unknown reset period
+        main(["keys", "create", "--limit-reset", "yearly", "--data-dir", data])

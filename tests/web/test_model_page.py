@@ -142,3 +142,30 @@ def test_key_created_on_the_keys_page_authenticates(srv, page):
     assert httpx.post(f"{srv.url}/chat/completions", headers=bearer(plaintext),
                       json={"messages": [{"role": "user", "content": "hi"}]}).status_code == 401
     assert page.js_errors == []
+
+
+def test_playground_uploads_an_image_when_the_model_takes_images(srv, page, tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "dot.png"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(img)
+    srv.engine.takes_media = True  # /models then advertises image input
+    sent = []
+    page.on("request", lambda req: sent.append(req.post_data_json) if req.url.endswith("/chat/completions") else None)
+    page.goto(srv.root + "/")
+    page.wait_for_selector("body[data-loaded=true]", timeout=20_000)
+    assert page.locator("#pg-image-wrap").is_visible()
+    page.set_input_files("#pg-image", str(img))
+    page.fill("#pg-input", "What colour?")
+    page.click("#pg-send")
+    page.wait_for_function("() => ['done', 'error'].includes(document.getElementById('pg-status').textContent)",
+                           timeout=20_000)
+    parts = sent[-1]["messages"][-1]["content"]
+    assert parts[0] == {"type": "text", "text": "What colour?"}
+    assert parts[1]["type"] == "image_url" and parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_no_image_upload_for_a_text_only_model(srv, page):
+    page.goto(srv.root + "/")
+    page.wait_for_selector("body[data-loaded=true]", timeout=20_000)
+    assert not page.locator("#pg-image-wrap").is_visible()
