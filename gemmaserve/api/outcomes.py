@@ -55,7 +55,8 @@ class OutcomeRecorder:
         try:
             await self.app(scope, receive, watching_send)
         finally:
-            times = self.state.ledger.pending_times.pop(seen.get("gen_id"), None) if "gen_id" in seen else None
+            pending = getattr(self.state.ledger, "pending_times", None)  # StoreLedger leaves them
+            times = pending.pop(seen["gen_id"], None) if pending is not None and "gen_id" in seen else None
             status = seen.get("status", 499)
             if times is not None and times.cancelled:
                 status = 499  # the client left: neither an error nor a success of the endpoint
