@@ -115,6 +115,31 @@ class ChatResponder(Responder):
                 "choices": [choice], "usage": usage}
 
 
+class OverChat(Responder):
+    """Base of the responders that re-shape chat's output into another wire format (Responses,
+    Anthropic Messages): chat's parser, token counts and finish reasons, translated requests."""
+
+    def __init__(self, gen: Generation, req: ChatCompletionRequest, prep: PreparedChat) -> None:
+        super().__init__(gen)
+        self.chat = ChatResponder(gen, req, prep)
+
+    def counts(self, last: RequestOutput | None) -> TokenCounts:
+        return self.chat.counts(last)
+
+    def finish_reasons(self, last: RequestOutput | None) -> Finish:
+        return self.chat.finish_reasons(last)
+
+    def chat_deltas(self, out: RequestOutput) -> list[dict[str, Any]]:
+        """Chat's `delta` objects for one engine output (tool-call state kept for finish_reasons)."""
+        ds = self.chat.deltas
+        deltas = ds.feed(out.new_text) + (ds.finish() if out.finished else [])
+        self.chat.has_tool_calls = ds.has_tool_calls
+        return deltas
+
+    def complete(self, last: RequestOutput | None) -> None:
+        self.chat.complete(last)
+
+
 @router.post("/api/v1/chat/completions", dependencies=[Depends(require_auth)])
 @router.post("/v1/chat/completions", dependencies=[Depends(require_auth)])
 async def chat_completions(req: ChatCompletionRequest, request: Request):

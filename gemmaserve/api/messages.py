@@ -9,15 +9,14 @@ from typing import Any, Iterable
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 
-from gemmaserve.api.admission import admit, require_auth
-from gemmaserve.api.chat_completions import ChatResponder
+from gemmaserve.api.admission import Admission, admit, require_auth
+from gemmaserve.api.chat_completions import OverChat
 from gemmaserve.api.chat_prep import PreparedChat, prepare_chat
 from gemmaserve.api.errors import APIError, register_error_envelope, translated
-from gemmaserve.api.generation import Finish, Generation, Responder, respond
+from gemmaserve.api.generation import Finish, Generation, respond
 from gemmaserve.api.sse import sse_event
-from gemmaserve.api.usage import TokenCounts
 from gemmaserve.protocol.chat import ChatCompletionRequest
-from gemmaserve.protocol.messages import CountTokensRequest, MessagesRequest
+from gemmaserve.protocol.messages import CountTokensRequest, MessagesBody, MessagesRequest
 from gemmaserve.protocol.messages_convert import MessageEvents, error_body, to_chat_request, whole_message
 from gemmaserve.types import RequestOutput
 
@@ -33,25 +32,18 @@ def register(app: FastAPI) -> None:
         register_error_envelope(app, prefix, lambda err: error_body(err.status, err.message))
 
 
-class MessagesResponder(Responder):
+class MessagesResponder(OverChat):
     """Anthropic `message` objects and `event:`-typed stream events over chat's parsing."""
 
     done = None
     keepalive = sse_event({"type": "ping"})  # Anthropic's own heartbeat while the prompt is computed
 
     def __init__(self, gen: Generation, chat: ChatCompletionRequest, prep: PreparedChat):
-        super().__init__(gen)
-        self.chat = ChatResponder(gen, chat, prep)
+        super().__init__(gen, chat, prep)
         self.stops = set(chat.stop_list())
         self.events = MessageEvents(gen.gen_id, gen.model, len(prep.prompt_ids))
         self.finish: Finish = Finish(None, None)
         self.stop_sequence: str | None = None
-
-    def counts(self, last: RequestOutput | None) -> TokenCounts:
-        return self.chat.counts(last)
-
-    def finish_reasons(self, last: RequestOutput | None) -> Finish:
-        return self.chat.finish_reasons(last)
 
     def _matched_stop(self, last: RequestOutput | None) -> str | None:
         reason = last.stop_reason if last is not None else None
@@ -62,10 +54,7 @@ class MessagesResponder(Responder):
         return [sse_event(e) for e in self.events.start()]
 
     def frames(self, out: RequestOutput) -> Iterable[bytes]:
-        ds = self.chat.deltas
-        deltas = ds.feed(out.new_text) + (ds.finish() if out.finished else [])
-        self.chat.has_tool_calls = ds.has_tool_calls
-        return [sse_event(e) for d in deltas for e in self.events.feed(d)]
+        return [sse_event(e) for d in self.chat_deltas(out) for e in self.events.feed(d)]
 
     def finish_frames(self, last: RequestOutput | None, finish: Finish) -> Iterable[bytes]:
         self.finish, self.stop_sequence = finish, self._matched_stop(last)  # message_delta waits for usage
@@ -81,9 +70,6 @@ class MessagesResponder(Responder):
         return [sse_event(e) for e in self.events.finish(self.finish.reason, self.stop_sequence, usage)]
 
     # -- whole -----------------------------------------------------------------------------------
-    def complete(self, last: RequestOutput | None) -> None:
-        self.chat.complete(last)
-
     def body(self, last: RequestOutput | None, finish: Finish, usage: dict[str, Any]) -> dict[str, Any]:
         if finish.reason == "error":
             raise APIError(500, (last.error if last is not None else None) or "generation failed", "server")
@@ -91,12 +77,16 @@ class MessagesResponder(Responder):
                              self._matched_stop(last), usage)
 
 
+async def _prepared(req: MessagesBody, request: Request) -> tuple[Admission, ChatCompletionRequest, PreparedChat]:
+    chat = translated(to_chat_request, req)
+    adm = admit(request, chat)
+    return adm, chat, await asyncio.to_thread(prepare_chat, adm.state, chat)
+
+
 @router.post("/api/v1/messages", dependencies=[Depends(require_auth)])
 @router.post("/v1/messages", dependencies=[Depends(require_auth)])
 async def messages(req: MessagesRequest, request: Request):
-    chat = translated(to_chat_request, req)
-    adm = admit(request, chat)
-    prep = await asyncio.to_thread(prepare_chat, adm.state, chat)
+    adm, chat, prep = await _prepared(req, request)
     gen = Generation(adm, "messages", prep.prompt_ids, prep.params, user=chat.user,
                      session_id=req.session_id or adm.headers.get("x-session-id"))
     return await respond(request, gen, MessagesResponder(gen, chat, prep), stream=req.stream)
@@ -106,7 +96,5 @@ async def messages(req: MessagesRequest, request: Request):
 @router.post("/v1/messages/count_tokens", dependencies=[Depends(require_auth)])
 async def count_tokens(req: CountTokensRequest, request: Request):
     """The prompt's token count exactly as /messages would render it (tools and thinking included)."""
-    chat = translated(to_chat_request, req)
-    adm = admit(request, chat)
-    prep = await asyncio.to_thread(prepare_chat, adm.state, chat)
+    _, _, prep = await _prepared(req, request)
     return {"input_tokens": len(prep.prompt_ids)}

@@ -10,13 +10,12 @@ from typing import Any, Iterable
 from fastapi import APIRouter, Depends, Request
 
 from gemmaserve.api.admission import admit, require_auth
-from gemmaserve.api.chat_completions import ChatResponder
+from gemmaserve.api.chat_completions import OverChat
 from gemmaserve.api.chat_output import chat_logprobs
 from gemmaserve.api.chat_prep import PreparedChat, prepare_chat
 from gemmaserve.api.errors import APIError, translated
-from gemmaserve.api.generation import Finish, Generation, Responder, respond
+from gemmaserve.api.generation import Finish, Generation, respond
 from gemmaserve.api.sse import sse_event
-from gemmaserve.api.usage import TokenCounts
 from gemmaserve.protocol.chat import ChatCompletionRequest
 from gemmaserve.protocol.responses import ResponsesRequest
 from gemmaserve.protocol.responses_convert import ResponseEvents, ResponseFrame, to_chat_request, whole_response
@@ -25,24 +24,17 @@ from gemmaserve.types import FinishReason, RequestOutput
 router = APIRouter()
 
 
-class ResponsesResponder(Responder):
+class ResponsesResponder(OverChat):
     """`response` objects and `response.*` events over chat's parsing of the same output."""
 
     done = None  # the Responses stream ends with its terminal event, no [DONE]
 
     def __init__(self, gen: Generation, req: ResponsesRequest, chat: ChatCompletionRequest, prep: PreparedChat):
-        super().__init__(gen)
-        self.chat = ChatResponder(gen, chat, prep)
+        super().__init__(gen, chat, prep)
         self.frame = ResponseFrame(req, gen.gen_id, gen.model, gen.created)
         self.events = ResponseEvents(self.frame)
         self.finish: Finish = Finish(None, None)
         self.error: APIError | None = None
-
-    def counts(self, last: RequestOutput | None) -> TokenCounts:
-        return self.chat.counts(last)
-
-    def finish_reasons(self, last: RequestOutput | None) -> Finish:
-        return self.chat.finish_reasons(last)
 
     # -- stream ----------------------------------------------------------------------------------
     def _framed(self, events: list[dict[str, Any]]) -> Iterable[bytes]:
@@ -52,10 +44,7 @@ class ResponsesResponder(Responder):
         return self._framed(self.events.start())
 
     def frames(self, out: RequestOutput) -> Iterable[bytes]:
-        ds = self.chat.deltas
-        deltas = ds.feed(out.new_text) + (ds.finish() if out.finished else [])
-        self.chat.has_tool_calls = ds.has_tool_calls
-        return self._framed([e for d in deltas for e in self.events.feed(d)])
+        return self._framed([e for d in self.chat_deltas(out) for e in self.events.feed(d)])
 
     def finish_frames(self, last: RequestOutput | None, finish: Finish) -> Iterable[bytes]:
         self.finish = finish  # the terminal event waits for the usage
@@ -70,9 +59,6 @@ class ResponsesResponder(Responder):
         return self._framed(self.events.finish(self.finish.reason, usage, error))
 
     # -- whole -----------------------------------------------------------------------------------
-    def complete(self, last: RequestOutput | None) -> None:
-        self.chat.complete(last)
-
     def body(self, last: RequestOutput | None, finish: Finish, usage: dict[str, Any]) -> dict[str, Any]:
         logprobs = None
         if last is not None and self.chat.want_logprobs:

@@ -9,6 +9,7 @@ import asyncio
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -161,3 +162,21 @@ def make_state(tokenizer, engine, **config) -> ServerState:
 
     cfg = ServerConfig(**config)
     return ServerState(config=cfg, engine=engine, tokenizer=tokenizer, renderer=ChatRenderer(tokenizer.chat_template))
+
+
+@contextmanager
+def real_engine_server(demo_dir, **config):
+    """uvicorn over the real AsyncEngine on the tiny demo model (float32, 512-token context),
+    with srv.engine and srv.state set; the engine is shut down afterwards."""
+    from gemmaserve.api.app import create_app
+    from gemmaserve.config import EngineConfig
+    from gemmaserve.engine.async_engine import AsyncEngine
+
+    engine = AsyncEngine.from_config(EngineConfig(model=str(demo_dir), dtype="float32", max_model_len=512))
+    try:
+        state = make_state(engine.tokenizer, engine, **config)
+        with ServerThread(create_app(state)) as srv:
+            srv.engine, srv.state = engine, state
+            yield srv
+    finally:
+        asyncio.run(engine.shutdown())

@@ -13,9 +13,7 @@ import anthropic
 import httpx
 import openai
 import pytest
-from api_support import ServerThread, make_state
-
-from gemmaserve.api.app import create_app
+from api_support import real_engine_server
 
 MODEL = "google/gemma-4-26b-a4b-it"
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]},
@@ -25,19 +23,10 @@ SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "enum": ["
 
 @pytest.fixture(scope="module")
 def real(demo_dir):
-    from gemmaserve.config import EngineConfig
-    from gemmaserve.engine.async_engine import AsyncEngine
-
-    engine = AsyncEngine.from_config(EngineConfig(model=str(demo_dir), dtype="float32", max_model_len=512))
-    state = make_state(engine.tokenizer, engine, keepalive_interval_s=0.5)
-    with ServerThread(create_app(state)) as srv:
-        srv.engine, srv.state = engine, state
+    with real_engine_server(demo_dir, keepalive_interval_s=0.5) as srv:
         srv.oai = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0, timeout=120)
         srv.ant = anthropic.Anthropic(base_url=srv.root, api_key="x", max_retries=0, timeout=120)
         yield srv
-    import asyncio
-
-    asyncio.run(engine.shutdown())
 
 
 def idle(engine) -> tuple[float, int, int]:

@@ -10,9 +10,7 @@ import time
 import httpx
 import openai
 import pytest
-from api_support import ServerThread, make_state
-
-from gemmaserve.api.app import create_app
+from api_support import real_engine_server
 
 MODEL = "google/gemma-4-26b-a4b-it"
 MSGS = [{"role": "user", "content": "Tell me about the sea."}]
@@ -25,18 +23,9 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": 
 
 @pytest.fixture(scope="module")
 def real(demo_dir):
-    from gemmaserve.config import EngineConfig
-    from gemmaserve.engine.async_engine import AsyncEngine
-
-    engine = AsyncEngine.from_config(EngineConfig(model=str(demo_dir), dtype="float32", max_model_len=512))
-    state = make_state(engine.tokenizer, engine, keepalive_interval_s=0.5)
-    with ServerThread(create_app(state)) as srv:
-        srv.engine, srv.state = engine, state
+    with real_engine_server(demo_dir, keepalive_interval_s=0.5) as srv:
         srv.client = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0, timeout=120)
         yield srv
-    import asyncio
-
-    asyncio.run(engine.shutdown())
 
 
 def test_greedy_whole_and_stream_agree(real):
