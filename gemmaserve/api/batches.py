@@ -22,6 +22,7 @@ from gemmaserve.api.errors import APIError
 from gemmaserve.api.generation import random_alnum
 from gemmaserve.api.state import ServerState
 from gemmaserve.protocol.batches import BATCH_ENDPOINTS, BatchCreateRequest
+from gemmaserve.store.batches import StoreBatches
 
 log = logging.getLogger("gemmaserve.api")
 router = APIRouter()
@@ -64,12 +65,9 @@ def repository(state: ServerState) -> BatchRepository | None:
     """The repository given on the state, else the durable store's when the server has one."""
     if state.batch_repo is not None:
         return state.batch_repo
-    store = getattr(state, "store", None)
-    if store is None:
+    if state.store is None:
         return None
-    from gemmaserve.store.batches import StoreBatches
-
-    return StoreBatches(store)
+    return StoreBatches(state.store)
 
 
 def view(b: dict[str, Any], results: bool = True) -> dict[str, Any]:
