@@ -21,6 +21,19 @@ def add_serve_parser(subparsers) -> None:
     """Register `serve` and `hash-key`; each sets `func(args) -> int` for main() to call."""
     p = subparsers.add_parser("serve", help="serve the OpenRouter-compatible HTTP API")
     add_engine_args(p)
+    add_server_args(p)
+    add_store_args(p)
+    p.set_defaults(func=run_serve)
+
+    h = subparsers.add_parser("hash-key", help="print the sha256 line for an --api-keys-file")
+    h.add_argument("key", nargs="?", help="the key (read from stdin or a prompt when omitted)")
+    h.set_defaults(func=run_hash_key)
+    add_keys_parser(subparsers)
+
+
+def add_server_args(p) -> None:
+    """The HTTP server's options (everything server_config_from_args reads): `serve` and
+    `cluster serve` both declare them here, so a new server option reaches every replica."""
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     keys = p.add_mutually_exclusive_group()
@@ -49,13 +62,6 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--response-cache-mb", type=int, default=64,
                    help="memory for X-OpenRouter-Cache answers (least recently used out first)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    add_store_args(p)
-    p.set_defaults(func=run_serve)
-
-    h = subparsers.add_parser("hash-key", help="print the sha256 line for an --api-keys-file")
-    h.add_argument("key", nargs="?", help="the key (read from stdin or a prompt when omitted)")
-    h.set_defaults(func=run_hash_key)
-    add_keys_parser(subparsers)
 
 
 def run_hash_key(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from gemmaserve.api.cli_serve import add_server_args
 from gemmaserve.config import add_engine_args
 
 log = logging.getLogger("gemmaserve.cluster")
@@ -34,20 +35,7 @@ def _add_options(p: argparse.ArgumentParser) -> None:
                    "default: start a local one")
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray's CPU count (default: the machine's)")
     p.add_argument("--object-store-mb", type=int, default=128, help="local Ray's object store size")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    keys = p.add_mutually_exclusive_group()
-    keys.add_argument("--api-key")
-    keys.add_argument("--api-keys-file")
-    p.add_argument("--served-model-name", default="google/gemma-4-26b-a4b-it")
-    p.add_argument("--max-num-seqs", type=int, default=32)
-    p.add_argument("--max-waiting", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompt-price", type=float, default=0.06)
-    p.add_argument("--completion-price", type=float, default=0.33)
-    p.add_argument("--keepalive-interval", type=float, default=10.0)
-    p.add_argument("--max-body-bytes", type=int, default=8 * 1024 * 1024)
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_server_args(p)
 
 
 def add_cluster_parser(subparsers) -> None:
