@@ -88,7 +88,7 @@ async def _prepared(req: MessagesBody, request: Request) -> tuple[Admission, Cha
 async def messages(req: MessagesRequest, request: Request):
     adm, chat, prep = await _prepared(req, request)
     gen = Generation(adm, "messages", prep.prompt_ids, prep.params, user=chat.user,
-                     session_id=req.session_id or adm.headers.get("x-session-id"))
+                     session_id=req.session_id or adm.headers.get("x-session-id"), media=prep.media)
     return await respond(request, gen, MessagesResponder(gen, chat, prep), stream=req.stream)
 
 

@@ -145,3 +145,22 @@ def test_bad_media_is_a_400_naming_the_field(real):
     # None of it harmed the server: a normal request still answers.
     assert ask(real, "still fine").choices[0].finish_reason == "length"
     assert real.engine.engine.encoder_cache.num_pinned == 0
+
+
+def test_responses_and_messages_take_images(real):
+    """The Responses and Anthropic Messages translators feed the same media path."""
+    url = png_url(200, 150, 5)
+    resp = real.client.responses.create(model=MODEL, max_output_tokens=3, temperature=0, input=[
+        {"role": "user", "content": [{"type": "input_text", "text": "Describe"},
+                                     {"type": "input_image", "image_url": url, "detail": "low"}]}])
+    low = ask(real, [{"type": "text", "text": "Describe"}, {"type": "image_url", "image_url": {"url": url, "detail": "low"}}],
+              max_tokens=3)
+    assert resp.usage.input_tokens == low.usage.prompt_tokens
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=real.root + "/api", api_key="x", max_retries=0)
+    msg = client.messages.create(model=MODEL, max_tokens=3, messages=[{"role": "user", "content": [
+        {"type": "text", "text": "Describe"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": url.split(",", 1)[1]}}]}])
+    auto = ask(real, [{"type": "text", "text": "Describe"}, {"type": "image_url", "image_url": {"url": url}}], max_tokens=3)
+    assert msg.usage.input_tokens == auto.usage.prompt_tokens
