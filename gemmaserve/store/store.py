@@ -126,17 +126,6 @@ class Store:
         self.keys[rec.hash] = rec
         return rec, plaintext
 
-    def add_key_hash(self, key_hash: str, name: str = "", *, is_management: bool = False) -> KeyRecord:
-        """Register a key known only by its hash (from a keys file); existing records are kept."""
-        if key_hash in self.keys:
-            return self.keys[key_hash]
-        rec = KeyRecord(hash=key_hash, name=name, label=f"{key_hash[:8]}...", is_management=is_management,
-                        created_at=utcnow())
-        row = rec.to_row()
-        self.writer.submit(lambda s: s.merge(row)).result()
-        self.keys[rec.hash] = rec
-        return rec
-
     def update_key(self, key_hash: str, **changes: Any) -> KeyRecord | None:
         """Apply `changes` (KeyRecord fields) and stamp updated_at; None when no such key."""
         old = self.keys.get(key_hash)
