@@ -16,10 +16,10 @@ MODEL = "google/gemma-4-26b-a4b-it"
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
 
 
-def wait(url, batch_id, headers=None, until=("completed", "failed", "cancelled")):
-    deadline = time.monotonic() + 30
+def wait(url, batch_id, headers=None, until=("completed", "failed", "cancelled"), timeout=30):
+    deadline = time.monotonic() + timeout
     while True:
-        b = httpx.get(f"{url}/api/beta/batches/{batch_id}", headers=headers).json()
+        b = httpx.get(f"{url}/api/beta/batches/{batch_id}", headers=headers, timeout=60).json()
         if b["status"] in until or time.monotonic() > deadline:
             return b
         time.sleep(0.05)
@@ -200,3 +200,16 @@ def test_batch_ttft_benchmark_runs_against_a_server(fake):
         "idle": 2, "batch": 2, "same_load_interactive": 2}
     assert summary["batch"]["background_items_done"] > 0 and summary["same_load_interactive"]["background_items_done"] > 0
     assert set(summary["ratios"]) == {"batch_vs_idle_ttft_p50", "same_load_interactive_vs_idle_ttft_p50"}
+
+
+def test_two_thousand_items(demo_tokenizer):
+    engine = FakeEngine(demo_tokenizer, vocab_size=demo_tokenizer.vocab_size)
+    reqs = [{"custom_id": f"c{i}", "body": {"prompt": f"{i}", "max_tokens": 2}} for i in range(2000)]
+    with ServerThread(create_app(make_state(demo_tokenizer, engine, batch_concurrency=32))) as srv:
+        r = httpx.post(srv.root + "/api/beta/batches", json={"endpoint": "/v1/completions", "model": MODEL,
+                                                             "requests": reqs}, timeout=60)
+        assert r.status_code == 202
+        b = wait(srv.root, r.json()["id"], timeout=240)
+    assert b["request_counts"] == {"total": 2000, "completed": 2000, "failed": 0}
+    assert [x["custom_id"] for x in b["results"]] == [f"c{i}" for i in range(2000)]
+    assert len(engine.calls) == 2000 and not engine.active
