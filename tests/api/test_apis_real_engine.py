@@ -117,6 +117,7 @@ VALID = {
         "tools": [{"name": "f", "input_schema": {"type": "object"}}], "tool_choice": {"type": "auto"},
         "thinking": {"type": "enabled", "budget_tokens": 2}, "stop_sequences": ["x"]},
 }
+VALID["/v1/messages/count_tokens"] = {k: v for k, v in VALID["/v1/messages"].items() if k != "max_tokens"}
 JUNK = [None, 0, -1, 1.5, 10**30, "", "x", [], {}, [1], {"a": 1}, True, "\u0000", "<|turn>", [{"type": "?"}]]
 
 
@@ -145,7 +146,7 @@ def _mutate(body, rng):
 
 def _check_envelope(path, resp):
     data = resp.json()
-    if path == "/v1/messages":
+    if path.startswith("/v1/messages"):
         assert data["type"] == "error" and isinstance(data["error"]["message"], str), data
         assert data["error"]["type"].endswith("_error"), data
     else:
