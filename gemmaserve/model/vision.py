@@ -149,6 +149,13 @@ class _VisionLayer(nn.Module):
             q[a:b], k[a:b], v[a:b] = attn.project(self.input_layernorm(x[a:b]), tuple(t[a:b] for t in rope))
             yield
         o = torch.empty_like(q)
+        if rows >= p and len(set(lengths)) == 1 and len(lengths) > 1:
+            # Unsliced frames of one video (equal patch counts): one batched SDPA call for all of them.
+            f, n_p = len(lengths), lengths[0]
+            qf, kf, vf = (t.view(f, n_p, n, d).transpose(1, 2) for t in (q, k, v))  # [F, n, P_i, d]
+            o = F.scaled_dot_product_attention(qf, kf, vf, scale=1.0).transpose(1, 2).reshape(p, n, d)
+            lengths = []  # done
+            yield
         start = 0
         for n_p in lengths:  # each image attends over its own patches; query rows in slices
             sl = slice(start, start + n_p)
