@@ -285,6 +285,9 @@ class ServerConfig:
     # the operator allows it; at most this many images + videos per request.
     allow_remote_media: bool = False
     max_media_per_request: int = 8
+    max_media_bytes: int = 20 * 2**20  # one image or remote fetch (videos: 2.5x, their own limit)
+    max_video_seconds: float = 60.0  # OpenRouter's "up to 60s" for this model
+    max_video_frames: int = 64  # sampled frames per video
     # Batches (/api/beta/batches): billed at this share of the list price (OpenRouter: about half),
     # at most this many items per batch, and this many items in the engine at once, all batches together.
     batch_price_factor: float = 0.5

@@ -54,6 +54,10 @@ def add_server_args(p) -> None:
     p.add_argument("--allow-remote-media", action="store_true",
                    help="fetch http(s) image/video URLs (public addresses only; off = data URLs only)")
     p.add_argument("--max-media-per-request", type=int, default=8, help="images + videos in one request")
+    p.add_argument("--max-media-bytes", type=int, default=20 * 2**20,
+                   help="bytes of one image or remote fetch (a video may take 2.5x)")
+    p.add_argument("--max-video-seconds", type=float, default=60.0)
+    p.add_argument("--max-video-frames", type=int, default=64, help="sampled frames per video")
     p.add_argument("--batch-price-factor", type=float, default=0.5,
                    help="share of the list price a /api/beta/batches item is billed at")
     p.add_argument("--batch-concurrency", type=int, default=8,
@@ -97,6 +101,9 @@ def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
         quantization=args.quantization,
         allow_remote_media=args.allow_remote_media,
         max_media_per_request=args.max_media_per_request,
+        max_media_bytes=args.max_media_bytes,
+        max_video_seconds=args.max_video_seconds,
+        max_video_frames=args.max_video_frames,
         batch_price_factor=args.batch_price_factor,
         batch_concurrency=args.batch_concurrency,
         batch_max_requests=args.batch_max_requests,

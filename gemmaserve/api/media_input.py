@@ -10,9 +10,16 @@ from gemmaserve.api.errors import APIError
 from gemmaserve.api.state import ServerState
 from gemmaserve.chat.render import resolved_media_part
 from gemmaserve.media.errors import MediaError
-from gemmaserve.media.image import DEFAULT_IMAGE_BUDGET, check_budget, image_prompt_text, load_image
+from gemmaserve.media.image import DEFAULT_IMAGE_BUDGET, ImageLimits, check_budget, image_prompt_text, load_image
 from gemmaserve.media.source import IMAGE_MIMES, VIDEO_MIMES, FetchPolicy, media_bytes
-from gemmaserve.media.video import DEFAULT_FRAME_BUDGET, DEFAULT_FRAMES, VideoSampling, load_video, video_prompt_text
+from gemmaserve.media.video import (
+    DEFAULT_FRAME_BUDGET,
+    DEFAULT_FRAMES,
+    VideoLimits,
+    VideoSampling,
+    load_video,
+    video_prompt_text,
+)
 from gemmaserve.types import MediaInput
 
 # OpenRouter's image `detail` onto Gemma 4's budgets: "low" the smallest, "high" twice the default,
@@ -57,7 +64,11 @@ def resolve_media(state: ServerState, messages: list[dict[str, Any]],
                   mm_kwargs: dict[str, Any] | None) -> list[MediaInput]:
     """Replace, in place, each image/video part of the template messages by a resolved part; returns
     the MediaInputs in prompt order. Audio parts and media outside user messages are refused."""
-    policy = FetchPolicy(allow_remote=state.config.allow_remote_media)
+    cfg = state.config
+    video_bytes = int(cfg.max_media_bytes * 2.5)
+    policy = FetchPolicy(allow_remote=cfg.allow_remote_media, max_bytes=video_bytes)
+    image_limits = ImageLimits(max_bytes=cfg.max_media_bytes)
+    video_limits = VideoLimits(max_bytes=video_bytes, max_seconds=cfg.max_video_seconds, max_frames=cfg.max_video_frames)
     takes = bool(getattr(state.engine, "takes_media", False))
     budget, sampling = None, None
     media: list[MediaInput] = []
@@ -85,12 +96,12 @@ def resolve_media(state: ServerState, messages: list[dict[str, Any]],
                     field = f"{where}.image_url.url"
                     info = part.get("image_url") or {}
                     b = DETAIL_BUDGETS.get(info.get("detail") or "auto", budget)
-                    item = load_image(media_bytes(info["url"], IMAGE_MIMES, policy), b)
+                    item = load_image(media_bytes(info["url"], IMAGE_MIMES, policy), b, image_limits)
                     content[j] = resolved_media_part("image", image_prompt_text(item), item)
                 else:
                     info = part.get("video_url") or part.get("input_video") or {}
                     field = f"{where}.{'video_url' if part.get('video_url') else 'input_video'}.url"
-                    item = load_video(media_bytes(info["url"], VIDEO_MIMES, policy), sampling)
+                    item = load_video(media_bytes(info["url"], VIDEO_MIMES, policy), sampling, video_limits)
                     content[j] = resolved_media_part("video", video_prompt_text(item), item)
             except MediaError as exc:
                 raise _bad(exc.field or field, exc.reason) from None

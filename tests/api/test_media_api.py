@@ -32,7 +32,8 @@ def real(demo_dir):
     from gemmaserve.engine.async_engine import AsyncEngine
 
     engine = AsyncEngine.from_config(EngineConfig(model=str(demo_dir), dtype="float32", max_model_len=4096))
-    state = make_state(engine.tokenizer, engine, keepalive_interval_s=0.5, max_media_per_request=3)
+    state = make_state(engine.tokenizer, engine, keepalive_interval_s=0.5, max_media_per_request=3,
+                       max_video_seconds=1.5, max_video_frames=20)
     with ServerThread(create_app(state)) as srv:
         srv.engine, srv.state = engine, state
         srv.client = openai.OpenAI(base_url=srv.url, api_key="x", max_retries=0, timeout=120)
@@ -140,6 +141,10 @@ def test_bad_media_is_a_400_naming_the_field(real):
     broken_video = "data:video/mp4;base64," + base64.b64encode(b"\x00" * 300).decode()
     msg = _error(real, [{"type": "video_url", "video_url": {"url": broken_video}}])
     assert msg.startswith("messages[0].content[0].video_url.url:")
+    long_clip = "data:video/mp4;base64," + base64.b64encode(make_clip(48, fps=24, w=64, h=48)).decode()
+    assert "1.5 s limit" in _error(real, [{"type": "video_url", "video_url": {"url": long_clip}}])
+    short = "data:video/mp4;base64," + base64.b64encode(make_clip(30, fps=24, w=64, h=48)).decode()
+    assert "over the limit of 20" in _error(real, [{"type": "video_url", "video_url": {"url": short}}])
     msg = _error(real, [{"type": "image_url", "image_url": {"url": png_url(48, 48)}}], role="assistant")
     assert "user messages only" in msg
     # None of it harmed the server: a normal request still answers.
