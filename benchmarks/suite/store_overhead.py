@@ -1,6 +1,7 @@
 """The store's cost on the serving path: the same streamed workload against `gemmaserve serve`
-with the store on (SQLite in a fresh data dir, every generation committed before its last byte)
-and off (--no-store), in one invocation: both servers up at once, bursts alternating round by round
+with the store on (SQLite in a fresh data dir, a stored key with a spending limit: every request
+reserved, charged and committed before its last byte) and off (--no-store, the same key static), in
+one invocation: both servers up at once, bursts alternating round by round
 (on, off, off, on, ...) so drift in machine load falls on both; the summary is each side's median,
 their ratio, and the median of the per-round ratios.
 
@@ -15,6 +16,7 @@ import asyncio
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +42,14 @@ async def burst(client: httpx.AsyncClient, ep, args: argparse.Namespace, vocab: 
 async def main_async(args: argparse.Namespace) -> dict:
     vocab = PromptVocab.from_tokenizer(args.model, bos_id=2)
     data = tempfile.TemporaryDirectory(prefix="gs-store-bench-")
-    sides = {"store": ["--data-dir", data.name], "no_store": ["--no-store"]}
+    # The store side serves a stored key with a spending limit, so every request takes the whole
+    # accounting path (key lookup, reservation, charge, record); the other side the same key as a
+    # static --api-key.
+    made = subprocess.run([sys.executable, "-m", "gemmaserve.cli", "keys", "create", "--name", "bench",
+                           "--limit", "1000000", "--limit-reset", "daily", "--data-dir", data.name],
+                          capture_output=True, text=True, check=True)
+    key = made.stdout.strip()
+    sides = {"store": ["--data-dir", data.name], "no_store": ["--no-store", "--api-key", key]}
     procs = {}
     results: dict[str, list[dict]] = {name: [] for name in sides}
     try:
@@ -52,7 +61,8 @@ async def main_async(args: argparse.Namespace) -> dict:
             procs[name] = start(spec, args.input_len + args.output_len + 64, args.threads, Path(args.log_dir))
             await asyncio.to_thread(procs[name].wait_ready, 600)
         limits = httpx.Limits(max_connections=args.concurrency + 8)
-        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600, connect=30)) as client:
+        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600, connect=30),
+                                     headers={"Authorization": f"Bearer {key}"}) as client:
             eps = {name: await discover(client, name, p.base_url, None) for name, p in procs.items()}
             for name, ep in eps.items():  # warm-up burst, discarded
                 await burst(client, ep, args, vocab, seed=args.seed + 7)
