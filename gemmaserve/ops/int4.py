@@ -10,11 +10,13 @@ from gemmaserve.ops import cpu_int4
 from gemmaserve.ops.activation import gelu_tanh_mul
 from gemmaserve.ops.moe import moe_grouped_by
 
-# Elements per scale along K. 128 is what llm-compressor's W4A16 preset and GPTQ/AWQ checkpoints use;
-# measured on normal(0, 0.02) [2816 x 2816] weights, relative error of W (fp32 dequant vs fp32):
-# group 32: 0.089, 64: 0.100, 128: 0.109, per-channel: 0.146 (benchmarks/int4_group_error.py). Scales
-# cost 16 / group bits per weight (0.125 at 128, 0.5 at 32); 128 keeps 4.125 bits per weight.
-GROUP_SIZE = 128
+# Elements per scale along K. Relative error of W (fp32 dequant vs fp32) on normal(0, 0.02) [2816 x 2816]
+# weights (benchmarks/probes/int4_bench.py): group 32: 0.095, 64: 0.103, 128: 0.111, per-channel: 0.143.
+# Scales cost 16 / group bits per weight: 64 keeps 4.25 bits (the 26B-A4B's experts 12.1 GB; group 32
+# would add 0.7 GB and leave too little of a 16 GiB budget for a 32K KV cache), 64 divides every
+# projection width of the model (2816, 2112, 704; 128 does not divide 704), and it is llm-compressor's
+# and GPTQ's second most common choice after 128.
+GROUP_SIZE = 64
 # Stored nibble = q + OFFSET (compressed-tensors' unsigned packing of symmetric int4 in [-8, 7]).
 OFFSET = 8
 # Up to this many rows of x, bf16 on CPU, the GEMV kernel computes the product reading the 4-bit weights
