@@ -15,14 +15,15 @@ from pathlib import Path
 
 import torch
 
-from gemmaserve.ops import cpu_gemv
+from gemmaserve.ops import cpu_gemv, cpu_isa
 
 log = logging.getLogger(__name__)
 
 _SRC = Path(__file__).parent / "csrc" / "gemv_int4.cpp"
 _HEADER = Path(__file__).parent / "csrc" / "bf16.h"
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
-# The kernel's tiers, best last; the index is the C ABI's `tier` argument.
+_FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+# The kernel's tiers, best last; the index is the C ABI's `tier` argument and equals cpu_isa.Tier's value
+# (AMX adds nothing for 4-bit weights here: its tiles need the weights widened first, as int8's do).
 TIERS = ("portable", "avx2", "avx512", "avx512bf16")
 _p, _i64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
@@ -41,8 +42,11 @@ _STATE = _Lib()  # one build per process: a cache, not configuration
 
 def _compile() -> ctypes.CDLL:
     """Builds the .so once per (source, flags, CPU, torch) in torch's extension dir and loads it."""
+    # The build's target flags follow the CPU tier (cpu_isa: a capped build holds no higher instruction in
+    # its generic code); the tier functions carry their own target attributes and run only when allowed.
+    flags = [*_FLAGS, *cpu_isa.gcc_flags(cpu_gemv.tier())]
     key = hashlib.sha256(
-        b"\0".join([_SRC.read_bytes(), _HEADER.read_bytes(), " ".join(_FLAGS).encode(),
+        b"\0".join([_SRC.read_bytes(), _HEADER.read_bytes(), " ".join(flags).encode(),
                     cpu_gemv._cpu_id().encode(), torch.__version__.encode()])
     ).hexdigest()[:16]
     so = cpu_gemv._build_dir() / f"gemv_int4_{key}.so"
@@ -56,7 +60,7 @@ def _compile() -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=so.parent)
         os.close(fd)
         try:
-            cmd = [cxx, *_FLAGS, str(_SRC), "-o", tmp, *gomp]
+            cmd = [cxx, *flags, str(_SRC), "-o", tmp, *gomp]
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if res.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
@@ -90,11 +94,13 @@ def available() -> bool:
 
 
 def tiers() -> tuple[str, ...]:
-    """The tiers this CPU runs (portable always), worst first; () when the kernel did not build."""
+    """The tiers this CPU runs (portable always) up to the process's CPU tier (GEMMASERVE_CPU_ISA caps it,
+    ops/cpu_isa.py), worst first; () when the kernel did not build."""
     if not available():
         return ()
     mask = _STATE.lib.gs_int4_tiers()
-    return tuple(t for i, t in enumerate(TIERS) if mask >> i & 1)
+    cap = int(cpu_gemv.tier())
+    return tuple(t for i, t in enumerate(TIERS) if mask >> i & 1 and i <= cap)
 
 
 def best_tier() -> str:

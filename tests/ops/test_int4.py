@@ -115,3 +115,34 @@ def test_int4_experts_match_grouped_moe_on_dequantized_weights(tokens, monkeypat
 def test_kernel_dequantize_equals_torch_dequantize(k, group):
     p, s = quantize_int4(torch.randn(3, 24, k, generator=torch.Generator().manual_seed(k)) * 0.05, group)
     assert torch.equal(cpu_int4.dequantize_bf16(p, s, k, group), dequantize_int4(p, s, k, group, torch.bfloat16))
+
+
+_CAPPED_CHILD = """
+import json, torch
+from gemmaserve.ops import cpu_int4
+from gemmaserve.ops.int4 import dequantize_int4, quantize_int4
+p, s = quantize_int4(torch.randn(40, 256, generator=torch.Generator().manual_seed(0)) * 0.05, 64)
+x = torch.randn(3, 256, generator=torch.Generator().manual_seed(1)).bfloat16()
+want = x.float() @ dequantize_int4(p, s, 256, 64).T
+got = cpu_int4.gemv_int4(p, s, 64, x, torch.float32)
+print(json.dumps({"tiers": cpu_int4.tiers(), "best": cpu_int4.best_tier(),
+                  "err": float((got - want).abs().max() / want.abs().max())}))
+"""
+
+
+@needs_kernel
+def test_cpu_isa_cap_limits_the_int4_tiers():
+    """GEMMASERVE_CPU_ISA=avx2 (ops/cpu_isa.py's cap, read at start-up) leaves the int4 kernel its avx2 and
+    portable tiers only, and the capped process still computes the product."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if "avx2" not in cpu_int4.tiers():
+        pytest.skip("no avx2 here")
+    env = {**os.environ, "GEMMASERVE_CPU_ISA": "avx2"}
+    res = subprocess.run([sys.executable, "-c", _CAPPED_CHILD], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["tiers"] == ["portable", "avx2"] and got["best"] == "avx2" and got["err"] < 1e-5
