@@ -79,7 +79,8 @@ def main() -> None:
     cfg = Gemma4TextConfig.from_dict(raw)
     # The engine's sliding pool also holds one step's new tokens (kv_cache.derive_num_blocks).
     sliding = next(s for s in cfg.attention_kinds() if s.window is not None)
-    kv = kv_cache_report(cfg, args.kv_tokens)["total"] + 2048 * kind_bytes_per_token(sliding, 2)
+    # 1% more for block rounding (derive_num_blocks hands out whole blocks per kind).
+    kv = int(1.01 * (kv_cache_report(cfg, args.kv_tokens)["total"] + 2048 * kind_bytes_per_token(sliding, 2)))
     t0 = time.perf_counter()
     # One sequence: its KV for kv_tokens (sliding layers hold a window, full layers every token).
     kwargs = dict(quantization="int4", dummy_weights=args.dummy_weights, kv_cache_memory_bytes=kv, max_num_seqs=1,

@@ -74,6 +74,8 @@ def _compile() -> ctypes.CDLL:
     lib.gs_gemv_int4_experts.restype = None
     lib.gs_int4_dequant_bf16.argtypes = [_p, _p, _i64, _i64, _i64, _p, _int]
     lib.gs_int4_dequant_bf16.restype = None
+    lib.gs_int4_quantize.argtypes = [_p, _int, _i64, _i64, _i64, _p, _p, _int]
+    lib.gs_int4_quantize.restype = None
     return lib
 
 
@@ -164,3 +166,19 @@ def dequantize_bf16(packed: torch.Tensor, scale: torch.Tensor, k: int, group_siz
         _STATE.lib.gs_int4_dequant_bf16(packed.data_ptr(), scale.data_ptr(), rows, k, group_size, out.data_ptr(),
                                         torch.get_num_threads())
     return out
+
+
+def quantize(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ops.int4.quantize_int4 for a contiguous bf16 or fp32 CPU [..., N, K] tensor, threaded: the same packed
+    words and scales (tested equal). Call available() first."""
+    if w.dtype not in (torch.bfloat16, torch.float32) or not w.is_cpu:
+        raise ValueError(f"w must be bf16 or fp32 on CPU, got {w.dtype} on {w.device}")
+    w = w.contiguous()
+    k = w.shape[-1]
+    packed = torch.empty(*w.shape[:-1], -(-k // 8), dtype=torch.int32)
+    scale = torch.empty(*w.shape[:-1], -(-k // group_size), dtype=torch.bfloat16)
+    rows = packed.numel() // packed.shape[-1] if packed.numel() else 0
+    if rows and k:
+        _STATE.lib.gs_int4_quantize(w.data_ptr(), int(w.dtype is torch.float32), rows, k, group_size, packed.data_ptr(),
+                                    scale.data_ptr(), torch.get_num_threads())
+    return packed, scale

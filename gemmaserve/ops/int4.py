@@ -32,7 +32,10 @@ GATHER_MAX_TOKENS = 32
 def quantize_int4(w: torch.Tensor, group_size: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     """w [..., N, K] float -> (packed [..., N, ceil(K/8)] int32, scale [..., N, ceil(K/G)] bf16), symmetric:
     scale = max|w| over the group / 7.5 (compressed-tensors' symmetric int4 range), q = round(w / scale)
-    clamped to [-8, 7]. Leading dims (experts) one slice at a time: at most one fp32 [N, K] copy."""
+    clamped to [-8, 7]. Leading dims (experts) one slice at a time: at most one fp32 [N, K] copy. On CPU
+    the kernel library computes the same numbers ~20x faster (the 26B-A4B's 25B weights in minutes)."""
+    if w.is_cpu and w.dtype in (torch.bfloat16, torch.float32) and w.shape[-1] and cpu_int4.available():
+        return cpu_int4.quantize(w, group_size)
     if w.dim() > 2:
         parts = [quantize_int4(w[i], group_size) for i in range(w.shape[0])]
         return torch.stack([p for p, _ in parts]), torch.stack([s for _, s in parts])

@@ -146,3 +146,16 @@ def test_cpu_isa_cap_limits_the_int4_tiers():
     assert res.returncode == 0, res.stderr[-2000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["tiers"] == ["portable", "avx2"] and got["best"] == "avx2" and got["err"] < 1e-5
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("k,group", [(256, 64), (704, 128), (40, 32), (7, 32)])
+def test_kernel_quantize_equals_torch_quantize(dtype, k, group, monkeypatch):
+    w = torch.randn(2, 33, k, generator=torch.Generator().manual_seed(k)).to(dtype) * 0.05
+    w[0, 3] = 0.0  # all-zero groups
+    w[1, 4, 0] = 7.5 * 2 ** -6  # values landing on .5 steps: round half to even in both
+    got = quantize_int4(w, group)
+    monkeypatch.setattr(cpu_int4, "available", lambda: False)
+    want = quantize_int4(w, group)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

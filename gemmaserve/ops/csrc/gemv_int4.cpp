@@ -15,6 +15,7 @@
 // The vector tiers need K % 32 == 0 and a group size that is a multiple of 32; the caller routes other
 // shapes to the portable tier. The last group may be partial (K % group != 0), as in compressed-tensors.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -324,6 +325,38 @@ void gs_int4_dequant_bf16(const int32_t* packed, const bf16_t* scale, int64_t ro
                 const int nib = (w[i >> 1] >> ((i & 1) * 4)) & 0xF;
                 o[i] = f32_to_bf16((float)(nib - 8) * bf16_to_f32(s[i / g]));
             }
+        }
+    }
+}
+
+// Symmetric group-wise quantization, the same numbers as ops.int4.quantize_int4: per group scale =
+// bf16(max|w| / 7.5) (1 for an all-zero group), q = round-half-even(w / scale) clamped to [-8, 7], packed
+// as compressed-tensors does. w [R, K] bf16 (w_f32 = 0) or fp32, packed [R, ceil(K/8)] int32, scale
+// [R, ceil(K/G)] bf16.
+void gs_int4_quantize(const void* w, int w_f32, int64_t rows, int64_t k, int64_t g, int32_t* packed, bf16_t* scale,
+                      int nthreads) {
+    const int64_t kw = (k + 7) / 8, ng = (k + g - 1) / g;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        std::vector<float> row(k);
+        for (int64_t i = 0; i < k; ++i)
+            row[i] = w_f32 ? ((const float*)w)[r * k + i] : bf16_to_f32(((const bf16_t*)w)[r * k + i]);
+        std::vector<uint8_t> nib(kw * 8, 0);  // padding past K packs as nibble 0, as compressed-tensors pads
+        for (int64_t gi = 0; gi < ng; ++gi) {
+            const int64_t a = gi * g, b = std::min(k, a + g);
+            float amax = 0.f;
+            for (int64_t i = a; i < b; ++i) amax = std::max(amax, std::fabs(row[i]));
+            const float s = amax > 0.f ? bf16_to_f32(f32_to_bf16(amax / 7.5f)) : 1.f;
+            scale[r * ng + gi] = f32_to_bf16(s);
+            for (int64_t i = a; i < b; ++i) {
+                const float q = std::nearbyint(row[i] / s);  // the default rounding mode: half to even
+                nib[i] = (uint8_t)(std::min(7.f, std::max(-8.f, q)) + 8.f);
+            }
+        }
+        for (int64_t j = 0; j < kw; ++j) {
+            uint32_t word = 0;
+            for (int i = 0; i < 8; ++i) word |= (uint32_t)nib[j * 8 + i] << (4 * i);
+            packed[r * kw + j] = (int32_t)word;
         }
     }
 }
