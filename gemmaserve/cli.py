@@ -98,12 +98,11 @@ def _prompt_ids(engine, args: argparse.Namespace, media: list | None = None) -> 
     if args.chat:
         from gemmaserve.chat import ChatRenderer, PromptEncoder
         from gemmaserve.chat.render import resolved_media_part
-        from gemmaserve.engine.llm import expand_media_text
 
         if not tok.chat_template:
             raise ValueError(f"{args.model} has no chat template")
         # Media first, then the text: the order the model card recommends.
-        parts = [resolved_media_part(m.kind, expand_media_text(f"<|{m.kind}|>", [m]), m) for m in media]
+        parts = [resolved_media_part(m.kind, m.prompt_text(), m) for m in media]
         content = parts + [{"type": "text", "text": args.prompt}] if parts else args.prompt
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": content}

@@ -139,6 +139,15 @@ class MediaInput:
     def num_soft_tokens(self) -> int:
         return self.num_frames * self.tokens_per_frame
 
+    def prompt_text(self) -> str:
+        """What its <|image|> / <|video|> placeholder expands to (transformers' Gemma4Processor):
+        "<|image>" + "<|image|>"*n + "<image|>" for an image; per video frame
+        "mm:ss <|image>" + "<|video|>"*n + "<image|>", frames joined by single spaces."""
+        n = self.tokens_per_frame
+        if self.kind == "image":
+            return "<|image>" + "<|image|>" * n + "<image|>"
+        return " ".join(f"{t} <|image>" + "<|video|>" * n + "<image|>" for t in self.timestamps)
+
 
 @dataclass(frozen=True)
 class MultimodalPrompt:

@@ -10,7 +10,7 @@ from gemmaserve.api.errors import APIError
 from gemmaserve.api.state import ServerState
 from gemmaserve.chat.render import resolved_media_part
 from gemmaserve.media.errors import MediaError
-from gemmaserve.media.image import DEFAULT_IMAGE_BUDGET, ImageLimits, check_budget, image_prompt_text, load_image
+from gemmaserve.media.image import DEFAULT_IMAGE_BUDGET, ImageLimits, check_budget, load_image
 from gemmaserve.media.source import IMAGE_MIMES, VIDEO_MIMES, FetchPolicy, media_bytes
 from gemmaserve.media.video import (
     DEFAULT_FRAME_BUDGET,
@@ -18,7 +18,6 @@ from gemmaserve.media.video import (
     VideoLimits,
     VideoSampling,
     load_video,
-    video_prompt_text,
 )
 from gemmaserve.types import MediaInput
 
@@ -97,12 +96,12 @@ def resolve_media(state: ServerState, messages: list[dict[str, Any]],
                     info = part.get("image_url") or {}
                     b = DETAIL_BUDGETS.get(info.get("detail") or "auto", budget)
                     item = load_image(media_bytes(info["url"], IMAGE_MIMES, policy), b, image_limits)
-                    content[j] = resolved_media_part("image", image_prompt_text(item), item)
+                    content[j] = resolved_media_part("image", item.prompt_text(), item)
                 else:
                     info = part.get("video_url") or part.get("input_video") or {}
                     field = f"{where}.{'video_url' if part.get('video_url') else 'input_video'}.url"
                     item = load_video(media_bytes(info["url"], VIDEO_MIMES, policy), sampling, video_limits)
-                    content[j] = resolved_media_part("video", video_prompt_text(item), item)
+                    content[j] = resolved_media_part("video", item.prompt_text(), item)
             except MediaError as exc:
                 raise _bad(exc.field or field, exc.reason) from None
             media.append(item)

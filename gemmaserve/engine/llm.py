@@ -15,8 +15,7 @@ _PLACEHOLDER = re.compile(r"<\|image\|>|<\|video\|>")
 
 def expand_media_text(text: str, media: Sequence[MediaInput]) -> str:
     """Each <|image|> / <|video|> placeholder of `text` replaced, in order, by its media's soft-token
-    run (transformers' Gemma4Processor text expansion): "<|image>" + "<|image|>"*n + "<image|>" for an
-    image, and per video frame "mm:ss <|image>" + "<|video|>"*n + "<image|>", frames joined by spaces."""
+    run (MediaInput.prompt_text: transformers' Gemma4Processor text expansion)."""
     it = iter(media)
 
     def sub(m: re.Match) -> str:
@@ -24,10 +23,7 @@ def expand_media_text(text: str, media: Sequence[MediaInput]) -> str:
         want = "image" if m.group() == "<|image|>" else "video"
         if item is None or item.kind != want:
             raise ValueError(f"the prompt's placeholders do not match the media (a {want} placeholder)")
-        n = item.tokens_per_frame
-        if item.kind == "image":
-            return "<|image>" + "<|image|>" * n + "<image|>"
-        return " ".join(f"{t} <|image>" + "<|video|>" * n + "<image|>" for t in item.timestamps)
+        return item.prompt_text()
 
     out = _PLACEHOLDER.sub(sub, text)
     if next(it, None) is not None:

@@ -126,8 +126,3 @@ def load_image(data: bytes, budget: int = DEFAULT_IMAGE_BUDGET, limits: ImageLim
     """Image file bytes -> MediaInput (the content hash covers the bytes and the budget)."""
     check_budget(budget)
     return image_input(decode_image(data, limits), budget, hashlib.sha256(data).digest())
-
-
-def image_prompt_text(media: MediaInput, boi: str = "<|image>", soft: str = "<|image|>", eoi: str = "<image|>") -> str:
-    """What one `<|image|>` placeholder of the rendered prompt expands to (transformers' processor)."""
-    return boi + soft * media.tokens_per_frame + eoi

@@ -130,13 +130,6 @@ def load_video(data: bytes, sampling: VideoSampling = VideoSampling(), limits: V
     return video_input(frames, indices, fps, sampling.budget, hashlib.sha256(data).digest())
 
 
-def video_prompt_text(media: MediaInput, boi: str = "<|image>", soft: str = "<|video|>", eoi: str = "<image|>") -> str:
-    """What one `<|video|>` placeholder expands to: per frame "mm:ss <|image>" + soft*n + "<image|>",
-    frames joined by single spaces (transformers' Gemma4Processor.replace_video_token)."""
-    n = media.tokens_per_frame
-    return " ".join(f"{t} {boi}{soft * n}{eoi}" for t in media.timestamps)
-
-
 def frames_from_arrays(arrays: list[np.ndarray]) -> list[Image.Image]:
     """uint8 [H, W, 3] arrays (already sampled frames, as LLM.generate accepts them) -> PIL frames."""
     return [Image.fromarray(np.asarray(a, dtype=np.uint8), "RGB") for a in arrays]

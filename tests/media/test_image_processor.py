@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageOps
 
 from gemmaserve.media.errors import MediaError
-from gemmaserve.media.image import ImageLimits, decode_image, image_prompt_text, load_image, soft_tokens, target_size
+from gemmaserve.media.image import ImageLimits, decode_image, load_image, soft_tokens, target_size
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil  # noqa: E402
@@ -138,6 +138,6 @@ def test_truncated_png_is_a_media_error():
 def test_prompt_text_and_hash():
     a = load_image(_png(_noise(100, 100)), 70)
     b = load_image(_png(_noise(100, 100)), 140)
-    assert image_prompt_text(a) == "<|image>" + "<|image|>" * a.tokens_per_frame + "<image|>"
+    assert a.prompt_text() == "<|image>" + "<|image|>" * a.tokens_per_frame + "<image|>"
     assert a.content_hash != b.content_hash  # the budget is part of the key
     assert load_image(_png(_noise(100, 100)), 70).content_hash == a.content_hash

@@ -16,7 +16,6 @@ from gemmaserve.media.video import (
     load_video,
     sample_indices,
     timestamp,
-    video_prompt_text,
 )
 
 
@@ -66,7 +65,7 @@ def test_short_clip_and_prompt_text():
     assert media.num_frames == 5
     assert media.timestamps == ("00:00", "00:00", "00:00", "00:00", "00:00")
     n = media.tokens_per_frame
-    text = video_prompt_text(media)
+    text = media.prompt_text()
     assert text.startswith("00:00 <|image>" + "<|video|>" * n + "<image|> 00:00 <|image>")
     assert text.count("<|video|>") == 5 * n and not text.endswith(" ")
 
