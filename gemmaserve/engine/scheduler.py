@@ -182,6 +182,7 @@ class Scheduler:
 
     def _admit_waiting(self, chosen: dict[str, ScheduledRequest], budget: int, chunk: int, urgent: int | None,
                        out: SchedulerOutput) -> None:
+        parked: list[Request] = []  # requests whose media is still being encoded: the next ones go first
         while self.waiting and budget > 0:
             req = self.waiting[0]
             if urgent is not None and req.params.priority > urgent:
@@ -197,7 +198,8 @@ class Scheduler:
                 if n == 0:  # its next media span is not encoded yet (or needs a roomier step)
                     self.kv.free(req)
                     req.num_computed_tokens = 0
-                    break
+                    parked.append(self.waiting.popleft())  # nobody waits behind an image
+                    continue
             if not self.kv.allocate_slots(req, n):
                 self.kv.free(req)  # hands back the prefix blocks it just took
                 req.num_computed_tokens = 0
@@ -214,6 +216,7 @@ class Scheduler:
             self.running.append(req)
             chosen[req.request_id] = ScheduledRequest(req, n)
             budget -= n
+        self.waiting.extendleft(reversed(parked))  # back at the head, in their order
 
     def _make_room(self, req: Request, chosen: dict[str, ScheduledRequest], out: SchedulerOutput) -> bool:
         """Preempt the least urgent running request for `req` (slots or blocks), only when it is of a

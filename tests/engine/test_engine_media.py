@@ -123,6 +123,13 @@ def greedy(n):
     return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, logprobs=0)
 
 
+def one_slice_per_step(engine):
+    """Pin the encoder's time budget to one slice per step while other requests run (the engine gives
+    it about one model step's time; a fixed count keeps these tests free of timing)."""
+    run_ = engine.media_encoder.run
+    engine.media_encoder.run = lambda reqs, deadline: run_(reqs, 0.0 if deadline is not None else None)
+
+
 def clean(engine):
     pools_free = all(p.num_free == p.num_blocks for p in engine.kv.pools.values())
     return pools_free and engine.encoder_cache.num_pinned == 0
@@ -218,6 +225,7 @@ def test_abort_and_errors_leave_nothing(tiny):
     a = image_media(640, 480, 8)
     ids = prompt_ids(tok, ["a", a, "b"], cfg)
     engine = make_engine(tiny, slice_rows=16)
+    one_slice_per_step(engine)
     engine.add_request("t", prompt_ids(tok, ["text only"], cfg), greedy(50), None)
     engine.step()
     engine.add_request("i", ids, greedy(5), [a])
@@ -241,6 +249,7 @@ def test_text_keeps_decoding_while_an_image_encodes(tiny):
     cfg = raw_config(tiny)
     a = image_media(1024, 768, 11)
     engine = make_engine(tiny, slice_rows=9)
+    one_slice_per_step(engine)
     engine.add_request("t", prompt_ids(tok, ["Tell me a story"], cfg), greedy(40), None)
     engine.step()
     engine.add_request("i", prompt_ids(tok, ["see", a, "now"], cfg), greedy(2), [a])
@@ -263,3 +272,25 @@ def test_text_only_model_refuses_media(tiny_fp32):
     with pytest.raises(InvalidRequestError, match="no vision tower"):
         engine.make_request("x", [2, 5, 6], greedy(2), [image_media(50, 50, 1)])
     assert FinishReason.STOP  # keep the import meaningful for readers of failures
+
+
+def test_text_request_is_not_queued_behind_an_encoding_image(tiny):
+    """An image request waiting for its encoder does not hold up a text request that arrives after it."""
+    _, _, _, tok, _ = tiny
+    cfg = raw_config(tiny)
+    a = image_media(1024, 768, 12)
+    engine = make_engine(tiny, slice_rows=9)
+    one_slice_per_step(engine)
+    engine.add_request("i", prompt_ids(tok, [a, "now"], cfg), greedy(2), [a])
+    engine.add_request("t", prompt_ids(tok, ["plain text"], cfg), greedy(3), None)
+    req = engine.scheduler.requests["i"]
+    first_text_token_step = None
+    step = 0
+    while not all(req.mm_ready):
+        outs = engine.step()
+        step += 1
+        if first_text_token_step is None and any(o.request_id == "t" and o.new_token_ids for o in outs):
+            first_text_token_step = step
+    assert first_text_token_step is not None  # the text request produced tokens while the image encoded
+    run(engine, [])
+    assert clean(engine)
