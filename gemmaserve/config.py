@@ -293,6 +293,20 @@ class ServerConfig:
     batch_price_factor: float = 0.5
     batch_max_requests: int = 10_000
     batch_concurrency: int = 8
+    # Request preparation (template, tokenizer, grammar compiler) runs in this many threads, with
+    # at most prep_queue requests waiting (then 503) and a time limit per request (then 400).
+    prep_workers: int = 4
+    prep_queue: int = 64
+    prep_time_limit_s: float = 10.0
+    # Slow clients: a request's headers must arrive within header_timeout_s of its first byte and
+    # its body within body_timeout_s of the headers (then 408); idle kept-alive connections close
+    # after keepalive_timeout_s. Beyond max_connections open sockets new ones are closed at once,
+    # beyond max_concurrent_requests requests in flight the next gets a 503.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keepalive_timeout_s: float = 75.0
+    max_connections: int = 2048
+    max_concurrent_requests: int = 512
 
     def __post_init__(self) -> None:
         if self.keepalive_interval_s <= 0:
@@ -305,6 +319,11 @@ class ServerConfig:
             raise ValueError("batch_price_factor must be within [0, 1]")
         if self.batch_concurrency <= 0 or self.batch_max_requests <= 0:
             raise ValueError("batch_concurrency and batch_max_requests must be positive")
+        for name in ("prep_time_limit_s", "header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+        if min(self.prep_workers, self.max_connections, self.max_concurrent_requests) < 1 or self.prep_queue < 0:
+            raise ValueError("prep_workers, max_connections and max_concurrent_requests must be >= 1, prep_queue >= 0")
 
     @property
     def accepted_model_ids(self) -> frozenset[str]:
@@ -337,3 +356,14 @@ def default_data_dir() -> str:
         return explicit
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "gemmaserve")
+
+
+# The environment variable `serve` reads its bearer key from, so the key stays out of the process
+# list (`--api-key KEY` shows in `ps`).
+API_KEY_ENV = "GEMMASERVE_API_KEY"
+
+
+def api_key_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """The key in GEMMASERVE_API_KEY, or None when unset or blank (this module alone reads env vars)."""
+    value = (os.environ if environ is None else environ).get(API_KEY_ENV, "").strip()
+    return value or None

@@ -32,6 +32,10 @@ MARKERS: dict[str, str] = {
     "video_token": "<|video|>",
 }
 
+# Text at least this long is encoded with the GIL released (Tokenizer.encode); shorter text is
+# not worth the batch call's overhead.
+_GIL_FREE_CHARS = 4096
+
 # generation_config.json of Gemma 4 (spec §6.10): <eos>, <turn|>, <|tool_response>.
 DEFAULT_EOS_IDS = (1, 106, 50)
 
@@ -60,6 +64,7 @@ class Tokenizer:
         suppress_tokens: Sequence[int] | None = None,
     ) -> None:
         self.hf = hf  # the underlying tokenizers.Tokenizer (grammar libraries take it directly)
+        self._max_token_chars: int | None = None
         self.chat_template = chat_template
         self.generation_defaults: dict[str, Any] = dict(generation_defaults or {})
         self.bos_token_id = bos_token_id if bos_token_id is not None else self._id_or_none("<bos>")
@@ -122,6 +127,14 @@ class Tokenizer:
         """Number of ids the tokenizer knows (added tokens included); may be below the model's."""
         return self.hf.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def max_token_chars(self) -> int:
+        """Characters in the longest vocabulary entry: text of n characters encodes to at least
+        n / max_token_chars tokens, a bound that refuses an over-long prompt without tokenizing it."""
+        if self._max_token_chars is None:
+            self._max_token_chars = max((len(t) for t in self.hf.get_vocab(with_added_tokens=True)), default=1)
+        return self._max_token_chars
+
     def token_to_id(self, token: str) -> int | None:
         return self.hf.token_to_id(token)
 
@@ -158,8 +171,15 @@ class Tokenizer:
 
     # -- text <-> ids -------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        """Ids of `text`; control-token texts inside it map to their ids, no BOS is added."""
-        return self.hf.encode(text, add_special_tokens=False).ids
+        """Ids of `text`; control-token texts inside it map to their ids, no BOS is added.
+
+        Long text goes through `encode_batch`, which releases the GIL while the Rust tokenizer
+        runs (`encode` holds it: a 1.2 MB prompt froze every other thread, the event loop and the
+        engine's step loop included, for 2 s on the 2-core box; through encode_batch the longest
+        pause measured 33 ms). Same ids either way."""
+        if len(text) < _GIL_FREE_CHARS:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        return self.hf.encode_batch([text], add_special_tokens=False)[0].ids
 
     def encode_prompt(self, text: str) -> list[int]:
         """A raw (untemplated) prompt's ids with <bos> in front unless the text brings its own, as

@@ -16,7 +16,7 @@ router = APIRouter()
 
 
 @router.get("/api/v1/generation")
-@router.get("/v1/generation")
+@router.get("/v1/generation", include_in_schema=False)
 async def generation(request: Request, id: str | None = None, caller: Caller = Depends(caller_of)):
     """From the store when the server keeps one (so it survives restarts); a key sees its own
     generations, a management key all of them."""

@@ -81,11 +81,22 @@ def check_model(state: ServerState, req: SamplingFields) -> str | None:
         chosen = next((m for m in req.models if m in accepted), None)
         if chosen is not None:
             return chosen
-        raise APIError(404, f"None of the requested models is served here: {', '.join(req.models)}",
-                       "not_found", {"param": "models"})
+        shown = ", ".join(_shown(m) for m in req.models[:_MODELS_SHOWN])
+        more = len(req.models) - _MODELS_SHOWN
+        raise APIError(404, f"None of the requested models is served here: {shown}"
+                       + (f" (and {more} more)" if more > 0 else ""), "not_found", {"param": "models"})
     if req.model is None or req.model in accepted:
         return req.model
-    raise APIError(404, f"{req.model} is not a valid model ID", "not_found", {"param": "model"})
+    raise APIError(404, f"{_shown(req.model)} is not a valid model ID", "not_found", {"param": "model"})
+
+
+# A 404 names the ids it refused, but a client's list of 100,000 ids is not echoed back whole.
+_MODELS_SHOWN = 5
+_ID_CHARS_SHOWN = 200
+
+
+def _shown(model_id: str) -> str:
+    return model_id if len(model_id) <= _ID_CHARS_SHOWN else model_id[:_ID_CHARS_SHOWN] + "..."
 
 
 def check_provider(state: ServerState, req: SamplingFields) -> None:

@@ -9,10 +9,11 @@ from fastapi import FastAPI
 
 from gemmaserve.api import (account, activity, batches, chat_completions, completions, health, key_admin,
                             messages, model_page, models, responses)
-from gemmaserve.api.body_limit import BodySizeLimit
+from gemmaserve.api.limits import BodySizeLimit, ConcurrencyLimit
 from gemmaserve.api.errors import install_error_handlers
 from gemmaserve.api.loading import load_in_background
 from gemmaserve.api.outcomes import OutcomeRecorder
+from gemmaserve.api.openapi import install_openapi
 from gemmaserve.api.state import ServerState
 
 _KNOWN_PATHS = {
@@ -48,6 +49,15 @@ class RequestMetrics:
         await self.app(scope, receive, counting_send)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gemmaserve")
+    except PackageNotFoundError:
+        return "0"
+
+
 def create_app(state: ServerState) -> FastAPI:
     """An app serving `state`. With `state.loader` set the model loads in the background after
     startup (requests get 503 until then) and the engine is shut down with the app."""
@@ -65,10 +75,14 @@ def create_app(state: ServerState) -> FastAPI:
                 state.load_task.cancel()
             if state.loader is not None and state.engine is not None:
                 await state.engine.shutdown()
+            if state.loader is not None:
+                state.preparation.shutdown()
 
-    app = FastAPI(title="gemmaserve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="gemmaserve", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json")
     app.state.gs = state
     install_error_handlers(app)
+    install_openapi(app)
     # Static files first and model_page last: its /{author}/{slug} page route must shadow no path.
     model_page.mount_static(app)
     for module in (chat_completions, completions, responses, batches, models, account, key_admin, activity, health):
@@ -76,7 +90,9 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.batches = batches.BatchRunner(app, state, batches.repository(state))
     messages.register(app)
     app.include_router(model_page.router)
-    app.add_middleware(BodySizeLimit, max_bytes=state.config.max_body_bytes)
+    cfg = state.config
+    app.add_middleware(BodySizeLimit, max_bytes=cfg.max_body_bytes, timeout_s=cfg.body_timeout_s)
     app.add_middleware(OutcomeRecorder, state=state)  # a no-op without a store
+    app.add_middleware(ConcurrencyLimit, limit=cfg.max_concurrent_requests)
     app.add_middleware(RequestMetrics, state=state)
     return app

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Iterable
 
 from fastapi import APIRouter, Depends, Request
@@ -141,12 +140,12 @@ class OverChat(Responder):
 
 
 @router.post("/api/v1/chat/completions", dependencies=[Depends(require_auth)])
-@router.post("/v1/chat/completions", dependencies=[Depends(require_auth)])
+@router.post("/v1/chat/completions", dependencies=[Depends(require_auth)], include_in_schema=False)
 async def chat_completions(req: ChatCompletionRequest, request: Request):
     adm = admit(request, req)
     # Rendering, tokenizing and grammar compilation are CPU work: keep them off the event loop
     # so other streams keep flowing while a long prompt is prepared.
-    prep = await asyncio.to_thread(prepare_chat, adm.state, req)
+    prep = await adm.state.preparation.run(prepare_chat, adm.state, req)
     gen = Generation(adm, "completions", prep.prompt_ids, prep.params, user=req.user,
                      session_id=req.session_id or adm.headers.get("x-session-id"), media=prep.media)
     return await respond(request, gen, ChatResponder(gen, req, prep), stream=bool(req.stream))

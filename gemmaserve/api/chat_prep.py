@@ -12,7 +12,9 @@ from gemmaserve.api.sampling import (
     build_sampling_params,
     completion_limit,
     plan_reasoning,
+    refuse_unfittable,
     thinking_enabled,
+    trim_for_middle_out,
 )
 from gemmaserve.api.state import ServerState
 from gemmaserve.chat.constraints import ThinkingBudget
@@ -23,6 +25,7 @@ from gemmaserve.protocol.chat import ChatCompletionRequest, NamedToolChoice, Res
 from gemmaserve.structured import (
     GrammarCompiler,
     SchemaError,
+    check_schema_size,
     grammar_constraint,
     json_object_constraint,
     json_schema_constraint,
@@ -49,6 +52,13 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+
+
+def _chars_of(content: Any) -> int:
+    """Characters of a wire message's text (a lower bound on what it renders to)."""
+    if isinstance(content, str):
+        return len(content)
+    return sum(len(t) for t in (getattr(p, "text", None) for p in content or []) if isinstance(t, str))
 
 
 def _with_name(msg: dict[str, Any]) -> dict[str, Any]:
@@ -136,10 +146,15 @@ def format_constraint(state: ServerState, fmt: ResponseFormat | None, after_thin
         if fmt.type == "grammar":
             assert fmt.grammar is not None
             try:
-                return grammar_constraint(tok, fmt.grammar, after_thinking, in_thought)
+                constraint = grammar_constraint(tok, fmt.grammar, after_thinking, in_thought)
             except SchemaError as exc:
                 raise APIError(400, f"Invalid value for 'response_format.grammar': {exc}", "invalid_request",
                                {"param": "response_format.grammar"}) from None
+            if not constraint.can_start_without(state.tokenizer.suppress_token_ids):
+                raise APIError(400, "Invalid value for 'response_format.grammar': it allows only tokens the model "
+                               "never generates (<pad>, <bos>, media markers)", "invalid_request",
+                               {"param": "response_format.grammar"})
+            return constraint
     except SchemaError as exc:
         raise APIError(400, f"Invalid schema: {exc}", "invalid_request", {"param": "response_format"}) from None
     raise APIError(400, f"response_format type '{fmt.type}' is not supported by this endpoint",
@@ -177,6 +192,20 @@ def _constraint_for(state: ServerState, req: ChatCompletionRequest, tool_dicts: 
         raise APIError(400, f"Invalid schema: {exc}", "invalid_request", {"param": "tools"}) from None
 
 
+def _check_sizes(req: ChatCompletionRequest, tool_dicts: list[dict] | None) -> None:
+    """Schema size caps before the template renders the tools or a grammar is compiled: both grow
+    with the schema (a 100,000-value enum took seconds to render and tokenize, then 37 s to compile)."""
+    try:
+        if tool_dicts:
+            check_schema_size([t["function"].get("parameters") for t in tool_dicts], "the tools' parameter schemas")
+        fmt = req.response_format
+        if fmt is not None and fmt.json_schema is not None:
+            check_schema_size(fmt.json_schema.json_schema, "the JSON schema")
+    except SchemaError as exc:
+        param = "tools" if "tools" in str(exc) else "response_format"
+        raise APIError(400, f"Invalid value for '{param}': {exc}", "invalid_request", {"param": param}) from None
+
+
 def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat:
     tok = state.tokenizer
     engine = state.engine
@@ -185,16 +214,23 @@ def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat
         raise APIError(400, f"Invalid value for 'modalities': this model only outputs text, not "
                        f"{', '.join(sorted(set(req.modalities) - {'text'}))}", "invalid_request", {"param": "modalities"})
     tool_dicts = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
+    _check_sizes(req, tool_dicts)
     parallel = req.parallel_tool_calls is not False
     # tool_choice "none": the model is not told about the tools, and cannot open a call.
     render_tools = None if req.tool_choice == "none" else tool_dicts
     thinking = thinking_enabled(req) if req.messages is not None else False
     if req.messages is not None:
+        if not req.middle_out:  # middle-out drops whole messages, which takes tokenizing them
+            refuse_unfittable(sum(_chars_of(m.content) for m in req.messages), tok, engine.max_model_len, req)
         prompt, media = _encode(state, req, render_tools, thinking, engine.max_model_len)
         text, prompt_ids, starts_in_reasoning = prompt.text, prompt.ids, prompt.ends_in_reasoning
     else:
         media = []
         text = req.prompt or ""
+        if req.middle_out:
+            text = trim_for_middle_out(text, tok, engine.max_model_len)
+        else:
+            refuse_unfittable(len(text), tok, engine.max_model_len, req)
         prompt_ids = tok.encode_prompt(text)
         if req.middle_out and len(prompt_ids) >= engine.max_model_len:
             prompt_ids = middle_out_ids(prompt_ids, engine.max_model_len - 1)  # no messages: cut tokens

@@ -3,7 +3,6 @@ prompt preparation and the text_completion responder over the generation skeleto
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -13,7 +12,7 @@ from gemmaserve.api.admission import admit, require_auth
 from gemmaserve.api.chat_prep import format_constraint
 from gemmaserve.api.errors import APIError
 from gemmaserve.api.generation import Finish, Generation, Responder, respond
-from gemmaserve.api.sampling import build_sampling_params, completion_limit
+from gemmaserve.api.sampling import build_sampling_params, completion_limit, refuse_unfittable, trim_for_middle_out
 from gemmaserve.api.sse import sse_data
 from gemmaserve.api.state import ServerState
 from gemmaserve.chat.middle_out import middle_out_ids
@@ -77,8 +76,12 @@ def prepare_completion(state: ServerState, req: CompletionRequest) -> PreparedCo
     engine, tok = state.engine, state.tokenizer
     assert engine is not None
     if isinstance(req.prompt, str):
-        prompt_ids = tok.encode_prompt(req.prompt)
         prompt_text = req.prompt
+        if req.middle_out:
+            prompt_text = trim_for_middle_out(prompt_text, tok, engine.max_model_len)
+        else:
+            refuse_unfittable(len(prompt_text), tok, engine.max_model_len, req)
+        prompt_ids = tok.encode_prompt(prompt_text)
     else:
         prompt_ids = list(req.prompt)  # type: ignore[arg-type]
         if any(t >= engine.vocab_size for t in prompt_ids):
@@ -162,10 +165,10 @@ class CompletionResponder(Responder):
 
 
 @router.post("/api/v1/completions", dependencies=[Depends(require_auth)])
-@router.post("/v1/completions", dependencies=[Depends(require_auth)])
+@router.post("/v1/completions", dependencies=[Depends(require_auth)], include_in_schema=False)
 async def completions(req: CompletionRequest, request: Request):
     adm = admit(request, req)
     # Tokenizing a long prompt is CPU work: off the event loop, as for chat.
-    prep = await asyncio.to_thread(prepare_completion, adm.state, req)
+    prep = await adm.state.preparation.run(prepare_completion, adm.state, req)
     gen = Generation(adm, "completions", prep.prompt_ids, prep.params, user=req.user, session_id=req.session_id)
     return await respond(request, gen, CompletionResponder(gen, req, prep), stream=bool(req.stream))

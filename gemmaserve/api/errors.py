@@ -112,7 +112,15 @@ def enveloped(err: APIError, app: Any, path: str) -> dict[str, Any]:
 
 def error_response(err: APIError, request: Request | None = None) -> JSONResponse:
     body = err.body() if request is None else enveloped(err, request.app, request.url.path)
-    return JSONResponse(body, status_code=err.status, headers=err.headers)
+    return ErrorJSONResponse(body, status_code=err.status, headers=err.headers)
+
+
+class ErrorJSONResponse(JSONResponse):
+    """Error bodies in ASCII JSON: a message may quote what the client sent (an unknown model id),
+    and a lone surrogate in it has no UTF-8 form but a valid `\\udXXX` JSON escape."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def _field_path(loc: tuple) -> str:

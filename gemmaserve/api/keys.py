@@ -5,12 +5,34 @@ carries its key."""
 from __future__ import annotations
 
 import hmac
+import secrets
 from pathlib import Path
 from typing import Mapping
 
 from gemmaserve.store.keys import hash_key
 
-__all__ = ["authorization", "hash_key", "load_key_hashes", "matching_digest"]
+# The keys file holds unsalted sha256 digests. For a random key that is enough: with 190 bits of
+# randomness (32 base62 characters) there is nothing to search, salt or no salt. A short or
+# chosen key is another matter (a leaked file gives it to a dictionary attack), so `hash-key`
+# refuses keys shorter than this and `--generate` makes random ones.
+MIN_KEY_CHARS = 32
+
+
+__all__ = ["MIN_KEY_CHARS", "authorization", "hash_key", "load_key_hashes", "matching_digest", "new_key", "read_key_file"]
+
+
+def new_key() -> str:
+    """A random key in OpenRouter's look: sk-gs-v1- and 64 hex digits (256 bits)."""
+    return "sk-gs-v1-" + secrets.token_hex(32)
+
+
+def read_key_file(path: str | Path) -> str:
+    """The bearer key on the first line of `path` (for --api-key-file; blank is an error)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise ValueError(f"{path}: no key on the first line")
+    return key
 
 
 def load_key_hashes(path: str | Path) -> frozenset[str]:

@@ -123,7 +123,7 @@ def _matches(m: dict[str, Any], supported_parameters: str | None, output_modalit
 
 
 @router.get("/api/v1/models")
-@router.get("/v1/models")
+@router.get("/v1/models", include_in_schema=False)
 async def list_models(request: Request, supported_parameters: str | None = None,
                       output_modalities: str | None = None, input_modalities: str | None = None):
     state: ServerState = request.app.state.gs

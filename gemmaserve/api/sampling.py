@@ -59,22 +59,50 @@ def plan_reasoning(req: ChatCompletionRequest, max_tokens: int | None) -> Reason
     return ReasoningPlan(True, exclude, budget)
 
 
+def _too_long(max_model_len: int, prompt_len: int, requested: int | None, at_least: bool = False) -> APIError:
+    return APIError(
+        400,
+        f"This endpoint's maximum context length is {max_model_len} tokens. However, you requested "
+        f"{'more than' if at_least else 'about'} {prompt_len + (requested or 0)} tokens ({prompt_len} of text input"
+        + (f", {requested} in the output" if requested else "")
+        + "). Please reduce the length of either one, or use the context-compression plugin "
+        "to compress your prompt automatically.",
+        "context_length_exceeded",
+        {"provider_name": None},
+    )
+
+
 def completion_limit(req: SamplingFields, prompt_len: int, max_model_len: int) -> int:
     """max_tokens clamped to what fits after the prompt (spec §13.2); 400 when nothing fits."""
     room = max_model_len - prompt_len
     requested = req.requested_max_tokens
     if room <= 0:
-        raise APIError(
-            400,
-            f"This endpoint's maximum context length is {max_model_len} tokens. However, you requested "
-            f"about {prompt_len + (requested or 0)} tokens ({prompt_len} of text input"
-            + (f", {requested} in the output" if requested else "")
-            + "). Please reduce the length of either one, or use the context-compression plugin "
-            "to compress your prompt automatically.",
-            "context_length_exceeded",
-            {"provider_name": None},
-        )
+        raise _too_long(max_model_len, prompt_len, requested)
     return room if requested is None else min(requested, room)
+
+
+def char_budget(tokenizer: Any, max_model_len: int) -> int:
+    """Characters that cannot fit in `max_model_len` tokens whatever they are: a token covers at
+    most max_token_chars characters, doubled for safety (normalisation, byte fallback)."""
+    return 2 * max_model_len * tokenizer.max_token_chars
+
+
+def refuse_unfittable(n_chars: int, tokenizer: Any, max_model_len: int, req: SamplingFields) -> None:
+    """The context-length 400 for a prompt too long to fit, decided from its length before any
+    tokenizing (a 7.9 MB prompt took 30 s to tokenize only to be refused)."""
+    if n_chars > char_budget(tokenizer, max_model_len):
+        at_least = n_chars // (2 * tokenizer.max_token_chars)
+        raise _too_long(max_model_len, at_least, req.requested_max_tokens, at_least=True)
+
+
+def trim_for_middle_out(text: str, tokenizer: Any, max_model_len: int) -> str:
+    """A raw prompt's middle cut down to what middle-out could keep: the head and tail each hold
+    enough characters for max_model_len tokens, so the ids middle_out_ids keeps are unchanged, and
+    the cut text is all that gets tokenized."""
+    keep = char_budget(tokenizer, max_model_len)
+    if len(text) <= 2 * keep:
+        return text
+    return text[:keep] + text[len(text) - keep:]
 
 
 def _logit_bias(raw: dict[str, float] | None, vocab_size: int) -> dict[int, float]:

@@ -11,6 +11,7 @@ from gemmaserve.api.accounting import Ledger, MemoryLedger
 from gemmaserve.api.metrics import ServerMetrics
 from gemmaserve.api.response_cache import ResponseCache
 from gemmaserve.api.store_ledger import StoreLedger
+from gemmaserve.api.preparation import PreparationPool
 from gemmaserve.api.usage import GenerationStore
 from gemmaserve.config import ServerConfig
 from gemmaserve.engine.client import EngineClient
@@ -49,12 +50,16 @@ class ServerState:
     # model is loaded (the `serve` command); None when engine and tokenizer are given ready-made.
     loader: "Callable[[], LoadedModel] | None" = None
     load_task: asyncio.Task | None = None
+    preparation: PreparationPool | None = None  # built from config in __post_init__
 
     def __post_init__(self) -> None:
         self.generations = GenerationStore(self.config.max_stored_generations)
         self.response_cache = ResponseCache(self.config.response_cache_entries, self.config.response_cache_bytes)
         if self.ledger is None and self.store is not None:
             self.ledger = StoreLedger(self.config, self.store, self.metrics)
+        if self.preparation is None:
+            c = self.config
+            self.preparation = PreparationPool(c.prep_workers, c.prep_queue, c.prep_time_limit_s)
         if self.ledger is None:
             self.ledger = MemoryLedger(self.config, self.generations, self.metrics)
         if self.prompt_encoder is None and self.tokenizer is not None and self.renderer is not None:

@@ -71,7 +71,7 @@ def spec_from_args(args: argparse.Namespace):
     args.provider_name = "gemmaserve"
     server = server_config_from_args(args)
     serve_args = {k: v for k, v in vars(args).items() if k != "func"}
-    serve_args.update(api_key=None, api_keys_file=None)  # the ingress checks keys, not the replicas
+    serve_args.update(api_key=None, api_key_file=None, api_keys_file=None)  # the ingress checks keys, not the replicas
     models = server.accepted_model_ids
     upstream = tuple(load_providers(args.providers, models)) if args.providers else ()
     autoscaling = None

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from gemmaserve.api.admission import check_bearer
-from gemmaserve.api.body_limit import BodySizeLimit
+from gemmaserve.api.limits import BodySizeLimit
 from gemmaserve.api.errors import APIError, install_error_handlers
 from gemmaserve.api.generation import unless_disconnected
 from gemmaserve.api.sse import SSEResponse

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gemmaserve.protocol.common import WIRE_CONFIG, FieldError, SamplingFields
+from gemmaserve.protocol.body_checks import check_json_text_depth
+from gemmaserve.protocol.common import WIRE_CONFIG, FieldError, Integer, SamplingFields
 
 FunctionName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")]
 
@@ -73,6 +74,12 @@ ContentPart = Annotated[
 class FunctionCall(_Part):
     name: str
     arguments: str  # a JSON string, as OpenAI sends it
+
+    @field_validator("arguments")
+    @classmethod
+    def _bounded_depth(cls, v: str) -> str:
+        check_json_text_depth(v)  # the template renders the parsed value recursively
+        return v
 
 
 class ToolCall(_Part):
@@ -168,7 +175,7 @@ Effort = Literal["max", "xhigh", "high", "medium", "low", "minimal", "none"]
 class ReasoningConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     effort: Effort | None = None
-    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    max_tokens: Integer(ge=0) | None = None
     exclude: bool = False
     enabled: bool | None = None
     summary: Literal["auto", "concise", "detailed"] | None = None
@@ -182,7 +189,7 @@ class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
     prompt: str | None = None
     logprobs: bool | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_logprobs: Integer(ge=0, le=20) | None = None
     response_format: ResponseFormat | None = None
     tools: list[FunctionTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
+
+from gemmaserve.protocol.body_checks import CheckedBody, FieldError, check_float32
 
 # OpenRouter ignores top-level fields it does not know (spec §2.1), so every request model does too.
 WIRE_CONFIG = ConfigDict(extra="ignore", populate_by_name=True)
@@ -15,19 +17,35 @@ WIRE_CONFIG = ConfigDict(extra="ignore", populate_by_name=True)
 HONOURED_PLUGINS = frozenset({"response-healing", "context-compression"})
 
 
-class FieldError(ValueError):
-    """A cross-field check that names the field to blame (the API reports it as `param`)."""
 
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+def Number(**bounds: float) -> Any:
+    """A JSON number (never a boolean or a numeric string) held to `bounds` and to float32, the
+    precision the sampler uses it in (body_checks.check_float32)."""
+    return Annotated[float, Field(strict=True, **bounds), AfterValidator(check_float32)]
 
 
-class SamplingFields(BaseModel):
+def Integer(**bounds: int) -> Any:
+    """A JSON integer: `true` is not 1, `2.0` and "2" are not 2."""
+    return Annotated[int, Field(strict=True, **bounds)]
+
+
+# repetition_penalty divides the soft-capped logits (|x| <= 30) in float32: below this the quotient
+# overflows to inf and the row's softmax is NaN.
+MIN_DIVISOR = 1e-30
+
+
+def _divisor(value: float) -> float:
+    if value < MIN_DIVISOR:
+        raise ValueError(f"must be at least {MIN_DIVISOR:g}: it divides logits in float32, where a smaller "
+                         "value overflows")
+    return value
+
+
+Probability = Number(ge=0.0, le=1.0)
+Penalty = Number(ge=-2.0, le=2.0)
+
+
+class SamplingFields(CheckedBody):
     """Sampling and length fields with OpenRouter's documented ranges (spec §2.1)."""
 
     model_config = WIRE_CONFIG
@@ -36,20 +54,20 @@ class SamplingFields(BaseModel):
     models: list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None  # no effect: usage is always streamed
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    top_p: Probability | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    max_tokens: Integer(ge=1) | None = None
+    max_completion_tokens: Integer(ge=1) | None = None
+    temperature: Number(ge=0.0, le=2.0) | None = None
+    top_p: Number(gt=0.0, le=1.0) | None = None  # 0 would keep no token: OpenRouter's range is (0, 1]
+    top_k: Integer(ge=0) | None = None
     min_p: Probability | None = None
-    top_a: Probability | None = None  # accepted; no Gemma sampler implements it
+    top_a: Probability | None = None
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
+    repetition_penalty: Annotated[Number(gt=0.0, le=2.0), AfterValidator(_divisor)] | None = None
     # torch.Generator.manual_seed takes [-2**63, 2**64 - 1]; past that a seed cannot be honoured.
-    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
+    seed: Integer(ge=-(2**63), le=2**64 - 1) | None = None
     stop: str | list[str] | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    logit_bias: dict[str, Number(ge=-100.0, le=100.0)] | None = None
     n: int | None = None  # ignored: OpenRouter always returns exactly one choice
     user: str | None = None
     session_id: Annotated[str, Field(max_length=256)] | None = None
@@ -61,7 +79,7 @@ class SamplingFields(BaseModel):
     metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = None
     # Extensions (vLLM-style) for benchmarks and tests.
     ignore_eos: bool = False
-    min_tokens: Annotated[int, Field(ge=0)] = 0
+    min_tokens: Integer(ge=0) = 0
 
     @field_validator("stop")
     @classmethod

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
 from gemmaserve.protocol.chat import ResponseFormat
-from gemmaserve.protocol.common import WIRE_CONFIG, SamplingFields
+from gemmaserve.protocol.common import WIRE_CONFIG, Integer, SamplingFields
 
 
 class CompletionRequest(SamplingFields):
@@ -15,13 +14,13 @@ class CompletionRequest(SamplingFields):
 
     model_config = WIRE_CONFIG
 
-    prompt: str | list[int] | list[str] | list[list[int]]
-    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    prompt: str | list[Integer(ge=0)] | list[str] | list[list[Integer(ge=0)]]
+    logprobs: Integer(ge=0, le=5) | None = None
     echo: bool = False
     # 0 is allowed with echo: score the prompt (its logprobs), generate nothing (lm-eval's loglikelihood).
-    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    max_tokens: Integer(ge=0) | None = None
     suffix: str | None = None  # fill-in-the-middle: Gemma 4 has no FIM format, so only "" or null
-    best_of: Annotated[int, Field(ge=1, le=20)] | None = None  # one candidate only: 1 or null
+    best_of: Integer(ge=1, le=20) | None = None  # one candidate only: 1 or null
     response_format: ResponseFormat | None = None
 
     @field_validator("suffix")

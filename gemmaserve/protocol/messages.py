@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gemmaserve.protocol.chat import FunctionName
+from gemmaserve.protocol.body_checks import CheckedBody
 from gemmaserve.protocol.common import WIRE_CONFIG, FieldError
 
 
@@ -134,7 +135,7 @@ class Metadata(_Block):
     user_id: Annotated[str, Field(max_length=512)] | None = None
 
 
-class MessagesBody(BaseModel):
+class MessagesBody(CheckedBody):
     """What /messages and /messages/count_tokens share."""
 
     model_config = WIRE_CONFIG

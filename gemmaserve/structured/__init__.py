@@ -1,6 +1,12 @@
 """Grammar-constrained decoding (llguidance): response_format JSON and forced Gemma 4 tool calls."""
 
-from gemmaserve.structured.compiler import ConstraintError, GrammarCompiler, MarkerIds, SchemaError
+from gemmaserve.structured.compiler import (
+    ConstraintError,
+    GrammarCompiler,
+    MarkerIds,
+    SchemaError,
+    check_schema_size,
+)
 from gemmaserve.structured.constraint import GrammarConstraint
 from gemmaserve.structured.factories import (
     grammar_constraint,
@@ -15,6 +21,7 @@ __all__ = [
     "GrammarConstraint",
     "MarkerIds",
     "SchemaError",
+    "check_schema_size",
     "grammar_constraint",
     "json_object_constraint",
     "json_schema_constraint",

@@ -102,6 +102,16 @@ class GrammarConstraint:
                 f"token {token_id} at output position {index} violates the grammar: {self._matcher.get_error()}"
             )
 
+    def can_start_without(self, excluded: Sequence[int]) -> bool:
+        """Whether the grammar's first token can be something other than `excluded` (the ids the
+        sampler never draws): False means the request could only fail, which is the client's
+        error, to be refused before it runs. Leaves the matcher where it was."""
+        if self._initial != _CONSTRAINED:
+            return True  # the thought channel may open first
+        allowed = self._grammar_allowed()
+        allowed[[i for i in excluded if 0 <= i < self._vocab_size]] = False
+        return bool(allowed.any())
+
     # -- TokenConstraint ---------------------------------------------------------------------
     def mask_logits(self, output_token_ids: Sequence[int], logits: torch.Tensor) -> None:
         """Set the logits of ids the grammar forbids to -inf, in place. logits: [vocab] or [1, vocab]."""

@@ -7,7 +7,14 @@ from typing import Any, Literal, Mapping, Sequence
 
 from llguidance.gbnf_to_lark import any_to_lark
 
-from gemmaserve.structured.compiler import GrammarCompiler, MarkerIds, SchemaError, as_compiler
+from gemmaserve.structured.compiler import (
+    GrammarCompiler,
+    MarkerIds,
+    SchemaError,
+    as_compiler,
+    check_grammar_size,
+    check_schema_size,
+)
 from gemmaserve.structured.constraint import GrammarConstraint
 from gemmaserve.structured.gemma_grammar import tool_call_lark
 from gemmaserve.structured.json_grammar import end_rule, json_object_lark, json_schema_lark
@@ -39,6 +46,7 @@ def json_schema_constraint(
     schema is invalid or, with strict=True, uses keywords that cannot be enforced.
     """
     compiler = as_compiler(tokenizer)
+    check_schema_size(schema, "the JSON schema")
     ends = _answer_end_ids(compiler)
     grammar = json_schema_lark(schema, strict=bool(strict), end_ids=ends)
     return _constraint(compiler, grammar, ends, start_after_thinking, starts_in_reasoning)
@@ -54,6 +62,7 @@ def grammar_constraint(
     compiler = as_compiler(tokenizer)
     if not isinstance(grammar, str) or not grammar.strip():
         raise SchemaError("response_format.grammar must be a non-empty grammar")
+    check_grammar_size(grammar)
     try:
         client = any_to_lark(grammar)
     except Exception as exc:  # the converter raises bare Exception too (e.g. an undefined rule)
@@ -90,6 +99,7 @@ def tool_call_constraint(
     """
     compiler = as_compiler(tokenizer)
     declared = _tool_schemas(tools)
+    check_schema_size([p for _, p in declared], "the tools' parameter schemas")
     m = compiler.markers
     ends = [m.tool_response_start, m.turn_end, m.eos]
     if mode == "auto":

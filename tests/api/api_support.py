@@ -131,7 +131,14 @@ class ServerThread:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        state = getattr(app.state, "gs", None)
+        if state is not None:  # the API app: served the way `gemmaserve serve` serves it
+            from gemmaserve.api.http_server import uvicorn_config
+
+            config = uvicorn_config(app, state.config, log_level="warning", lifespan="on")
+        else:
+            config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     @property

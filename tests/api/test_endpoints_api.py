@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 
 import httpx
 import openai
@@ -131,6 +132,41 @@ def test_serve_parser_and_keys(tmp_path):
 def test_hash_key_command_prints_sha256(capsys):
     parser = argparse.ArgumentParser()
     add_serve_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["hash-key", "abc"])
+    key = "abc" * 11  # 33 characters
+    args = parser.parse_args(["hash-key", key])
     assert args.func(args) == 0
-    assert capsys.readouterr().out == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n"
+    assert capsys.readouterr().out == hashlib.sha256(key.encode()).hexdigest() + "\n"
+
+
+def test_hash_key_refuses_short_keys_and_generates_random_ones(capsys):
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["hash-key", "abc"])
+    assert args.func(args) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "shorter than 32 characters" in out.err and "--generate" in out.err
+    args = parser.parse_args(["hash-key", "--generate"])
+    assert args.func(args) == 0
+    out = capsys.readouterr()
+    key = out.err.strip().rsplit(" ", 1)[-1]
+    assert key.startswith("sk-gs-v1-") and len(key) == 9 + 64
+    assert out.out == hashlib.sha256(key.encode()).hexdigest() + "\n"
+
+
+def test_serve_key_from_env_or_file_stays_out_of_argv(tmp_path, monkeypatch):
+    from gemmaserve.config import API_KEY_ENV
+
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers(dest="command"))
+    monkeypatch.setenv(API_KEY_ENV, "sk-from-env-0123456789")
+    cfg = server_config_from_args(parser.parse_args(["serve", "--model", "/m"]))
+    assert cfg.api_key_hashes == {hash_key("sk-from-env-0123456789")}
+    monkeypatch.delenv(API_KEY_ENV)
+    assert server_config_from_args(parser.parse_args(["serve", "--model", "/m"])).api_key_hashes == frozenset()
+    f = tmp_path / "key"
+    f.write_text("sk-from-file-0123456789\n")
+    cfg = server_config_from_args(parser.parse_args(["serve", "--model", "/m", "--api-key-file", str(f)]))
+    assert cfg.api_key_hashes == {hash_key("sk-from-file-0123456789")}
+    f.write_text("\n")
+    with pytest.raises(ValueError, match="no key"):
+        server_config_from_args(parser.parse_args(["serve", "--model", "/m", "--api-key-file", str(f)]))
