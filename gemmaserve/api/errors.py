@@ -9,6 +9,7 @@ from typing import Any, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gemmaserve.protocol.common import FieldError
@@ -67,11 +68,16 @@ class APIError(Exception):
 
 
 def translated(convert: Callable[[Any], Any], req: Any) -> Any:
-    """`convert(req)` (a wire-format translator); a FieldError it raises becomes a 400 naming the field."""
+    """`convert(req)` (a wire-format translator); a FieldError it raises becomes a 400 naming the
+    field, as does a request the translation produces that fails the target type's validation
+    (an Anthropic user turn with empty content leaves a chat request with no messages)."""
     try:
         return convert(req)
     except FieldError as exc:
         raise APIError(400, f"Invalid value for '{exc.param}': {exc}", "invalid_request", {"param": exc.param}) from None
+    except ValidationError as exc:
+        message, field = validation_message(RequestValidationError(exc.errors(include_url=False)))
+        raise APIError(400, message, "invalid_request", {"param": field} if field else {}) from None
 
 
 def engine_error_to_api(exc: EngineError) -> APIError:

@@ -80,7 +80,7 @@ class MessagesResponder(OverChat):
 async def _prepared(req: MessagesBody, request: Request) -> tuple[Admission, ChatCompletionRequest, PreparedChat]:
     chat = translated(to_chat_request, req)
     adm = admit(request, chat)
-    return adm, chat, await asyncio.to_thread(prepare_chat, adm.state, chat)
+    return adm, chat, await adm.state.preparation.run(prepare_chat, adm.state, chat)
 
 
 @router.post("/api/v1/messages", dependencies=[Depends(require_auth)])

@@ -74,7 +74,7 @@ class ResponsesResponder(OverChat):
 async def responses(req: ResponsesRequest, request: Request):
     chat = translated(to_chat_request, req)
     adm = admit(request, chat)
-    prep = await asyncio.to_thread(prepare_chat, adm.state, chat)
+    prep = await adm.state.preparation.run(prepare_chat, adm.state, chat)
     gen = Generation(adm, "responses", prep.prompt_ids, prep.params, user=req.user,
                      session_id=req.session_id or adm.headers.get("x-session-id"), media=prep.media)
     return await respond(request, gen, ResponsesResponder(gen, req, chat, prep), stream=bool(req.stream))

@@ -219,3 +219,12 @@ def test_error_bodies_are_ascii_json(fake):
     assert r.status_code in (400, 404)
     r.content.decode("ascii")  # every non-ASCII character escaped, surrogates included
     json.loads(r.content)
+
+
+def test_translation_that_yields_an_invalid_chat_request_is_a_400(fake):
+    """Found by the fuzz suite: an Anthropic user turn with empty content left a chat request with no
+    messages, whose validation error escaped as a 500. Now the Messages API's own 400."""
+    r = httpx.post(fake.root + "/v1/messages", json={"model": MODEL, "max_tokens": 5,
+                                                      "messages": [{"role": "user", "content": []}]})
+    assert r.status_code == 400, r.text
+    assert r.json()["type"] == "error" and r.json()["error"]["type"] == "invalid_request_error"
