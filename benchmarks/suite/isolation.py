@@ -1,0 +1,187 @@
+"""Isolation under hostile input: 8 ordinary streams' inter-token gap p99 while each of issue 17's
+hostile request classes is being handled, against the same streams' gap p99 alone (quiet rounds
+before, between and after), all on one `gemmaserve serve` in one invocation. One JSON summary.
+
+    flock /tmp/gs-bench.lock python -m benchmarks.suite.isolation --model DIR [--streams 8]
+
+Target (issue 17): every class's ratio to the quiet p99 under 2.0."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+from benchmarks.suite import hostile
+from benchmarks.suite.spawn import SpawnSpec, start
+
+
+def cpu_record() -> dict:
+    info = {"machine": platform.machine()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if line.startswith("model name") and "model" not in info:
+            info["model"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and "flags" not in info:
+            flags = set(line.split(":", 1)[1].split())
+            info["flags"] = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma")))
+    return info
+
+
+def one_stream(base: str, max_tokens: int, times: list[float], ready: threading.Event) -> None:
+    body = {"model": hostile.MODEL, "messages": [{"role": "user", "content": "Tell me a long story."}],
+            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", base + "/api/v1/chat/completions", json=body, timeout=600) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {") and '"content":"' in line and '"finish_reason":null' in line:
+                times.append(time.monotonic())
+                ready.set()
+
+
+def gaps_in(times: list[float], lo: float, hi: float) -> list[float]:
+    """Gaps between consecutive tokens of one stream that end inside [lo, hi]."""
+    return [b - a for a, b in zip(times, times[1:]) if lo <= b <= hi]
+
+
+def p99(values: list[float]) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(0.99 * len(values)))]
+
+
+def phase(base: str, streams: int, max_tokens: int, load: Callable[[threading.Event], dict] | None) -> dict:
+    """Run `streams` streams; once all have their first token, run `load` until they end. The gaps
+    measured are those ending while the load ran (all of them in a quiet phase)."""
+    times: list[list[float]] = [[] for _ in range(streams)]
+    readies = [threading.Event() for _ in range(streams)]
+    threads = [threading.Thread(target=one_stream, args=(base, max_tokens, times[i], readies[i]))
+               for i in range(streams)]
+    for t in threads:
+        t.start()
+    for e in readies:
+        e.wait(600)
+    stop = threading.Event()
+    result: dict = {}
+    worker = None
+    lo = time.monotonic()
+    if load is not None:
+        worker = threading.Thread(target=lambda: result.update(load(stop)))
+        worker.start()
+    for t in threads:
+        t.join()
+    hi = time.monotonic()
+    stop.set()
+    if worker is not None:
+        worker.join()
+    gaps = [g for ts in times for g in gaps_in(ts, lo, hi)]
+    return {"p99_ms": round(p99(gaps) * 1000, 2), "median_ms": round(statistics.median(gaps) * 1000, 2) if gaps else None,
+            "gaps": len(gaps), **result}
+
+
+def hostile_load(host: str, port: int, h: hostile.Hostile, senders: int) -> Callable[[threading.Event], dict]:
+    """`senders` connections each sending `h` back to back until stopped; status counts."""
+
+    def run(stop: threading.Event) -> dict:
+        counts: dict[str, int] = {}
+        lock = threading.Lock()
+
+        def loop() -> None:
+            while not stop.is_set():
+                status = hostile.send(host, port, h)
+                with lock:
+                    counts[str(status)] = counts.get(str(status), 0) + 1
+
+        ts = [threading.Thread(target=loop) for _ in range(senders)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        ok = sum(n for s, n in counts.items() if int(s) in h.expect)
+        return {"statuses": counts, "handled_right": ok == sum(counts.values())}
+
+    return run
+
+
+def trickle_load(host: str, port: int, what: str, conns: int) -> Callable[[threading.Event], dict]:
+    def run(stop: threading.Event) -> dict:
+        counts: dict[str, int] = {}
+        lock = threading.Lock()
+
+        def one() -> None:
+            status = hostile.trickle(host, port, what, 60)
+            with lock:
+                counts[str(status)] = counts.get(str(status), 0) + 1
+
+        ts = [threading.Thread(target=one) for _ in range(conns)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return {"statuses": counts, "handled_right": set(counts) == {"408"}}
+
+    return run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint dir (the bench model: make-demo-model DIR --size bench)")
+    p.add_argument("--streams", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--senders", type=int, default=2, help="connections sending a hostile class at once")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", default="", help="comma-separated class names (default: all)")
+    args = p.parse_args()
+
+    spec = SpawnSpec(kind="gemmaserve", model=args.model, name="isolation",
+                     extra_args=["--log-level", "warning", "--header-timeout", "5", "--body-timeout", "10"])
+    with tempfile.TemporaryDirectory() as logs:
+        srv = start(spec, ctx_per_slot=0, threads=args.threads, log_dir=Path(logs))
+        try:
+            srv.wait_ready()
+            host, port, base = "127.0.0.1", srv.port, srv.base_url
+            phase(base, args.streams, 8, None)  # warm-up
+            quiet = [phase(base, args.streams, args.max_tokens, None)]
+            results: dict[str, dict] = {}
+            wanted = {n for n in args.only.split(",") if n}
+            loads: list[tuple[str, Callable]] = [(h.name, hostile_load(host, port, h, args.senders))
+                                                 for h in hostile.classes()]
+            loads += [("slow_headers", trickle_load(host, port, "headers", 50)),
+                      ("slow_body", trickle_load(host, port, "body", 50))]
+            for i, (name, load) in enumerate(loads):
+                if wanted and name not in wanted:
+                    continue
+                results[name] = phase(base, args.streams, args.max_tokens, load)
+                if i % 5 == 4:
+                    quiet.append(phase(base, args.streams, args.max_tokens, None))
+            quiet.append(phase(base, args.streams, args.max_tokens, None))
+            base_p99 = statistics.median(q["p99_ms"] for q in quiet)
+            for r in results.values():
+                r["ratio"] = round(r["p99_ms"] / base_p99, 2)
+            summary = {
+                "benchmark": "isolation", "cpu": cpu_record(), "model": args.model, "streams": args.streams,
+                "max_tokens": args.max_tokens, "threads": args.threads,
+                "quiet_p99_ms": base_p99, "quiet_rounds": [q["p99_ms"] for q in quiet],
+                "classes": results,
+                "max_ratio": max((r["ratio"] for r in results.values()), default=None),
+                "all_under_2x": all(r["ratio"] < 2.0 for r in results.values()),
+                "all_handled_right": all(r.get("handled_right", False) for r in results.values()),
+            }
+            print(json.dumps(summary, indent=1))
+        finally:
+            srv.stop()
+
+
+if __name__ == "__main__":
+    main()
