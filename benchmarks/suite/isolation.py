@@ -22,6 +22,7 @@ import httpx
 
 from benchmarks.suite import hostile
 from benchmarks.suite.spawn import SpawnSpec, start
+from benchmarks.suite.stats import percentile
 
 
 def cpu_record() -> dict:
@@ -55,10 +56,7 @@ def gaps_in(times: list[float], lo: float, hi: float) -> list[float]:
 
 
 def p99(values: list[float]) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(0.99 * len(values)))]
+    return percentile(values, 99)
 
 
 def phase(base: str, streams: int, max_tokens: int, load: Callable[[threading.Event], dict] | None) -> dict:
@@ -86,7 +84,9 @@ def phase(base: str, streams: int, max_tokens: int, load: Callable[[threading.Ev
     if worker is not None:
         worker.join()
     gaps = [g for ts in times for g in gaps_in(ts, lo, hi)]
-    return {"p99_ms": round(p99(gaps) * 1000, 2), "median_ms": round(statistics.median(gaps) * 1000, 2) if gaps else None,
+    if not gaps:  # the streams ended before the load began: nothing measured
+        return {"p99_ms": None, "median_ms": None, "gaps": 0, **result}
+    return {"p99_ms": round(p99(gaps) * 1000, 2), "median_ms": round(statistics.median(gaps) * 1000, 2),
             "gaps": len(gaps), **result}
 
 
@@ -166,16 +166,17 @@ def main() -> None:
                 if i % 5 == 4:
                     quiet.append(phase(base, args.streams, args.max_tokens, None))
             quiet.append(phase(base, args.streams, args.max_tokens, None))
-            base_p99 = statistics.median(q["p99_ms"] for q in quiet)
+            base_p99 = statistics.median(q["p99_ms"] for q in quiet if q["p99_ms"] is not None)
             for r in results.values():
-                r["ratio"] = round(r["p99_ms"] / base_p99, 2)
+                r["ratio"] = None if r["p99_ms"] is None else round(r["p99_ms"] / base_p99, 2)
+            measured = [r["ratio"] for r in results.values() if r["ratio"] is not None]
             summary = {
                 "benchmark": "isolation", "cpu": cpu_record(), "model": args.model, "streams": args.streams,
                 "max_tokens": args.max_tokens, "threads": args.threads,
                 "quiet_p99_ms": base_p99, "quiet_rounds": [q["p99_ms"] for q in quiet],
                 "classes": results,
-                "max_ratio": max((r["ratio"] for r in results.values()), default=None),
-                "all_under_2x": all(r["ratio"] < 2.0 for r in results.values()),
+                "max_ratio": max(measured, default=None),
+                "all_under_2x": len(measured) == len(results) and all(x < 2.0 for x in measured),
                 "all_handled_right": all(r.get("handled_right", False) for r in results.values()),
             }
             print(json.dumps(summary, indent=1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 from typing import Any
 
 import h11
@@ -22,12 +23,22 @@ LINGER_S = 2.0
 MAX_HEAD_BYTES = 64 * 1024
 
 
+def connection_cap(configured: int) -> int:
+    """`configured`, lowered to leave the process file descriptors for everything else (model
+    files, the engine, logs): past the descriptor limit accept() fails for everyone, which is
+    the exhaustion the cap exists to prevent."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    return max(1, min(configured, soft - 128))
+
+
 def guarded_protocol(cfg: ServerConfig) -> type[H11Protocol]:
     """uvicorn's H11Protocol held to `cfg`'s limits (uvicorn builds one per connection)."""
 
     class GuardedH11Protocol(H11Protocol):
         header_timeout_s = cfg.header_timeout_s
-        max_connections = cfg.max_connections
+        max_connections = connection_cap(cfg.max_connections)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             self._head_timer: asyncio.TimerHandle | None = None
