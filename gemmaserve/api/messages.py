@@ -4,7 +4,6 @@ becomes a chat request (protocol/messages_convert.py); chat's parser splits the 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Iterable
 
 from fastapi import APIRouter, Depends, FastAPI, Request

@@ -4,7 +4,6 @@ chat's parser splits the output, and its deltas or whole message are re-shaped i
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Iterable
 
 from fastapi import APIRouter, Depends, Request
