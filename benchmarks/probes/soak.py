@@ -13,7 +13,6 @@ import argparse
 import json
 import random
 import re
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,6 @@ import psutil
 
 from benchmarks.suite import hostile
 from benchmarks.suite.isolation import cpu_record
-from benchmarks.suite.spawn import SpawnSpec, start
 
 ORDINARY = {"model": hostile.MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
 
@@ -71,68 +69,61 @@ def main() -> None:
     args = p.parse_args()
     rng = random.Random(args.seed)
 
-    spec = SpawnSpec(kind="gemmaserve", model=args.model, name="soak",
-                     extra_args=["--log-level", "error", "--header-timeout", "5", "--body-timeout", "10"])
-    with tempfile.TemporaryDirectory() as logs:
-        srv = start(spec, ctx_per_slot=0, threads=args.threads, log_dir=Path(logs))
-        try:
-            srv.wait_ready()
-            host, port, base = "127.0.0.1", srv.port, srv.base_url
-            proc = psutil.Process(srv.proc.pid)
-            counts: dict[str, dict[str, int]] = {}
-            lock = threading.Lock()
+    with hostile.served(args.model, args.threads, "soak") as srv:
+        host, port, base = "127.0.0.1", srv.port, srv.base_url
+        proc = psutil.Process(srv.proc.pid)
+        counts: dict[str, dict[str, int]] = {}
+        lock = threading.Lock()
 
-            def note(cls: str, status) -> None:
-                with lock:
-                    c = counts.setdefault(cls, {})
-                    c[str(status)] = c.get(str(status), 0) + 1
+        def note(cls: str, status) -> None:
+            with lock:
+                c = counts.setdefault(cls, {})
+                c[str(status)] = c.get(str(status), 0) + 1
 
-            def post(body: bytes) -> int:
-                try:
-                    return httpx.post(base + "/api/v1/chat/completions", content=body, timeout=120,
-                                      headers={"content-type": "application/json"}).status_code
-                except httpx.HTTPError:
-                    return -1
+        def post(body: bytes) -> int:
+            try:
+                return httpx.post(base + "/api/v1/chat/completions", content=body, timeout=120,
+                                  headers={"content-type": "application/json"}).status_code
+            except httpx.HTTPError:
+                return -1
 
-            rounds = []
-            classes = hostile.classes()
-            for rnd in range(args.rounds):
-                t0 = time.monotonic()
-                with ThreadPoolExecutor(args.workers) as pool:
-                    jobs = [(h.name, pool.submit(hostile.send, host, port, h)) for h in classes]
-                    jobs += [("fuzz", pool.submit(post, b)) for b in fuzz_bodies(args.fuzz, rng)]
-                    jobs += [("disconnect", pool.submit(disconnect_mid_stream, base)) for _ in range(args.disconnects)]
-                    jobs += [("ordinary", pool.submit(post, json.dumps(ORDINARY).encode())) for _ in range(20)]
-                    jobs += [("slow_headers", pool.submit(hostile.trickle, host, port, "headers", 30))]
-                    for name, fut in jobs:
-                        note(name, fut.result())
-                # Idle: nothing may still run or hold KV blocks.
-                deadline = time.monotonic() + 30
-                while True:
-                    m = httpx.get(base + "/metrics", timeout=10).text
-                    running, waiting = metric(m, "gemmaserve_num_requests_running"), metric(m, "gemmaserve_num_requests_waiting")
-                    kv = metric(m, "gemmaserve_kv_cache_usage_ratio")
-                    if (running == 0 and waiting == 0 and kv == 0) or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.5)
-                rounds.append({"round": rnd, "seconds": round(time.monotonic() - t0, 1),
-                               "rss_mb": round(proc.memory_info().rss / 2**20, 1),
-                               "running": running, "waiting": waiting, "kv_usage_when_idle": kv,
-                               "health": httpx.get(base + "/health", timeout=10).status_code})
-            expect = {h.name: {str(s) for s in h.expect} for h in classes}
-            wrong = {n: {s: c for s, c in cs.items() if s not in expect[n]} for n, cs in counts.items() if n in expect}
-            summary = {
-                "benchmark": "soak", "cpu": cpu_record(), "model": args.model, "rounds": rounds, "counts": counts,
-                "server_errors_5xx": sum(c for cs in counts.values() for s, c in cs.items() if s.startswith("5")
-                                         and s != "503"),
-                "no_response": sum(cs.get("-1", 0) for n, cs in counts.items() if n != "disconnect"),
-                "hostile_wrong_status": {n: w for n, w in wrong.items() if w},
-                "kv_leak": any(r["kv_usage_when_idle"] != 0 for r in rounds),
-                "rss_growth_mb": round(rounds[-1]["rss_mb"] - rounds[0]["rss_mb"], 1) if rounds else None,
-            }
-            print(json.dumps(summary, indent=1))
-        finally:
-            srv.stop()
+        rounds = []
+        classes = hostile.classes()
+        for rnd in range(args.rounds):
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(args.workers) as pool:
+                jobs = [(h.name, pool.submit(hostile.send, host, port, h)) for h in classes]
+                jobs += [("fuzz", pool.submit(post, b)) for b in fuzz_bodies(args.fuzz, rng)]
+                jobs += [("disconnect", pool.submit(disconnect_mid_stream, base)) for _ in range(args.disconnects)]
+                jobs += [("ordinary", pool.submit(post, json.dumps(ORDINARY).encode())) for _ in range(20)]
+                jobs += [("slow_headers", pool.submit(hostile.trickle, host, port, "headers", 30))]
+                for name, fut in jobs:
+                    note(name, fut.result())
+            # Idle: nothing may still run or hold KV blocks.
+            deadline = time.monotonic() + 30
+            while True:
+                m = httpx.get(base + "/metrics", timeout=10).text
+                running, waiting = metric(m, "gemmaserve_num_requests_running"), metric(m, "gemmaserve_num_requests_waiting")
+                kv = metric(m, "gemmaserve_kv_cache_usage_ratio")
+                if (running == 0 and waiting == 0 and kv == 0) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            rounds.append({"round": rnd, "seconds": round(time.monotonic() - t0, 1),
+                           "rss_mb": round(proc.memory_info().rss / 2**20, 1),
+                           "running": running, "waiting": waiting, "kv_usage_when_idle": kv,
+                           "health": httpx.get(base + "/health", timeout=10).status_code})
+        expect = {h.name: {str(s) for s in h.expect} for h in classes}
+        wrong = {n: {s: c for s, c in cs.items() if s not in expect[n]} for n, cs in counts.items() if n in expect}
+        summary = {
+            "benchmark": "soak", "cpu": cpu_record(), "model": args.model, "rounds": rounds, "counts": counts,
+            "server_errors_5xx": sum(c for cs in counts.values() for s, c in cs.items() if s.startswith("5")
+                                     and s != "503"),
+            "no_response": sum(cs.get("-1", 0) for n, cs in counts.items() if n != "disconnect"),
+            "hostile_wrong_status": {n: w for n, w in wrong.items() if w},
+            "kv_leak": any(r["kv_usage_when_idle"] != 0 for r in rounds),
+            "rss_growth_mb": round(rounds[-1]["rss_mb"] - rounds[0]["rss_mb"], 1) if rounds else None,
+        }
+        print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import json
 import socket
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from benchmarks.suite.spawn import ServerProcess, SpawnSpec, start
 
 MODEL = "google/gemma-4-26b-a4b-it"
 USER = [{"role": "user", "content": "Hi"}]
@@ -22,14 +28,16 @@ class Hostile:
     raw: bytes | None = None  # a whole hand-made request instead of a POST of `body`
 
 
-def _nested(levels: int) -> dict:
+def nested_schema(levels: int) -> dict:
+    """A JSON schema `levels` objects deep."""
     leaf: dict = {"type": "string"}
     for _ in range(levels):
         leaf = {"type": "object", "properties": {"a": leaf}}
     return leaf
 
 
-def _args(levels: int) -> str:
+def nested_args(levels: int) -> str:
+    """Tool-call arguments JSON `levels` objects deep."""
     text = "1"
     for _ in range(levels):
         text = '{"a":' + text + "}"
@@ -50,12 +58,12 @@ def classes(body_limit: int = 8 * 1024 * 1024) -> list[Hostile]:
                                             % MODEL).encode(), (400,)),
         Hostile("surrogate_model", chat, b'{"model":"x\\ud800","messages":[{"role":"user","content":"x"}]}', (404,)),
         Hostile("deep_tool_params", chat, _json({"model": MODEL, "messages": USER, "tool_choice": "auto", "tools": [
-            {"type": "function", "function": {"name": "f", "parameters": _nested(98)}}]}), (400,)),
+            {"type": "function", "function": {"name": "f", "parameters": nested_schema(98)}}]}), (400,)),
         Hostile("deep_json_schema", chat, _json({"model": MODEL, "messages": USER, "response_format": {
-            "type": "json_schema", "json_schema": {"name": "r", "schema": _nested(247)}}}), (400,)),
+            "type": "json_schema", "json_schema": {"name": "r", "schema": nested_schema(247)}}}), (400,)),
         Hostile("deep_tool_args", chat, _json({"model": MODEL, "messages": USER + [
             {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
-                                                  "function": {"name": "f", "arguments": _args(197)}}]},
+                                                  "function": {"name": "f", "arguments": nested_args(197)}}]},
             {"role": "tool", "tool_call_id": "c", "content": "ok"}]}), (400,)),
         Hostile("big_prompt_completions", comp, _json({"model": MODEL, "prompt": big, "max_tokens": 1}), (400,)),
         Hostile("big_prompt_chat", chat, _json({"model": MODEL, "max_tokens": 1,
@@ -113,3 +121,17 @@ def trickle(host: str, port: int, what: str, seconds: float) -> int:
             return -1
     except (OSError, ValueError, IndexError):
         return -1
+
+
+@contextmanager
+def served(model: str, threads: int, name: str) -> Iterator[ServerProcess]:
+    """A ready `gemmaserve serve` of `model` with short slow-client deadlines, stopped at the end."""
+    spec = SpawnSpec(kind="gemmaserve", model=model, name=name,
+                     extra_args=["--log-level", "error", "--header-timeout", "5", "--body-timeout", "10"])
+    with tempfile.TemporaryDirectory() as logs:
+        srv = start(spec, ctx_per_slot=0, threads=threads, log_dir=Path(logs))
+        try:
+            srv.wait_ready()
+            yield srv
+        finally:
+            srv.stop()

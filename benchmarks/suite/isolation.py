@@ -12,7 +12,6 @@ import argparse
 import json
 import platform
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Callable
 import httpx
 
 from benchmarks.suite import hostile
-from benchmarks.suite.spawn import SpawnSpec, start
 from benchmarks.suite.stats import percentile
 
 
@@ -90,46 +88,49 @@ def phase(base: str, streams: int, max_tokens: int, load: Callable[[threading.Ev
             "gaps": len(gaps), **result}
 
 
+class Tally:
+    """Status counts from many threads."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, status: int) -> None:
+        with self._lock:
+            self.counts[str(status)] = self.counts.get(str(status), 0) + 1
+
+
+def in_threads(work: Callable[[], None], n: int) -> None:
+    ts = [threading.Thread(target=work) for _ in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
 def hostile_load(host: str, port: int, h: hostile.Hostile, senders: int) -> Callable[[threading.Event], dict]:
     """`senders` connections each sending `h` back to back until stopped; status counts."""
 
     def run(stop: threading.Event) -> dict:
-        counts: dict[str, int] = {}
-        lock = threading.Lock()
+        tally = Tally()
 
         def loop() -> None:
             while not stop.is_set():
-                status = hostile.send(host, port, h)
-                with lock:
-                    counts[str(status)] = counts.get(str(status), 0) + 1
+                tally.add(hostile.send(host, port, h))
 
-        ts = [threading.Thread(target=loop) for _ in range(senders)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        ok = sum(n for s, n in counts.items() if int(s) in h.expect)
-        return {"statuses": counts, "handled_right": ok == sum(counts.values())}
+        in_threads(loop, senders)
+        return {"statuses": tally.counts, "handled_right": all(int(s) in h.expect for s in tally.counts)}
 
     return run
 
 
 def trickle_load(host: str, port: int, what: str, conns: int) -> Callable[[threading.Event], dict]:
+    """`conns` connections trickling their headers or body; each must end in a 408."""
+
     def run(stop: threading.Event) -> dict:
-        counts: dict[str, int] = {}
-        lock = threading.Lock()
-
-        def one() -> None:
-            status = hostile.trickle(host, port, what, 60)
-            with lock:
-                counts[str(status)] = counts.get(str(status), 0) + 1
-
-        ts = [threading.Thread(target=one) for _ in range(conns)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        return {"statuses": counts, "handled_right": set(counts) == {"408"}}
+        tally = Tally()
+        in_threads(lambda: tally.add(hostile.trickle(host, port, what, 60)), conns)
+        return {"statuses": tally.counts, "handled_right": set(tally.counts) == {"408"}}
 
     return run
 
@@ -144,44 +145,37 @@ def main() -> None:
     p.add_argument("--only", default="", help="comma-separated class names (default: all)")
     args = p.parse_args()
 
-    spec = SpawnSpec(kind="gemmaserve", model=args.model, name="isolation",
-                     extra_args=["--log-level", "warning", "--header-timeout", "5", "--body-timeout", "10"])
-    with tempfile.TemporaryDirectory() as logs:
-        srv = start(spec, ctx_per_slot=0, threads=args.threads, log_dir=Path(logs))
-        try:
-            srv.wait_ready()
-            host, port, base = "127.0.0.1", srv.port, srv.base_url
-            phase(base, args.streams, 8, None)  # warm-up
-            quiet = [phase(base, args.streams, args.max_tokens, None)]
-            results: dict[str, dict] = {}
-            wanted = {n for n in args.only.split(",") if n}
-            loads: list[tuple[str, Callable]] = [(h.name, hostile_load(host, port, h, args.senders))
-                                                 for h in hostile.classes()]
-            loads += [("slow_headers", trickle_load(host, port, "headers", 50)),
-                      ("slow_body", trickle_load(host, port, "body", 50))]
-            for i, (name, load) in enumerate(loads):
-                if wanted and name not in wanted:
-                    continue
-                results[name] = phase(base, args.streams, args.max_tokens, load)
-                if i % 5 == 4:
-                    quiet.append(phase(base, args.streams, args.max_tokens, None))
-            quiet.append(phase(base, args.streams, args.max_tokens, None))
-            base_p99 = statistics.median(q["p99_ms"] for q in quiet if q["p99_ms"] is not None)
-            for r in results.values():
-                r["ratio"] = None if r["p99_ms"] is None else round(r["p99_ms"] / base_p99, 2)
-            measured = [r["ratio"] for r in results.values() if r["ratio"] is not None]
-            summary = {
-                "benchmark": "isolation", "cpu": cpu_record(), "model": args.model, "streams": args.streams,
-                "max_tokens": args.max_tokens, "threads": args.threads,
-                "quiet_p99_ms": base_p99, "quiet_rounds": [q["p99_ms"] for q in quiet],
-                "classes": results,
-                "max_ratio": max(measured, default=None),
-                "all_under_2x": len(measured) == len(results) and all(x < 2.0 for x in measured),
-                "all_handled_right": all(r.get("handled_right", False) for r in results.values()),
-            }
-            print(json.dumps(summary, indent=1))
-        finally:
-            srv.stop()
+    with hostile.served(args.model, args.threads, "isolation") as srv:
+        host, port, base = "127.0.0.1", srv.port, srv.base_url
+        phase(base, args.streams, 8, None)  # warm-up
+        quiet = [phase(base, args.streams, args.max_tokens, None)]
+        results: dict[str, dict] = {}
+        wanted = {n for n in args.only.split(",") if n}
+        loads: list[tuple[str, Callable]] = [(h.name, hostile_load(host, port, h, args.senders))
+                                             for h in hostile.classes()]
+        loads += [("slow_headers", trickle_load(host, port, "headers", 50)),
+                  ("slow_body", trickle_load(host, port, "body", 50))]
+        for i, (name, load) in enumerate(loads):
+            if wanted and name not in wanted:
+                continue
+            results[name] = phase(base, args.streams, args.max_tokens, load)
+            if i % 5 == 4:
+                quiet.append(phase(base, args.streams, args.max_tokens, None))
+        quiet.append(phase(base, args.streams, args.max_tokens, None))
+        base_p99 = statistics.median(q["p99_ms"] for q in quiet if q["p99_ms"] is not None)
+        for r in results.values():
+            r["ratio"] = None if r["p99_ms"] is None else round(r["p99_ms"] / base_p99, 2)
+        measured = [r["ratio"] for r in results.values() if r["ratio"] is not None]
+        summary = {
+            "benchmark": "isolation", "cpu": cpu_record(), "model": args.model, "streams": args.streams,
+            "max_tokens": args.max_tokens, "threads": args.threads,
+            "quiet_p99_ms": base_p99, "quiet_rounds": [q["p99_ms"] for q in quiet],
+            "classes": results,
+            "max_ratio": max(measured, default=None),
+            "all_under_2x": len(measured) == len(results) and all(x < 2.0 for x in measured),
+            "all_handled_right": all(r.get("handled_right", False) for r in results.values()),
+        }
+        print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

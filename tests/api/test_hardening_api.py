@@ -9,6 +9,8 @@ import time
 import httpx
 import pytest
 
+from benchmarks.suite.hostile import nested_args, nested_schema
+
 MODEL = "google/gemma-4-26b-a4b-it"
 USER = [{"role": "user", "content": "Hi"}]
 
@@ -24,20 +26,6 @@ def roomy(demo_tokenizer):
     with ServerThread(create_app(make_state(demo_tokenizer, engine))) as srv:
         srv.engine = engine
         yield srv
-
-
-def nested_schema(levels: int) -> dict:
-    leaf: dict = {"type": "string"}
-    for _ in range(levels):
-        leaf = {"type": "object", "properties": {"a": leaf}}
-    return leaf
-
-
-def nested_args(levels: int) -> str:
-    text = "1"
-    for _ in range(levels):
-        text = '{"a":' + text + "}"
-    return text
 
 
 def post_raw(srv, path: str, raw: str) -> httpx.Response:
