@@ -161,7 +161,8 @@ def init_random_int4_(model: nn.Module, seed: int = 0) -> None:
     for name, buf in model.named_buffers():
         leaf = name.rsplit(".", 1)[-1]
         if buf.dtype is torch.int32 and leaf.endswith("packed"):
-            for part in buf.view(-1, buf.shape[-1]).split(4096):  # [rows, KW]: bounded temporaries
-                part.copy_(torch.randint(-(2**31), 2**31, part.shape, generator=gen, dtype=torch.int64).to(torch.int32))
+            # In place, 16 bits at a time (every nibble uniform): no temporaries, which on the 26B shape
+            # left ~1 GiB of freed heap resident.
+            buf.view(torch.int16).random_(-(2**15), 2**15, generator=gen)
         elif leaf.endswith("scale") and buf.dtype is torch.bfloat16 and buf.dim() >= 2:
             buf.fill_(_DUMMY_SCALE)
