@@ -216,7 +216,11 @@ class Gemma4VisionTower(nn.Module):
         (see _VisionLayer.steps) and returns [sum(lengths) / 9, H] pooled, standardized soft tokens
         in the weight dtype, row-major over each image's pooled grid."""
         cfg = self.config
-        x = self.patch_embedder(pixels, positions)  # [P, H]
+        p = pixels.shape[0]
+        x = pixels.new_empty(p, cfg.hidden_size, dtype=self.patch_embedder.input_proj.weight.dtype)  # [P, H]
+        for a in range(0, p, rows):  # the embedding is sliced too: it is a 768 -> H matmul over every patch
+            x[a : a + rows] = self.patch_embedder(pixels[a : a + rows], positions[a : a + rows])
+            yield
         rope = self._rope(positions, x.dtype)
         for layer in self.encoder.layers:
             x = yield from layer.steps(x, rope, lengths, rows)
