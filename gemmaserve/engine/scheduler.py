@@ -61,7 +61,9 @@ class Scheduler:
     is kept in priority order (first come, first served within a class); while a request of some
     class still has prompt to compute, requests of less urgent classes sit the step out (they keep
     their blocks), so a batch's decode rows never lengthen an interactive prompt's step; a full
-    running list or KV cache gives way by preempting the least urgent, newest request first.
+    running list or KV cache gives way by preempting the least urgent, newest request first; and a
+    background prompt is computed in short chunks (background_prefill_chunk), so an interactive
+    arrival never waits behind a long background step.
     """
 
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager):
@@ -96,6 +98,10 @@ class Scheduler:
         if self.waiting:
             classes.append(self.waiting[0].params.priority)  # the queue is in priority order
         return min(classes) if classes else None
+
+    def _chunk_of(self, req: Request, chunk: int) -> int:
+        """A background request's prompt goes in short chunks, so no step it is in runs long."""
+        return min(chunk, self.config.background_prefill_chunk) if req.params.priority > 0 else chunk
 
     def _victim(self) -> Request:
         """The least urgent running request, the newest among equals."""
@@ -151,7 +157,7 @@ class Scheduler:
             if req.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this step
             is_prefill = req.num_remaining > 1
-            n = min(req.num_remaining, budget, chunk, prefill_budget if is_prefill else 1)
+            n = min(req.num_remaining, budget, self._chunk_of(req, chunk), prefill_budget if is_prefill else 1)
             if req.mm_spans and n:
                 n = req.clip_chunk(n, min(budget, prefill_budget))
             if n == 0:
@@ -192,7 +198,7 @@ class Scheduler:
                     break
                 continue
             cached = self.kv.acquire_prefix(req)
-            n = min(req.num_remaining, budget, chunk)
+            n = min(req.num_remaining, budget, self._chunk_of(req, chunk))
             if req.mm_spans:
                 n = req.clip_chunk(n, budget)
                 if n == 0:  # its next media span is not encoded yet (or needs a roomier step)

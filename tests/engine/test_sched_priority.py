@@ -79,3 +79,16 @@ def test_kv_shortage_preempts_background_not_interactive():
     for rid in list(sched.requests):
         sched.finish_request(sched.requests[rid], FinishReason.ABORT)
     assert_pools_full(kv)
+
+
+def test_background_prompts_go_in_short_chunks():
+    sched, kv = make(max_num_batched_tokens=512, background_prefill_chunk=16)
+    sched.add_request(preq("b1", 40, 2, 1))
+    assert plan(sched)[0] == [("b1", 16)]
+    assert plan(sched)[0] == [("b1", 16)]
+    sched.add_request(preq("i1", 40, 100, 0))
+    assert plan(sched)[0] == [("i1", 40)]  # interactive: the whole prompt, background sits out
+    assert plan(sched)[0] == [("b1", 8), ("i1", 1)]
+    for rid in list(sched.requests):
+        sched.finish_request(sched.requests[rid], FinishReason.ABORT)
+    assert_pools_full(kv)
