@@ -121,7 +121,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from gemmaserve.config import engine_config_from_args
     from gemmaserve.engine.engine import Engine
 
-    cfg = engine_config_from_args(args, max_num_seqs=1)
+    cfg = engine_config_from_args(args, max_num_seqs=1, warmup=False, adaptive_prefill=False)  # one request: no warm-up
     engine = Engine.from_config(cfg)
     defaults = getattr(engine.tokenizer, "generation_defaults", None) or {}
 

@@ -137,6 +137,10 @@ class EngineConfig:
     # 64 rows of the real tower (1152 wide, MLP 4304) are ~1 GFLOP of MLP, tens of ms on a 2-core
     # CPU: about one decode step of the bench model, so a slice never doubles a step on its own.
     encoder_slice_rows: int = 64
+    # Run the serving shapes once at start-up (engine/warmup.py) so the first requests are not slower.
+    warmup: bool = False
+    # With warmup: lower scheduler.max_num_prefill_tokens to what this machine prefills in ~0.5 s.
+    adaptive_prefill: bool = False
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -212,6 +216,11 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--enforce-eager", action="store_true", help="CUDA: no CUDA graphs for decode steps")
     p.add_argument(
+        "--no-warmup", action="store_true",
+        help="skip the start-up warm-up (the serving shapes run once before the first request; on CPU it "
+        "also measures prefill speed to size the per-step prompt cap when --max-num-prefill-tokens is unset)",
+    )
+    p.add_argument(
         "--deterministic", action="store_true",
         help="batch-invariant kernels: a seeded request gives the same tokens alone, batched, chunked or cached "
         "(slower prefill; see README)",
@@ -229,6 +238,8 @@ def engine_config_from_args(args: argparse.Namespace, **extra: Any) -> EngineCon
         max_num_batched_tokens=args.max_num_batched_tokens, memory_bytes=int(gb * 2**30) if gb else None,
         enable_prefix_caching=not args.no_prefix_caching, enforce_eager=args.enforce_eager,
         deterministic=getattr(args, "deterministic", False),
+        warmup=not getattr(args, "no_warmup", True),
+        adaptive_prefill=args.max_num_prefill_tokens is None and torch.device(args.device).type == "cpu",
         max_num_prefill_tokens=_prefill_cap(args.max_num_prefill_tokens, args.device),
     )
     return engine_config_from_kwargs(**{**fields, **extra})

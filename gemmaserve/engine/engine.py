@@ -17,6 +17,7 @@ from gemmaserve.engine.model_runner import ModelRunner
 from gemmaserve.engine.multimodal import MediaEncoder, find_spans
 from gemmaserve.engine.request import Request
 from gemmaserve.engine.scheduler import Scheduler
+from gemmaserve.engine.warmup import WarmupReport, warm_up
 from gemmaserve.model.config import Gemma4TextConfig
 from gemmaserve.types import (
     FinishReason,
@@ -127,6 +128,7 @@ class Engine:
             self.media_encoder = MediaEncoder(vision, self.encoder_cache, config.encoder_slice_rows)
             self.runner.encoder_cache = self.encoder_cache
             self.scheduler.on_finish = lambda req: self.encoder_cache.release(req.request_id)
+        self.warmup_report: WarmupReport | None = None  # set by from_config when config.warmup
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "Engine":
@@ -153,7 +155,10 @@ class Engine:
         tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
         vision = load_vision(path, dtype=config.torch_dtype, device=config.device,
                              dummy_weights=config.dummy_weights, seed=config.seed)
-        return cls(model, model_config, config, tokenizer, vision=vision)
+        engine = cls(model, model_config, config, tokenizer, vision=vision)
+        if config.warmup:
+            engine.warmup_report = warm_up(engine, config.adaptive_prefill)
+        return engine
 
     def _default_kv_bytes(self) -> int:
         if self.device.type == "cuda":
