@@ -173,9 +173,10 @@ def measure(run: GenerateFn, vocab: PromptVocab, args: argparse.Namespace, seed:
 HEADLINES = ("prefill_tok_s", "decode_tok_s")
 
 
-def with_ratios(results: dict[str, dict[str, Any]], batch_sizes: Sequence[int]) -> dict[str, float]:
-    """gemmaserve / transformers for every headline number both engines produced."""
-    a, b = results.get("gemmaserve"), results.get("transformers")
+def with_ratios(results: dict[str, dict[str, Any]], batch_sizes: Sequence[int], num: str = "gemmaserve",
+                den: str = "transformers") -> dict[str, float]:
+    """num / den (default gemmaserve / transformers) for every headline number both engines produced."""
+    a, b = results.get(num), results.get(den)
     if not a or not b:
         return {}
     keys = list(HEADLINES) + [f"decode_x{bs}_tok_s" for bs in batch_sizes]
@@ -197,7 +198,8 @@ def measure_gemmaserve_decode(
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint dir (both engines load it)")
-    p.add_argument("--engines", default="gemmaserve,transformers", help="comma list, run in this order")
+    p.add_argument("--engines", default="gemmaserve,transformers",
+                   help="comma list, run in this order (gemmaserve, gemmaserve-det, transformers)")
     p.add_argument("--input-len", type=int, default=512)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",") if x], default=[8])
@@ -217,8 +219,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     vocab = PromptVocab.from_tokenizer(args.model, args.bos_id)
     results: dict[str, dict[str, Any]] = {}
     for name in args.engines.split(","):
-        if name == "gemmaserve":
+        if name in ("gemmaserve", "gemmaserve-det"):
+            # gemmaserve-det: the same engine in deterministic (batch-invariant) mode, for its cost.
             kw = json.loads(args.llm_kwargs) | ({"dummy_weights": True} if args.dummy_weights else {})
+            kw |= {"deterministic": True} if name == "gemmaserve-det" else {}
             run, close = gemmaserve_runner(args.model, args.threads, kw, args.device)
         elif name == "transformers":
             run, close = transformers_runner(
@@ -244,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         "results": results,
         "ratios_gemmaserve_over_transformers": with_ratios(results, args.batch_sizes),
+        "ratios_deterministic_over_gemmaserve": with_ratios(results, args.batch_sizes, "gemmaserve-det", "gemmaserve"),
     }  # fmt: skip
     text = json.dumps(report, indent=2)
     if args.output:
