@@ -54,9 +54,12 @@ def adaptive_cap(prefill_tok_s: float, configured: int) -> int:
     return max(min(MIN_ADAPTIVE_CAP, configured), min(configured, fit))
 
 
-def _prompt(gen: torch.Generator, n: int, vocab: int) -> list[int]:
-    # Ordinary token ids (past the control tokens), random so no two warm-up prompts share a prefix.
-    return torch.randint(1000 if vocab > 2000 else 10, vocab, (n,), generator=gen).tolist()
+def _prompt(gen: torch.Generator, n: int, vocab: int, banned: frozenset[int]) -> list[int]:
+    # Ordinary token ids (past the control tokens, never a media soft token), random so no two warm-up
+    # prompts share a prefix (a prefix-cache hit would time the wrong shape).
+    low = 1000 if vocab > 2000 else 10
+    ids = torch.randint(low, vocab, (n,), generator=gen).tolist()
+    return [low if i in banned else i for i in ids]
 
 
 def _drain(engine: Engine) -> list[float]:
@@ -79,15 +82,17 @@ def warm_up(engine: Engine, adapt_cap: bool) -> WarmupReport:
     vocab = engine.runner.config.vocab_size
     n = max(1, min(sched.prefill_chunk, engine.max_model_len - 8))
     gen = torch.Generator().manual_seed(0)
+    vision = getattr(engine, "vision", None)
+    banned = frozenset() if vision is None else frozenset({vision.config.image_token_id, vision.config.video_token_id})
     one = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
     prefill = []
     for i in range(2):
-        engine.add_request(f"warmup-prefill-{i}", _prompt(gen, n, vocab), one)
+        engine.add_request(f"warmup-prefill-{i}", _prompt(gen, n, vocab, banned), one)
         prefill.append(_drain(engine)[0])
     rows = [r for r in _DECODE_ROWS if r <= sched.max_num_seqs]
     for r in rows:
         for j in range(r):
-            engine.add_request(f"warmup-decode-{r}-{j}", _prompt(gen, 8, vocab),
+            engine.add_request(f"warmup-decode-{r}-{j}", _prompt(gen, 8, vocab, banned),
                                SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True))
         _drain(engine)
     cap = sched.max_num_prefill_tokens
