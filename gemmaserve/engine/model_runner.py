@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 from typing import Any, Sequence
 
 import torch
@@ -43,7 +42,6 @@ class ModelRunner:
         # Fused projections once the weights are final (loaded, maybe int8): fewer matmuls per step.
         if hasattr(model, "fuse_"):
             model.fuse_()
-            release_freed_heap()
         self.model = model
         self.config = config
         self.block_size = block_size
@@ -205,17 +203,3 @@ class ModelRunner:
 def _slots(table: list[int], positions: Sequence[int], block_size: int) -> list[int]:
     """Flat cache slots (block_id * block_size + offset) of token positions, from a request's block table."""
     return [table[p // block_size] * block_size + p % block_size for p in positions]
-
-
-def release_freed_heap() -> None:
-    """Hand the heap pages that loading and fusing freed back to the OS (glibc's malloc_trim): the fuse's
-    concatenations free the unfused copies, and glibc keeps freed chunks below the heap top resident (the
-    26B-A4B shape at int4 held 1.4 GiB of RSS beyond its tensors and KV cache after load; RESULTS.md
-    says what this call recovers once measured). A no-op where the C library has no malloc_trim."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    trim = getattr(libc, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
