@@ -2,7 +2,7 @@
 
 A request's journey: the route validates the wire type and runs `require_auth`; `admit()`
 (admission.py) checks model, provider and readiness; the endpoint prepares prompt ids and
-SamplingParams (off the event loop); it builds a `Generation` and its `Responder`, and returns
+SamplingParams (in the preparation pool, off the event loop); it builds a `Generation` and its `Responder`, and returns
 `await respond(gen, responder, stream=...)`. Everything after that lives here, once: the ledger's
 open/close on every exit path, the engine run and its abort, the status decided by the first
 output, keep-alives while waiting, in-band errors, finish frames, usage, the terminator, and
@@ -10,8 +10,10 @@ noticing a client that left.
 
 How to add an endpoint family (Responses, Anthropic Messages, a batch worker...):
 
-1. Parse the request into a pydantic type (protocol/), `admit()` it, prepare prompt ids and
-   SamplingParams (chat_prep.py does it for chat-shaped input; reuse it from a translator).
+1. Parse the request into a pydantic type (protocol/; base it on body_checks.CheckedBody),
+   `admit()` it, prepare prompt ids and SamplingParams in the bounded pool
+   (`await state.preparation.run(prepare_chat, state, chat)`: chat_prep.py does it for
+   chat-shaped input; reuse it from a translator).
 2. Subclass `Responder` and write only the translation:
    - `frames(out)`: the bytes for one engine output (use `sse.sse_data` or `sse.sse_event` for
      `event:`-typed frames); `start()` for frames before the first output (e.g. Anthropic's
