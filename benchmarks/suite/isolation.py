@@ -12,6 +12,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -108,15 +109,19 @@ def in_threads(work: Callable[[], None], n: int) -> None:
         t.join()
 
 
-def hostile_load(host: str, port: int, h: hostile.Hostile, senders: int) -> Callable[[threading.Event], dict]:
-    """`senders` connections each sending `h` back to back until stopped; status counts."""
+def hostile_load(host: str, port: int, h: hostile.Hostile, senders: int, rate: float) -> Callable[[threading.Event], dict]:
+    """`senders` connections each sending `h` again and again until stopped; status counts."""
 
     def run(stop: threading.Event) -> dict:
         tally = Tally()
 
         def loop() -> None:
+            # One request in flight per sender, at most `rate` a second: the class being handled,
+            # not a flood (thousands of cheap 400s a second would measure overload instead).
             while not stop.is_set():
+                t = time.monotonic()
                 tally.add(hostile.send(host, port, h))
+                time.sleep(max(0.0, 1.0 / rate - (time.monotonic() - t)))
 
         in_threads(loop, senders)
         return {"statuses": tally.counts, "handled_right": all(int(s) in h.expect for s in tally.counts)}
@@ -141,6 +146,7 @@ def main() -> None:
     p.add_argument("--streams", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--senders", type=int, default=2, help="connections sending a hostile class at once")
+    p.add_argument("--rate", type=float, default=4.0, help="hostile requests a second per sender, at most")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", default="", help="comma-separated class names (default: all)")
     args = p.parse_args()
@@ -151,7 +157,7 @@ def main() -> None:
         quiet = [phase(base, args.streams, args.max_tokens, None)]
         results: dict[str, dict] = {}
         wanted = {n for n in args.only.split(",") if n}
-        loads: list[tuple[str, Callable]] = [(h.name, hostile_load(host, port, h, args.senders))
+        loads: list[tuple[str, Callable]] = [(h.name, hostile_load(host, port, h, args.senders, args.rate))
                                              for h in hostile.classes()]
         loads += [("slow_headers", trickle_load(host, port, "headers", 50)),
                   ("slow_body", trickle_load(host, port, "body", 50))]
@@ -159,6 +165,7 @@ def main() -> None:
             if wanted and name not in wanted:
                 continue
             results[name] = phase(base, args.streams, args.max_tokens, load)
+            print(name, json.dumps(results[name]), file=sys.stderr, flush=True)  # progress
             if i % 5 == 4:
                 quiet.append(phase(base, args.streams, args.max_tokens, None))
         quiet.append(phase(base, args.streams, args.max_tokens, None))
@@ -168,7 +175,7 @@ def main() -> None:
         measured = [r["ratio"] for r in results.values() if r["ratio"] is not None]
         summary = {
             "benchmark": "isolation", "cpu": cpu_record(), "model": args.model, "streams": args.streams,
-            "max_tokens": args.max_tokens, "threads": args.threads,
+            "max_tokens": args.max_tokens, "threads": args.threads, "senders": args.senders, "rate": args.rate,
             "quiet_p99_ms": base_p99, "quiet_rounds": [q["p99_ms"] for q in quiet],
             "classes": results,
             "max_ratio": max(measured, default=None),
