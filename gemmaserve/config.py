@@ -1,5 +1,5 @@
-"""Settings as frozen dataclasses (cache, scheduler, engine, HTTP server), with all validation; the
-only reader of environment variables."""
+"""Settings as frozen dataclasses (cache, scheduler, kernels, engine, HTTP server), with all validation;
+the only reader of environment variables."""
 
 from __future__ import annotations
 
@@ -115,6 +115,49 @@ class SchedulerConfig:
         return min(self.long_prefill_chunk or self.max_num_batched_tokens, self.prefill_cap(under_load))
 
 
+# ISA tiers of the CPU kernel library, lowest first; each includes the ones below it (ops.dispatch).
+CPU_ISA_TIERS = ("portable", "avx2", "avx512", "avx512bf16", "amx")  # ops/cpu_isa.py NAMES; avx512 includes VNNI
+_TRUE = ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Switches for the CPU kernel library and the grouped-GEMM MoE: what ops.dispatch.KernelPolicy is
+    built from, together with the detected CPU features and the device. Environment defaults:
+    GEMMASERVE_CPU_KERNELS=0 (torch ops only), GEMMASERVE_GROUPED_MM=0, GEMMASERVE_CPU_ISA=<tier> (build
+    the kernels for at most that tier, e.g. avx2 on an AVX512 machine), GEMMASERVE_COMPILE_DECODE
+    (CUDA-graph buckets compiled before capture), CXX and TORCH_EXTENSIONS_DIR (the kernel build)."""
+
+    cpu_kernels: bool = True  # the gcc-built CPU kernels at all; False = torch ops everywhere
+    grouped_mm: bool = True  # the grouped-GEMM MoE (an escape hatch should a torch build's kernel misbehave)
+    cpu_isa: str | None = None  # cap on the ISA tier the kernels are built for; None = what the CPU has
+    compile_decode: str | None = None  # "all" or "BxW, BxW": decode buckets torch.compile'd before capture
+    cxx: str | None = None  # C++ compiler; None = g++ / c++ on PATH
+    build_dir: str | None = None  # kernel build cache; None = torch's extension cache
+
+    def __post_init__(self) -> None:
+        if self.cpu_isa is not None and self.cpu_isa not in CPU_ISA_TIERS:
+            raise ValueError(f"unknown cpu_isa {self.cpu_isa!r}; choose one of {', '.join(CPU_ISA_TIERS)}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "KernelConfig":
+        env = os.environ if environ is None else environ
+        return cls(
+            cpu_kernels=env.get("GEMMASERVE_CPU_KERNELS", "1") != "0",
+            grouped_mm=env.get("GEMMASERVE_GROUPED_MM", "1") != "0",
+            cpu_isa=(env.get("GEMMASERVE_CPU_ISA") or "").strip().lower() or None,
+            compile_decode=env.get("GEMMASERVE_COMPILE_DECODE"),
+            cxx=env.get("CXX") or None,
+            build_dir=env.get("TORCH_EXTENSIONS_DIR") or None,
+        )
+
+
+def hub_offline(environ: Mapping[str, str] | None = None) -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it: the hub must not be contacted."""
+    env = os.environ if environ is None else environ
+    return env.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything needed to build an engine from a checkpoint."""
@@ -143,6 +186,7 @@ class EngineConfig:
     adaptive_prefill: bool = False
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    kernels: KernelConfig = field(default_factory=KernelConfig.from_env)
 
     def __post_init__(self) -> None:
         parse_dtype(self.dtype)
@@ -184,14 +228,19 @@ def engine_config_from_kwargs(**kwargs) -> EngineConfig:
     `kv_cache_memory_bytes` is accepted for CacheConfig.memory_bytes."""
     if "kv_cache_memory_bytes" in kwargs:
         kwargs["memory_bytes"] = kwargs.pop("kv_cache_memory_bytes")
-    groups: dict[type, dict] = {EngineConfig: {}, CacheConfig: {}, SchedulerConfig: {}}
+    groups: dict[type, dict] = {EngineConfig: {}, CacheConfig: {}, SchedulerConfig: {}, KernelConfig: {}}
     for key, value in kwargs.items():
-        owner = next((cls for cls in groups if key in cls.__dataclass_fields__ and key not in ("cache", "scheduler")), None)
+        owner = next((cls for cls in groups if key in cls.__dataclass_fields__
+                      and key not in ("cache", "scheduler", "kernels")), None)
         if owner is None:
             raise TypeError(f"unknown engine option {key!r}")
         groups[owner][key] = value
+    kernels = KernelConfig.from_env()
+    if groups[KernelConfig]:  # explicit options over the environment's defaults
+        kernels = KernelConfig(**{**kernels.__dict__, **groups[KernelConfig]})
     return EngineConfig(
-        **groups[EngineConfig], cache=CacheConfig(**groups[CacheConfig]), scheduler=SchedulerConfig(**groups[SchedulerConfig])
+        **groups[EngineConfig], cache=CacheConfig(**groups[CacheConfig]), scheduler=SchedulerConfig(**groups[SchedulerConfig]),
+        kernels=kernels,
     )
 
 
@@ -260,8 +309,7 @@ def cpu_isa_cap() -> str | None:
     ('avx2', 'avx512', 'avx512bf16', 'amx'; ops/cpu_isa.py), for measuring the tiers on one machine.
     Unset or empty = the detected tier. torch's own kernels are capped by ATEN_CPU_CAPABILITY and
     ONEDNN_MAX_CPU_ISA, set before the process starts (cpu_isa.child_env gives all three)."""
-    value = os.environ.get("GEMMASERVE_CPU_ISA", "").strip()
-    return value or None
+    return KernelConfig.from_env().cpu_isa
 
 
 def cdiv(a: int, b: int) -> int:
@@ -269,8 +317,8 @@ def cdiv(a: int, b: int) -> int:
 
 
 __all__ = [
-    "CacheConfig", "SchedulerConfig", "EngineConfig", "add_engine_args", "engine_config_from_args",
-    "engine_config_from_kwargs", "parse_dtype", "cdiv", "cpu_isa_cap",
+    "CacheConfig", "SchedulerConfig", "KernelConfig", "EngineConfig", "CPU_ISA_TIERS", "hub_offline",
+    "add_engine_args", "engine_config_from_args", "engine_config_from_kwargs", "parse_dtype", "cdiv", "cpu_isa_cap",
 ]
 
 

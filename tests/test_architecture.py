@@ -60,3 +60,20 @@ def test_every_module_opens_with_a_docstring():
         if ast.get_docstring(ast.parse(p.read_text(encoding="utf-8"))) is None
     ]
     assert missing == []
+
+
+def _reads_environment(path: Path) -> bool:
+    """Whether a module reads environment variables (os.environ / os.getenv / os.putenv)."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "putenv", "environb"):
+            if isinstance(node.value, ast.Name) and node.value.id == "os":
+                return True
+        if isinstance(node, ast.ImportFrom) and node.module == "os" and any(
+                a.name in ("environ", "getenv") for a in node.names):
+            return True
+    return False
+
+
+def test_environment_variables_are_read_only_in_config():
+    readers = sorted(str(p.relative_to(ROOT)) for p in PKG.rglob("*.py") if _reads_environment(p))
+    assert readers == ["gemmaserve/config.py"]

@@ -27,43 +27,26 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
 
 import torch  # noqa: E402
 
-import gemmaserve.ops.linear as linear_op  # noqa: E402
+import dataclasses  # noqa: E402
+
 from gemmaserve.demo import demo_config  # noqa: E402
 from gemmaserve.model.batch import ForwardBatch, KindMetadata  # noqa: E402
 from gemmaserve.model.config import Gemma4TextConfig  # noqa: E402
 from gemmaserve.model.decoder import Gemma4ForCausalLM  # noqa: E402
+from gemmaserve.ops.dispatch import KernelPolicy  # noqa: E402
 
 BLOCK = 16
-WXT_DEFAULT = getattr(linear_op, "WXT_MAX_ROWS", 0)  # 0 in trees before the W @ x^T path
 
 
-def _kernel_knobs() -> list[tuple[object, str, object]]:
-    """(module, attribute, value when on) of every CPU-kernel switch this tree has (older trees lack some)."""
-    import importlib
-
-    knobs = [("gemmaserve.ops.linear", "GEMV_MAX_ROWS"), ("gemmaserve.ops.moe", "GEMV_MAX_TOKENS"),
-             ("gemmaserve.ops.attention", "DECODE_KERNEL"), ("gemmaserve.ops.norm", "KERNEL_MAX_NUMEL"),
-             ("gemmaserve.ops.norm", "USE_KERNEL"), ("gemmaserve.ops.activation", "KERNEL_MIN_NUMEL"),
-             ("gemmaserve.model.attention", "QKV_KERNEL_MAX_ROWS"), ("gemmaserve.model.fast_decode", "MAX_ROWS"),
-             ("gemmaserve.ops.quant", "KERNEL_MAX_ROWS"), ("gemmaserve.ops.quant", "KERNEL_MAX_TOKENS")]
-    out = []
-    for mod_name, attr in knobs:
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError:
-            continue
-        if hasattr(mod, attr):
-            out.append((mod, attr, getattr(mod, attr)))
-    return out
-
-
-KERNEL_KNOBS = _kernel_knobs()
-
-
-def set_kernels(on: bool) -> None:
-    """All CPU decode kernels on (their defaults) or off (0 / False: the torch-op paths)."""
-    for mod, attr, default in KERNEL_KNOBS:
-        setattr(mod, attr, default if on else type(default)(0))
+def variant_policy(fused: bool, kernels: bool, cpu_isa: str | None = None) -> KernelPolicy:
+    """The kernel policy of a variant: this machine's (capped at cpu_isa), every CPU kernel off for the
+    torch variants, and for the unfused baseline also the few-row W @ x^T path off (plain F.linear)."""
+    p = KernelPolicy.default()
+    if cpu_isa:
+        p = p.for_tier(cpu_isa)
+    if not (kernels and fused):
+        p = p.torch_only()
+    return p if fused else dataclasses.replace(p, wxt_max_rows=0)
 
 
 def make_batch(cfg: Gemma4TextConfig, starts: list[int], n_new: int, blocks_per_seq: int) -> ForwardBatch:
@@ -134,11 +117,10 @@ def prefill_times(model: Gemma4ForCausalLM, n: int, reps: int) -> list[float]:
 
 
 def measure(model: Gemma4ForCausalLM, batches: Sequence[int], ctx: int, steps: int, prefill: int,
-            kernels: bool = True) -> dict:
+            kernels: bool = True, cpu_isa: str | None = None) -> dict:
     # The baseline is the unfused model; it also switches off the few-row W @ x^T path and the kernels.
     fused = getattr(model.layers[0].self_attn, "qkv_proj", None) is not None
-    linear_op.WXT_MAX_ROWS = WXT_DEFAULT if fused else 0
-    set_kernels(kernels and fused)
+    model.use_kernel_policy(variant_policy(fused, kernels, cpu_isa))
     res = {}
     for bsz in batches:
         t = statistics.median(time_case(model, bsz, ctx, steps)[2:])  # first steps warm up
@@ -165,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --ab")
     p.add_argument("--variants", default="torch,candidate", help="with --ab: any of " + ",".join(VARIANTS))
     p.add_argument("--int8", action="store_true", help="weight-only int8 (loader's quantization='int8') for every variant")
+    p.add_argument("--cpu-isa", default=None, help="cap the kernels' ISA tier (portable, avx2, avx512, avx512vnni, "
+                   "avx512bf16, amx): the policy a CPU of that tier gets")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--baseline", action="store_true", help="unfused model, F.linear for few rows, no CPU kernels")
     g.add_argument("--torch", action="store_true", help="fused model, every CPU kernel off")
@@ -178,8 +162,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         variant = "baseline" if args.baseline else "torch" if args.torch else "candidate"
         fused, kernels, int8 = VARIANTS[variant]
         model = build(args.size, fused=fused, int8=args.int8 or int8)
-        res = measure(model, batches, args.ctx, args.steps, args.prefill, kernels)
-        print(json.dumps({"variant": variant + ("-int8" if args.int8 else ""), "loadavg": load, **res}))
+        res = measure(model, batches, args.ctx, args.steps, args.prefill, kernels, args.cpu_isa)
+        print(json.dumps({"variant": variant + ("-int8" if args.int8 else ""), "loadavg": load,
+                          "kernels": variant_policy(fused, kernels, args.cpu_isa).describe(), **res}))
         return
     names = [v for v in args.variants.split(",") if v]
     # One model per (fused, int8) form, all built from the same seed: int8 is the quantization of the bf16 weights.
@@ -190,8 +175,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in names:
             fused, kernels, int8 = VARIANTS[name]
             model = built[(fused, args.int8 or int8)]
-            rounds[name].append(measure(model, batches, args.ctx, args.steps, args.prefill, kernels))
-    out: dict = {"loadavg_before": load, "threads": args.threads}
+            rounds[name].append(measure(model, batches, args.ctx, args.steps, args.prefill, kernels, args.cpu_isa))
+    out: dict = {"loadavg_before": load, "threads": args.threads,
+                 "kernels": variant_policy(True, True, args.cpu_isa).describe()}
     for name, rs in rounds.items():
         out[name] = {
             case: {k: statistics.median(r[case][k] for r in rs) for k in rs[0][case]} for case in rs[0]

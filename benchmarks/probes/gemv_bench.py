@@ -1,5 +1,5 @@
 """GB/s of weight reads for few-row bf16 matmuls on CPU: torch.mv, F.linear, W @ x^T and the
-gemmaserve.ops.cpu_gemv kernel over the bench model's shapes; prints one JSON summary.
+gemmaserve.ops.cpu_kernels GEMV over the bench model's shapes; prints one JSON summary.
 
     python -m benchmarks.probes.gemv_bench --int8    # int8-weight kernel vs the bf16 kernel (G weights/s)
 """
@@ -14,7 +14,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gemmaserve.ops import cpu_gemv
+from gemmaserve.ops import cpu_kernels
+from gemmaserve.ops.dispatch import KernelPolicy
 
 # (name, N, K) of the bench model (demo.py "bench": hidden 1024, 8 heads x 128, 2 KV heads, full
 # layers 256-wide heads, dense MLP 896, 32 experts x 512 with top-4, vocab 32768).
@@ -70,7 +71,7 @@ def _experts(args) -> list[dict]:
                 out[pairs[:, 0], pairs[:, 1]] = (w[ex] @ x[pairs[:, 0]].t()).t()
             return out
 
-        t = _time({"kernel": lambda: cpu_gemv.gemv_experts(nxt(), ids, x), "torch_grouped": torch_grouped},
+        t = _time({"kernel": lambda: cpu_kernels.gemv_experts(args.lib, nxt(), ids, x), "torch_grouped": torch_grouped},
                   args.reps, args.warm_s)
         nbytes = len(used) * n * k * 2
         row = {"shape": "experts_gate_up_top4", "E": e, "N": n, "K": k, "M": m, "experts_read": len(used),
@@ -100,8 +101,8 @@ def _int8(args) -> list[dict]:
                 it["i"] = (it["i"] + 1) % copies
                 return pool[it["i"]]
 
-            fns = {"bf16_kernel": lambda: cpu_gemv.gemv(nxt(ws), x),
-                   "int8_kernel": lambda: cpu_gemv.gemv_int8(*nxt(qs), x)}
+            fns = {"bf16_kernel": lambda: cpu_kernels.gemv(args.lib, nxt(ws), x),
+                   "int8_kernel": lambda: cpu_kernels.gemv_int8(args.lib, *nxt(qs), x)}
             if k % 32 == 0:
                 fns["int8pack"] = lambda: torch.ops.aten._weight_int8pack_mm(x, *nxt(qs))
             t = _time(fns, args.reps, args.warm_s)
@@ -123,15 +124,18 @@ def main() -> None:
                     help="weight copies cycled through so reads come from DRAM, not cache "
                          "(default: enough for 256 MiB per shape)")
     ap.add_argument("--int8", action="store_true", help="int8-weight kernel vs bf16 kernel instead")
+    ap.add_argument("--cpu-isa", default=None, help="build the kernels for at most this ISA tier")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if not cpu_gemv.available():
-        raise SystemExit("cpu_gemv kernel unavailable")
+    policy = KernelPolicy.default() if args.cpu_isa is None else KernelPolicy.default().for_tier(args.cpu_isa)
+    args.lib = policy.lib
+    if args.lib is None:
+        raise SystemExit("CPU kernels unavailable")
     if args.int8:
         results = _int8(args)
         speedups = sorted(r["int8_speedup_vs_bf16_kernel"] for r in results)
-        print(json.dumps({"bench": "gemv_int8", "threads": args.threads, "isa": cpu_gemv.int8_isa(),
+        print(json.dumps({"bench": "gemv_int8", "threads": args.threads, "isa": args.lib.int8_isa, "cpu": policy.features.as_dict(),
                           "loadavg": os.getloadavg(), "median_int8_speedup": speedups[len(speedups) // 2],
                           "results": results}))
         return
@@ -149,7 +153,7 @@ def main() -> None:
                 return ws[it["i"]]
 
             fns = {
-                "kernel": lambda: cpu_gemv.gemv(nxt(), x),
+                "kernel": lambda: cpu_kernels.gemv(args.lib, nxt(), x),
                 "linear": lambda: F.linear(x, nxt()),
                 "wxt": lambda: nxt() @ x.t(),
             }
@@ -169,7 +173,7 @@ def main() -> None:
     results += _experts(args)
     speedups = sorted(r["speedup_vs_best_torch"] for r in results if "speedup_vs_best_torch" in r)
     print(json.dumps({
-        "bench": "gemv", "threads": args.threads, "isa": cpu_gemv.isa(), "loadavg": os.getloadavg(),
+        "bench": "gemv", "threads": args.threads, "isa": args.lib.isa, "cpu": policy.features.as_dict(), "loadavg": os.getloadavg(),
         "median_speedup_vs_best_torch": speedups[len(speedups) // 2], "results": results,
     }))
 

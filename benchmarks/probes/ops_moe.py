@@ -1,5 +1,5 @@
 """Times the gather and grouped MoE expert paths over token counts and prints one JSON summary with
-the crossover that sets gemmaserve.ops.moe.GROUPED_MIN_TOKENS. In bf16 it also times the grouped-GEMM
+the crossover that sets KernelPolicy.moe_grouped_min_tokens (ops/dispatch.py). In bf16 it also times the grouped-GEMM
 form (moe_grouped_mm): what CUDA (sm90+) uses at every token count, and what CPU declines (slower
 than the loop at 1 thread, mixed at 2)."""
 

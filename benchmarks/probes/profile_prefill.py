@@ -1,6 +1,6 @@
 """Where prefill time goes, on CPU or CUDA: one engine, prompts prefilled under torch.profiler (top ops
 by self device time on CUDA, self CPU time on CPU), and with --ab a same-process A/B of the MoE's
-grouped-GEMM path (ops.moe.GROUPED_MM) for prefill and, after re-capturing the decode graphs, decode.
+grouped-GEMM path (KernelPolicy.grouped_mm) for prefill and, after re-capturing the decode graphs, decode.
 
     python -m benchmarks.probes.profile_prefill --model /tmp/g26 --dummy-weights --device cuda --ab
     python -m benchmarks.probes.profile_prefill --model .bench-model --input-len 512
@@ -22,6 +22,7 @@ from typing import Any, Sequence
 if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.suite.machine import machine  # noqa: E402
 from benchmarks.suite.prompts import PromptVocab  # noqa: E402
 
 
@@ -89,8 +90,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    import dataclasses
+
     from gemmaserve.engine.llm import LLM
-    from gemmaserve.ops import moe
 
     torch.set_num_threads(args.threads)
     kw = json.loads(args.llm_kwargs) | ({"dummy_weights": True} if args.dummy_weights else {})
@@ -99,13 +101,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     on_cuda = args.device.startswith("cuda")
     graphs = getattr(engine.runner, "graphs", None)
 
+    policy = engine.runner.kernel_policy  # the engine's policy, built once from its config and the device
+
+    def use(flag: bool) -> None:
+        engine.runner.model.use_kernel_policy(dataclasses.replace(policy, grouped_mm=flag))
+
     def variant(flag: bool) -> None:
-        moe.GROUPED_MM = flag
+        use(flag)
         if graphs is not None and graphs.capture_enabled:
             graphs.capture()  # decode graphs record the MoE form chosen at capture time
 
-    flags = [False, True] if args.ab else [moe.GROUPED_MM]
-    result: dict[str, Any] = {"config": vars(args) | {"torch": torch.__version__,
+    flags = [False, True] if args.ab else [policy.grouped_mm]
+    result: dict[str, Any] = {"machine": machine(), "config": vars(args) | {"torch": torch.__version__,
                                                       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
     prefill: dict[bool, list[float]] = {f: [] for f in flags}
     for f in flags:  # warm-up of both paths
@@ -114,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         bench.decode_ms(1, 4)
     for _ in range(args.repeats):  # prefill interleaved: flipping the flag is free for eager prefill
         for f in flags:
-            moe.GROUPED_MM = f
+            use(f)
             prefill[f].append(bench.prefill_ms())
     for f in flags:
         name = "grouped_mm" if f else "baseline"

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.suite.machine import machine  # noqa: E402
 from gemmaserve.types import SamplingParams  # noqa: E402
 
 # Stage name -> (attribute path on the engine, method); each is timed around every call.
@@ -122,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         enable_prefix_caching=False))  # fmt: skip
     vocab = (300, min(engine.vocab_size, 30000))
     report = measure(engine, args.batch, args.steps, args.prompt_len, vocab)
-    report.update(model=args.model, threads=args.threads, prompt_len=args.prompt_len)
+    report.update(model=args.model, threads=args.threads, prompt_len=args.prompt_len, machine=machine())
     print(json.dumps(report, indent=2))
 
 

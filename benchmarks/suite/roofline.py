@@ -23,6 +23,7 @@ from typing import Sequence
 if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.suite.machine import machine  # noqa: E402
 from gemmaserve.model.config import Gemma4TextConfig  # noqa: E402
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
@@ -172,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     out = report(cfg, bw["best_gb_s"], args.dtype, args.context, decode)
     out["bandwidth"] = bw
+    out["machine"] = machine()
     print(json.dumps(out, indent=2))
 
 

@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.suite.prompts import PromptVocab  # noqa: E402
+from benchmarks.suite.machine import machine  # noqa: E402
 from benchmarks.suite.spawn import DEFAULT_LLAMA_SERVER, ServerProcess, SpawnSpec, start  # noqa: E402
 from benchmarks.suite.stats import RequestRecord, median_summary, ratios, summarize  # noqa: E402
 
@@ -250,6 +251,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     proc.stop()
     return {
         "benchmark": "serving",
+        "machine": machine(),
         "config": {
             "input_len": args.input_len, "output_len": args.output_len, "concurrency": args.concurrency,
             "num_prompts": args.num_prompts, "repeats": args.repeats, "warmup": args.warmup,

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 if __package__ in (None, ""):  # run as a file: make `benchmarks.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.suite.machine import machine  # noqa: E402
 from benchmarks.suite.prompts import PromptVocab  # noqa: E402
 
 # (prompts [B][P] token ids, new tokens) -> (call start, per prompt the arrival time of every token).
@@ -241,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     report = {
         "benchmark": "throughput",
+        "machine": machine(),
         "config": {"model": args.model, "input_len": args.input_len, "output_len": args.output_len,
                    "batch_sizes": args.batch_sizes, "repeats": args.repeats, "threads": args.threads,
                    "dtype": "bfloat16", "device": args.device, "dummy_weights": args.dummy_weights,

@@ -4,7 +4,6 @@ capture per bucket, and an eager mode that runs the same static-buffer code with
 from __future__ import annotations
 
 import logging
-import os
 import time
 from array import array
 from typing import Any
@@ -66,11 +65,12 @@ def width_buckets(block_size: int, max_len: int, min_width: int = MIN_GRAPH_WIDT
 def graphs_supported(model: Any) -> bool:
     """A step is capturable only if the model takes device-built decode plans (Gemma4ForCausalLM:
     test doubles that read the host lists of a batch do not) and nothing in it reads device values
-    back to the host: the weight-only int8 expert path does (its grouped loop), plain experts not."""
+    back to the host: each experts module says so (graph_safe: the weight-only int8 path reads its
+    grouped loop's counts back, plain experts do not)."""
     layers = getattr(model, "layers", None)
     if layers is None:
         return False
-    return all(not getattr(layer, "enable_moe", False) or hasattr(layer.experts, "gate_up_proj") for layer in layers)
+    return all(not getattr(layer, "enable_moe", False) or getattr(layer.experts, "graph_safe", False) for layer in layers)
 
 
 class DecodeGraphRunner:
@@ -96,6 +96,7 @@ class DecodeGraphRunner:
         capture: bool,
         max_graph_len: int = DEFAULT_MAX_GRAPH_LEN,
         min_graph_width: int = MIN_GRAPH_WIDTH,
+        compile_decode: str | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -113,7 +114,7 @@ class DecodeGraphRunner:
         self.rows = torch.arange(bmax + 1, device=self.device)  # query_start_loc and logits_indices
         self.logits = torch.zeros(bmax, config.vocab_size, dtype=torch.float32, device=self.device)  # [Bmax, V]
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        self.compiled = compile_buckets(os.environ.get("GEMMASERVE_COMPILE_DECODE"))
+        self.compiled = compile_buckets(compile_decode)  # KernelConfig.compile_decode (experimental)
         self._eager: dict[tuple[int, int], Any] = {}  # bucket -> closure, capture=False
 
     # -- buckets ------------------------------------------------------------------------------

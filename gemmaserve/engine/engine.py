@@ -19,6 +19,7 @@ from gemmaserve.engine.request import Request
 from gemmaserve.engine.scheduler import Scheduler
 from gemmaserve.engine.warmup import WarmupReport, warm_up
 from gemmaserve.model.config import Gemma4TextConfig
+from gemmaserve.ops.dispatch import KernelPolicy
 from gemmaserve.types import (
     FinishReason,
     InvalidRequestError,
@@ -112,6 +113,7 @@ class Engine:
         self.runner = ModelRunner(
             model, model_config, num_blocks, cache.block_size, kv_dtype, self.device, sampler,
             max_num_seqs=sched.max_num_seqs, max_model_len=self.max_model_len, enforce_eager=config.enforce_eager,
+            kernel_policy=KernelPolicy.create(config.kernels, self.device), compile_decode=config.kernels.compile_decode,
         )
         if config.deterministic:
             # After the runner fused the projections (the fused modules must carry the flag too).

@@ -11,6 +11,7 @@ from gemmaserve.engine.multimodal import media_embeddings
 from gemmaserve.engine.scheduler import ScheduledRequest
 from gemmaserve.model.batch import ForwardBatch, KindMetadata
 from gemmaserve.model.config import Gemma4TextConfig
+from gemmaserve.ops.dispatch import KernelPolicy
 
 
 class ModelRunner:
@@ -38,10 +39,17 @@ class ModelRunner:
         static_decode: bool | None = None,
         max_graph_len: int = DEFAULT_MAX_GRAPH_LEN,
         min_graph_width: int = MIN_GRAPH_WIDTH,
+        kernel_policy: KernelPolicy | None = None,
+        compile_decode: str | None = None,
     ):
         # Fused projections once the weights are final (loaded, maybe int8): fewer matmuls per step.
         if hasattr(model, "fuse_"):
             model.fuse_()
+        # The kernel choices, made once for this machine and device, handed to every module after the
+        # last module swap (fuse_); None keeps the model's own (the ops' default policy).
+        if kernel_policy is not None and hasattr(model, "use_kernel_policy"):
+            model.use_kernel_policy(kernel_policy)
+        self.kernel_policy = kernel_policy
         self.model = model
         self.config = config
         self.block_size = block_size
@@ -70,7 +78,7 @@ class ModelRunner:
         longest = max_model_len or min(config.max_position_embeddings, max(num_blocks.values()) * block_size)
         self.graphs = DecodeGraphRunner(
             model, self.kv_caches, config, block_size, dict(num_blocks), max_num_seqs, longest, self.device,
-            capture=capture, max_graph_len=max_graph_len, min_graph_width=min_graph_width,
+            capture=capture, max_graph_len=max_graph_len, min_graph_width=min_graph_width, compile_decode=compile_decode,
         )
         if capture:
             self.graphs.capture()

@@ -6,20 +6,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gemmaserve.model.batch import StepMode
 from gemmaserve.model.config import Gemma4TextConfig
-from gemmaserve.model.layers import Linear, RMSNorm, fuse_linears
-from gemmaserve.ops import cpu_gemv
+from gemmaserve.model.layers import KernelUser, Linear, RMSNorm, fuse_linears
+from gemmaserve.ops import cpu_kernels
 from gemmaserve.ops.attention import AttentionPlan, paged_attention, store_kv
+from gemmaserve.ops.dispatch import KernelPolicy
 from gemmaserve.ops.norm import rms_norm
+from gemmaserve.ops.paged_decode import DecodePlan, paged_decode
 from gemmaserve.ops.rope import apply_rope_signed
 
 
-# Up to this many rows, bf16 on CPU, the norms, RoPE and the cache write after the fused projection are
-# one kernel call (ops/cpu_gemv.qkv_post, same rounding points) instead of ~20 small ops; 0 = off.
-QKV_KERNEL_MAX_ROWS = 64
-
-
-class Gemma4Attention(nn.Module):
+class Gemma4Attention(KernelUser, nn.Module):
     """q/k RMSNorm with weight, v RMSNorm without, RoPE on q and k, scale 1.0. On full layers with
     attention_k_eq_v there is no v_proj: V is the weightless-normed raw k_proj output (no RoPE)."""
 
@@ -57,9 +55,10 @@ class Gemma4Attention(nn.Module):
         self,
         x: torch.Tensor,
         cos_sin: tuple[torch.Tensor, torch.Tensor],
-        plan: AttentionPlan,
+        plan: AttentionPlan | DecodePlan,
         slot_mapping: torch.Tensor,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
+        mode: StepMode = StepMode.MIXED,
     ) -> torch.Tensor:
         # x [T, H] -> [T, H]. Projections stay module calls (model/quantize.py swaps them for int8
         # modules); norms call the op directly, module dispatch being a visible share of a decode step.
@@ -68,17 +67,19 @@ class Gemma4Attention(nn.Module):
         hq, hkv = self.num_heads * d, self.num_kv_heads * d
         if self.qkv_proj is not None:
             qkv = self.qkv_proj(x)  # [T, Hq*D + Hkv*D (+ Hkv*D)]
-            if self._kernel_ok(qkv, t, kv_cache, slot_mapping, cos_sin):
-                q = cpu_gemv.qkv_post(qkv, self.num_heads, self.num_kv_heads, d, self.has_v, self.q_norm.weight,
-                                      self.k_norm.weight, eps, cos, sin, slot_mapping, kv_cache[0], kv_cache[1])
-                o = paged_attention(q, kv_cache[0], kv_cache[1], plan, scale=1.0)  # [T, Hq, D]
+            p = self.kernel_policy or KernelPolicy.default()
+            if self._qkv_kernel_ok(p, qkv, kv_cache, slot_mapping, cos_sin):
+                q = cpu_kernels.qkv_post(p.lib, qkv, self.num_heads, self.num_kv_heads, d, self.has_v,
+                                         self.q_norm.weight, self.k_norm.weight, eps, cos, sin, slot_mapping,
+                                         kv_cache[0], kv_cache[1])
+                o = self._attend(q, kv_cache, plan, mode)  # [T, Hq, D]
                 return self.o_proj(o.reshape(t, self.num_heads * d))
             q, k_raw = qkv[:, :hq], qkv[:, hq : hq + hkv]
             v_raw = qkv[:, hq + hkv :] if self.has_v else None
         else:
             q, k_raw = self.q_proj(x), self.k_proj(x)
             v_raw = self.v_proj(x) if self.has_v else None
-        q = rms_norm(q.reshape(t, self.num_heads, d), self.q_norm.weight, eps)  # [T, Hq, D]
+        q = rms_norm(q.reshape(t, self.num_heads, d), self.q_norm.weight, eps, self.kernel_policy)  # [T, Hq, D]
         q = apply_rope_signed(q, cos, sin)
         k_raw = k_raw.reshape(t, self.num_kv_heads, d)  # [T, Hkv, D]
         if v_raw is None:
@@ -88,28 +89,24 @@ class Gemma4Attention(nn.Module):
             v = normed.to(x.dtype)
             k = (normed * self.k_norm.weight.float()).to(x.dtype)
         else:
-            v = rms_norm(v_raw.reshape(t, self.num_kv_heads, d), None, eps)
-            k = rms_norm(k_raw, self.k_norm.weight, eps)
+            v = rms_norm(v_raw.reshape(t, self.num_kv_heads, d), None, eps, self.kernel_policy)
+            k = rms_norm(k_raw, self.k_norm.weight, eps, self.kernel_policy)
         k = apply_rope_signed(k, cos, sin)
         store_kv(kv_cache[0], kv_cache[1], k, v, slot_mapping)
-        o = paged_attention(q, kv_cache[0], kv_cache[1], plan, scale=1.0)  # [T, Hq, D]
+        o = self._attend(q, kv_cache, plan, mode)  # [T, Hq, D]
         return self.o_proj(o.reshape(t, self.num_heads * d))
 
-    def _kernel_ok(self, qkv: torch.Tensor, t: int, kv_cache, slot_mapping: torch.Tensor, cos_sin) -> bool:
-        """Whether qkv_post may run: few bf16 CPU rows, bf16 contiguous caches and tables, int64 slots."""
-        k_cache, v_cache = kv_cache
+    def _qkv_kernel_ok(self, p: KernelPolicy, qkv: torch.Tensor, kv_cache, slot_mapping: torch.Tensor, cos_sin) -> bool:
+        """Whether qkv_post may run: at most p.qkv_max_rows rows, bf16 CPU rows, bf16 contiguous caches,
+        norm weights and rope tables, contiguous int64 slots (policy "qkv_post")."""
         return (
-            (t <= QKV_KERNEL_MAX_ROWS or self.batch_invariant)
-            and qkv.dtype is torch.bfloat16
-            and qkv.device.type == "cpu"
-            and k_cache.dtype is torch.bfloat16
-            and cos_sin[0].dtype is torch.bfloat16
-            and slot_mapping.dtype is torch.int64
-            and self.q_norm.weight.dtype is torch.bfloat16
-            and k_cache.is_contiguous()
-            and v_cache.is_contiguous()
-            and cos_sin[0].is_contiguous()
-            and cos_sin[1].is_contiguous()
-            and slot_mapping.is_contiguous()
-            and cpu_gemv.available()
+            (qkv.shape[0] <= p.qkv_max_rows or self.batch_invariant)
+            and p.takes("qkv_post", *kv_cache, *cos_sin, self.q_norm.weight, self.k_norm.weight, strided=(qkv,))
+            and p.takes("qkv_post", slot_mapping, dtypes=(torch.int64,))
         )
+
+    def _attend(self, q: torch.Tensor, kv_cache, plan: AttentionPlan | DecodePlan, mode: StepMode) -> torch.Tensor:
+        # q [T, Hq, D] -> [T, Hq, D]: a graph step's fixed-shape plan, or the host-built plan.
+        if mode is StepMode.GRAPH_DECODE:
+            return paged_decode(q, kv_cache[0], kv_cache[1], plan, scale=1.0)
+        return paged_attention(q, kv_cache[0], kv_cache[1], plan, scale=1.0, policy=self.kernel_policy)

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+
+class StepMode(enum.Enum):
+    """What kind of step a forward batch is; the layers choose their paths from it (one source of truth).
+    MIXED: some request brings more than one new token (prefill chunks, maybe beside decodes).
+    DECODE: every request brings exactly one token, host-built plans (the one-call CPU layer may run).
+    GRAPH_DECODE: a fixed-shape decode step with device-built plans (engine.cuda_graph): no host syncs
+    anywhere, so the attention reads the DecodePlan and the MoE takes its capture-safe form."""
+
+    MIXED = "mixed"
+    DECODE = "decode"
+    GRAPH_DECODE = "graph-decode"
 
 
 @dataclass
@@ -48,6 +61,15 @@ class ForwardBatch:
     # or one video frame's, soft-token run) among this step's new tokens: on sliding layers a block's
     # queries also see its later keys (spec 4.3). The scheduler never splits a block across steps.
     mm_blocks: list[list[tuple[int, int]]] | None = None
+    mode: StepMode = field(init=False)  # derived from decode_plans and query_lens_cpu
+
+    def __post_init__(self) -> None:
+        if self.decode_plans is not None:
+            self.mode = StepMode.GRAPH_DECODE
+        elif self.query_lens_cpu and all(q == 1 for q in self.query_lens_cpu):
+            self.mode = StepMode.DECODE
+        else:
+            self.mode = StepMode.MIXED
 
     @property
     def num_seqs(self) -> int:

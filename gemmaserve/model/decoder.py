@@ -9,20 +9,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from gemmaserve.model.attention import Gemma4Attention
-from gemmaserve.model.batch import ForwardBatch, KVCaches
+from gemmaserve.model.batch import ForwardBatch, KVCaches, StepMode
 from gemmaserve.model.config import FULL, SLIDING, Gemma4TextConfig
 from gemmaserve.model.fast_decode import decode_layer
-from gemmaserve.model.layers import GeGLUMLP, RMSNorm, empty_param
+from gemmaserve.model.layers import GeGLUMLP, KernelUser, RMSNorm, empty_param, use_kernel_policy
 from gemmaserve.model.moe import Gemma4Experts, Gemma4Router
 from gemmaserve.ops import batch_invariant
 from gemmaserve.ops.attention import AttentionPlan, build_plan, build_row_plan
+from gemmaserve.ops.dispatch import KernelPolicy
 from gemmaserve.ops.linear import linear
 from gemmaserve.ops.norm import rms_norm
-from gemmaserve.ops.paged_decode import moe_static
+from gemmaserve.ops.paged_decode import DecodePlan
 from gemmaserve.ops.rope import default_inv_freq, proportional_inv_freq, rope_cos_sin, signed_sin
 
 
-class Gemma4DecoderLayer(nn.Module):
+class Gemma4DecoderLayer(KernelUser, nn.Module):
     """Attention block, dense GeGLU MLP, optional MoE beside it, seven norms, layer_scalar."""
 
     batch_invariant = False  # set by Gemma4ForCausalLM.batch_invariant_: no one-call decode layer
@@ -52,38 +53,38 @@ class Gemma4DecoderLayer(nn.Module):
         self,
         h: torch.Tensor,
         cos_sin: tuple[torch.Tensor, torch.Tensor],
-        plan: AttentionPlan,
+        plan: AttentionPlan | DecodePlan,
         slot_mapping: torch.Tensor,
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         keep_rows: torch.Tensor | None = None,
+        mode: StepMode = StepMode.MIXED,
     ) -> torch.Tensor:
         """h [T, H] -> [T, H], or [len(keep_rows), H] when keep_rows is given: every row's K/V is
-        still written, but the feed-forward runs only on the kept rows (last layer: sampled rows)."""
-        fast = None if self.batch_invariant else decode_layer(self, h, cos_sin, plan, slot_mapping, kv_cache, keep_rows)
-        if fast is not None:  # the whole layer in one CPU kernel call (model/fast_decode.py)
-            return fast
+        still written, but the feed-forward runs only on the kept rows (last layer: sampled rows).
+        `mode` (the batch's StepMode) picks the attention plan's reader and the MoE form."""
+        p = self.kernel_policy or KernelPolicy.default()
+        if mode is StepMode.DECODE and not self.batch_invariant:
+            fast = decode_layer(self, h, cos_sin, plan, slot_mapping, kv_cache, keep_rows, p)
+            if fast is not None:  # the whole layer in one CPU kernel call (model/fast_decode.py)
+                return fast
         eps = self.eps
-        a = self.self_attn(rms_norm(h, self.input_layernorm.weight, eps), cos_sin, plan, slot_mapping, kv_cache)
-        r = h + rms_norm(a, self.post_attention_layernorm.weight, eps)  # [T, H]
+        a = self.self_attn(rms_norm(h, self.input_layernorm.weight, eps, p), cos_sin, plan, slot_mapping, kv_cache, mode)
+        r = h + rms_norm(a, self.post_attention_layernorm.weight, eps, p)  # [T, H]
         if keep_rows is not None:
             r = r[keep_rows]
             if r.shape[0] == 0:  # a step where no row samples (a prompt chunk that is not its last)
                 return r
-        d = self.mlp(rms_norm(r, self.pre_feedforward_layernorm.weight, eps))  # [T, H] dense GeGLU
+        d = self.mlp(rms_norm(r, self.pre_feedforward_layernorm.weight, eps, p))  # [T, H] dense GeGLU
         if self.enable_moe:
-            d = rms_norm(d, self.post_feedforward_layernorm_1.weight, eps)
+            d = rms_norm(d, self.post_feedforward_layernorm_1.weight, eps, p)
             w, idx = self.router(r)  # the router sees the post-attention residual
-            xm = rms_norm(r, self.pre_feedforward_layernorm_2.weight, eps)
-            if getattr(plan, "static", False) and hasattr(self.experts, "gate_up_proj"):
-                # A graph-captured decode step: the expert path without host syncs (ops.paged_decode).
-                m = moe_static(xm, self.experts.gate_up_proj, self.experts.down_proj, idx, w)
-            else:
-                m = self.experts(xm, idx, w)
-            d = d + rms_norm(m, self.post_feedforward_layernorm_2.weight, eps)
-        return (r + rms_norm(d, self.post_feedforward_layernorm.weight, eps)) * self.layer_scalar
+            xm = rms_norm(r, self.pre_feedforward_layernorm_2.weight, eps, p)
+            m = self.experts(xm, idx, w, mode)  # the experts module picks its path for the mode
+            d = d + rms_norm(m, self.post_feedforward_layernorm_2.weight, eps, p)
+        return (r + rms_norm(d, self.post_feedforward_layernorm.weight, eps, p)) * self.layer_scalar
 
 
-class Gemma4ForCausalLM(nn.Module):
+class Gemma4ForCausalLM(KernelUser, nn.Module):
     """The text decoder. state_dict keys are the checkpoint's text tensor names without the
     `model.language_model.` prefix; RoPE tables and the embedding scale are non-persistent buffers.
     The LM head is tied to embed_tokens."""
@@ -133,6 +134,10 @@ class Gemma4ForCausalLM(nn.Module):
         for layer in self.layers:
             layer.layer_scalar.fill_(1.0)
         return self
+
+    def use_kernel_policy(self, policy: KernelPolicy) -> "Gemma4ForCausalLM":
+        """Every module's ops choose kernels by `policy` from now on (call after fuse_ and int8 swaps)."""
+        return use_kernel_policy(self, policy)
 
     @torch.no_grad()
     def fuse_(self) -> "Gemma4ForCausalLM":
@@ -196,14 +201,14 @@ class Gemma4ForCausalLM(nn.Module):
         for i, layer in enumerate(self.layers):
             kind = layer.kind
             keep = batch.logits_indices if i == last else None
-            h = layer(h, rope[kind], plans[kind], batch.kinds[kind].slot_mapping, kv_caches[i], keep)
-        h = rms_norm(h, self.norm.weight, cfg.rms_norm_eps)
+            h = layer(h, rope[kind], plans[kind], batch.kinds[kind].slot_mapping, kv_caches[i], keep, batch.mode)
+        h = rms_norm(h, self.norm.weight, cfg.rms_norm_eps, self.kernel_policy)
         head = self.lm_head_int8
         if self.batch_invariant:
-            logits = batch_invariant.linear(h, w).float()  # [num_sample, vocab]
+            logits = batch_invariant.linear(h, w, self.kernel_policy).float()  # [num_sample, vocab]
             cap = cfg.final_logit_softcapping
             return batch_invariant.softcap(logits, cap) if cap else logits
-        logits = (linear(h, w) if head is None else head(h, w)).float()  # [num_sample, vocab], tied LM head
+        logits = (linear(h, w, self.kernel_policy) if head is None else head(h, w)).float()  # [num_sample, vocab], tied LM head
         cap = cfg.final_logit_softcapping
         if cap:
             logits = torch.tanh(logits / cap) * cap

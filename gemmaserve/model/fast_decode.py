@@ -7,15 +7,11 @@ import ctypes
 import torch
 from torch import nn
 
-from gemmaserve.ops import cpu_gemv
+from gemmaserve.ops.dispatch import KernelPolicy
+from gemmaserve.ops.kernel_lib import DECODE_LAYER_DIMS, DECODE_LAYER_WEIGHTS
 
-# Decode batches of at most this many rows (one sequence each) take the one-call layer; 0 = off. With
-# AMX one GEMV pass serves 32 rows (cpu_gemv.rows_per_pass()): bench model, 2 threads, same process,
-# medians of 3, ms/step torch layer vs one call: 24 rows 101.8/92.1, 32 rows 113.1/105.5.
-MAX_ROWS = 32
-# Without AMX the GEMV re-reads dense weights per 8-row group, yet saving the ops still pays up to ~16
-# rows (1 thread, ms/step torch layer vs one call: 12 rows 192/160, 16 rows 199/185, 24 rows 223/222).
-MAX_ROWS_WITHOUT_AMX = 16
+# The row limits (decode_layer_max_rows, decode_layer_max_rows_without_amx) live on
+# ops.dispatch.KernelPolicy with their measurements.
 
 # Order of the weight pointers the kernel expects (ops/csrc/decode_layer.cpp, enum W_*).
 _WEIGHTS = (
@@ -36,6 +32,8 @@ _INT8 = {
     "experts.gate_up_proj": ("experts.gate_up_q", "experts.gate_up_scale"),
     "experts.down_proj": ("experts.down_q", "experts.down_scale"),
 }
+# The library checks its own slot counts against kernel_lib's at load; these tuples must agree with them.
+assert len(_WEIGHTS) + len(_INT8) == DECODE_LAYER_WEIGHTS, "model/fast_decode.py and csrc/gs_kernels.h disagree"
 
 
 class _Packed:
@@ -52,6 +50,7 @@ class _Packed:
         dims = [named["input_layernorm.weight"].shape[0], attn.num_heads, attn.num_kv_heads, attn.head_dim,
                 int(attn.has_v), named["mlp.down_proj.weight"].shape[1], e, two_i // 2, layer.router.top_k,
                 int(scales is not None), int(bool(scales) and scales[0].dtype is torch.float32)]
+        assert len(dims) == DECODE_LAYER_DIMS, "model/fast_decode.py and csrc/gs_kernels.h disagree"
         self.dims = (ctypes.c_int64 * len(dims))(*dims)
         self.root = float(layer.router.root_size)
         self.int8 = scales is not None
@@ -102,17 +101,17 @@ def _tensors(layer: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor] |
 
 
 def decode_layer(layer: nn.Module, h: torch.Tensor, cos_sin, plan, slot_mapping: torch.Tensor, kv_cache,
-                 keep_rows: torch.Tensor | None) -> torch.Tensor | None:
-    """The layer's forward for a pure decode batch in one kernel call, or None when it does not apply
-    (then the caller runs the torch layer): h [T, H] bf16 CPU with T <= MAX_ROWS, one in-order decode
-    group, every row kept, a fused bf16 (or weight-only int8) MoE layer, contiguous bf16 caches and
-    int64 slots."""
+                 keep_rows: torch.Tensor | None, policy: KernelPolicy) -> torch.Tensor | None:
+    """The layer's forward for a DECODE step (ops.attention plan) in one kernel call, or None when it does
+    not apply (then the caller runs the torch layer): h [T, H] bf16 CPU with T within the policy's
+    decode_layer rows, one in-order decode group, every row kept, a fused bf16 (or weight-only int8) MoE
+    layer, contiguous bf16 caches and int64 slots."""
     t = h.shape[0]
-    if t > MAX_ROWS or h.dtype is not torch.bfloat16 or h.device.type != "cpu" or not layer.enable_moe:
+    if t > policy.decode_layer_max_rows or not layer.enable_moe or not policy.takes("decode_layer", h):
         return None
-    if t > MAX_ROWS_WITHOUT_AMX and t > cpu_gemv.rows_per_pass():
+    if t > policy.decode_layer_max_rows_without_amx and t > policy.gemv_rows:
         return None
-    if getattr(plan, "static", False) or plan.prefills or len(plan.decodes) != 1:
+    if plan.prefills or len(plan.decodes) != 1:
         return None
     group = plan.decodes[0]
     if not group.in_order or group.n_keys is None or slot_mapping.dtype is not torch.int64:
@@ -129,12 +128,12 @@ def decode_layer(layer: nn.Module, h: torch.Tensor, cos_sin, plan, slot_mapping:
     if cos.dtype is not torch.bfloat16 or not (cos.is_contiguous() and sin.is_contiguous()) or not h.is_contiguous():
         return None
     packed = _packed(layer)
-    if packed is None or not cpu_gemv.available():
+    if packed is None:
         return None
-    if packed.int8 and t > MAX_ROWS_WITHOUT_AMX:
+    if packed.int8 and t > policy.decode_layer_max_rows_without_amx:
         return None  # the int8 GEMV passes 8 rows at a time: past 16 rows the torch layer is faster
     out = torch.empty_like(h)  # [T, H]
-    cpu_gemv.lib().gs_decode_layer_bf16(
+    policy.lib.fn.gs_decode_layer_bf16(
         h.data_ptr(), out.data_ptr(), t, packed.ptrs, packed.dims, layer.eps, packed.root, cos.data_ptr(),
         sin.data_ptr(), slot_mapping.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), group.slots.data_ptr(),
         group.slots.stride(0), group.n_keys.data_ptr(), torch.get_num_threads(),

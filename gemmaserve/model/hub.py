@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from gemmaserve.config import hub_offline
 
 # What the server reads from a repository: config, weights, tokenizer, chat template. The vision
 # processor configs are small and let a future vision front end work from the same snapshot.
@@ -20,7 +21,6 @@ ALLOW_PATTERNS = [
     "processor_config.json",
     "preprocessor_config.json",
 ]
-_TRUE = ("1", "true", "yes", "on")
 
 
 class ModelNotFoundError(Exception):
@@ -29,7 +29,7 @@ class ModelNotFoundError(Exception):
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+    return hub_offline()
 
 
 def _looks_like_path(model: str) -> bool:

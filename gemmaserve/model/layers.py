@@ -1,4 +1,5 @@
-"""Building blocks of the Gemma 4 decoder: uninitialised bias-free linear, RMSNorm, dense GeGLU MLP."""
+"""Building blocks of the Gemma 4 decoder: the kernel-policy hook, uninitialised bias-free linear,
+RMSNorm, dense GeGLU MLP."""
 
 from __future__ import annotations
 
@@ -7,8 +8,24 @@ from torch import nn
 
 from gemmaserve.ops import batch_invariant
 from gemmaserve.ops.activation import gelu_tanh_mul
+from gemmaserve.ops.dispatch import KernelPolicy
 from gemmaserve.ops.linear import linear
 from gemmaserve.ops.norm import rms_norm
+
+
+class KernelUser:
+    """Mixin of every module whose ops choose kernels: they pass `self.kernel_policy` to the ops.
+    None (the class default) = the ops' default policy, until use_kernel_policy hands one over."""
+
+    kernel_policy: KernelPolicy | None = None
+
+
+def use_kernel_policy(model: nn.Module, policy: KernelPolicy) -> nn.Module:
+    """Hands `policy` to every KernelUser in `model` (after any module swap: fuse_, int8); returns model."""
+    for m in model.modules():
+        if isinstance(m, KernelUser):
+            m.kernel_policy = policy
+    return model
 
 
 def empty_param(*shape: int, dtype: torch.dtype, device: torch.device | str) -> nn.Parameter:
@@ -17,7 +34,7 @@ def empty_param(*shape: int, dtype: torch.dtype, device: torch.device | str) -> 
     return nn.Parameter(torch.empty(*shape, dtype=dtype, device=device), requires_grad=False)
 
 
-class Linear(nn.Module):
+class Linear(KernelUser, nn.Module):
     """y = x W^T with W [out, in]; state_dict key `weight` like nn.Linear, but never initialised."""
 
     batch_invariant = False  # set by Gemma4ForCausalLM.batch_invariant_: rows computed alike at any count
@@ -28,8 +45,8 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.batch_invariant:
-            return batch_invariant.linear(x, self.weight)
-        return linear(x, self.weight)
+            return batch_invariant.linear(x, self.weight, self.kernel_policy)
+        return linear(x, self.weight, self.kernel_policy)
 
 
 @torch.no_grad()
@@ -51,7 +68,7 @@ def fuse_linears(parts: list[nn.Module]) -> nn.Module:
     raise TypeError(f"cannot fuse {[type(p).__name__ for p in parts]}")
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(KernelUser, nn.Module):
     """Gemma 4 RMSNorm with a learned weight (multiplied directly, not 1 + w)."""
 
     def __init__(self, dim: int, eps: float, dtype: torch.dtype, device) -> None:
@@ -60,10 +77,10 @@ class RMSNorm(nn.Module):
         self.weight = empty_param(dim, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps, self.kernel_policy)
 
 
-class GeGLUMLP(nn.Module):
+class GeGLUMLP(KernelUser, nn.Module):
     """Dense MLP: down(gelu_tanh(gate(x)) * up(x))."""
 
     batch_invariant = False  # see Linear
@@ -87,9 +104,9 @@ class GeGLUMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [T, H] -> [T, H]
         if self.batch_invariant and self.gate_up_proj is not None:
-            return self.down_proj(batch_invariant.geglu(self.gate_up_proj(x)))
+            return self.down_proj(batch_invariant.geglu(self.gate_up_proj(x), self.kernel_policy))
         if self.gate_up_proj is not None:
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, W] each
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(gelu_tanh_mul(gate, up))
+        return self.down_proj(gelu_tanh_mul(gate, up, self.kernel_policy))

@@ -22,8 +22,10 @@ import torch.distributed as dist
 from torch import nn
 
 from gemmaserve.model.config import Gemma4TextConfig
+from gemmaserve.model.batch import StepMode
 from gemmaserve.model.decoder import Gemma4ForCausalLM
-from gemmaserve.ops.moe import GROUPED_MIN_TOKENS, moe_experts
+from gemmaserve.model.layers import KernelUser
+from gemmaserve.ops.moe import moe_experts
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class AllReduceSum(nn.Module):
         return out
 
 
-class ExpertParallelExperts(nn.Module):
+class ExpertParallelExperts(KernelUser, nn.Module):
     """This rank's experts [lo, hi) of the fused expert tensors: gate_up_proj [E/W, 2I, H],
     down_proj [E/W, H, I]. Routing pairs to other ranks' experts get weight 0 here (their rank adds
     them in the all-reduce); one [T, H] partial per rank. A production path would send each token
@@ -92,14 +94,15 @@ class ExpertParallelExperts(nn.Module):
         self.lo, self.hi = lo, hi
         self.gate_up_proj = nn.Parameter(gate_up[lo:hi].clone(), requires_grad=False)
         self.down_proj = nn.Parameter(down[lo:hi].clone(), requires_grad=False)
-        self.grouped_min_tokens = GROUPED_MIN_TOKENS
 
-    def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    graph_safe = False  # the all-reduce around it is not captured
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, mode: StepMode = StepMode.MIXED) -> torch.Tensor:
         # x [T, H], idx/w [T, K] over all experts -> [T, H] partial (this rank's experts only)
         local = (idx >= self.lo) & (idx < self.hi)  # [T, K]
         idx_local = torch.where(local, idx - self.lo, torch.zeros_like(idx))
         w_local = torch.where(local, w, torch.zeros_like(w))
-        return moe_experts(x, self.gate_up_proj, self.down_proj, idx_local, w_local, self.grouped_min_tokens)
+        return moe_experts(x, self.gate_up_proj, self.down_proj, idx_local, w_local, self.kernel_policy)
 
 
 def _rows(t: torch.Tensor, lo: int, hi: int, per: int) -> torch.Tensor:

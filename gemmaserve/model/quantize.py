@@ -6,13 +6,15 @@ import torch
 from torch import nn
 
 from gemmaserve.model.attention import Gemma4Attention
-from gemmaserve.model.layers import GeGLUMLP, Linear
+from gemmaserve.model.batch import StepMode
+from gemmaserve.model.layers import GeGLUMLP, KernelUser, Linear
 from gemmaserve.model.moe import Gemma4Experts
+from gemmaserve.ops.dispatch import KernelPolicy
 from gemmaserve.ops.linear import linear
-from gemmaserve.ops.quant import INT8PACK_MAX_ROWS, dequantize, int8_linear, moe_experts_int8, quantize_per_channel
+from gemmaserve.ops.quant import dequantize, int8_linear, moe_experts_int8, quantize_per_channel
 
 
-class QuantLinear(nn.Module):
+class QuantLinear(KernelUser, nn.Module):
     """Drop-in for layers.Linear: y = x W^T with W = qweight * scale[:, None].
     Buffers: qweight [out, in] int8, scale [out] in the compute dtype."""
 
@@ -41,24 +43,28 @@ class QuantLinear(nn.Module):
         return dequantize(self.qweight, self.scale, self.scale.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return int8_linear(x, self.qweight, self.scale)  # [..., in] -> [..., out]
+        return int8_linear(x, self.qweight, self.scale, self.kernel_policy)  # [..., in] -> [..., out]
 
 
 class Int8LMHead(QuantLinear):
-    """The tied LM head's int8 copy (CPU): few rows (decode steps of up to INT8PACK_MAX_ROWS
+    """The tied LM head's int8 copy (CPU): few rows (decode steps of up to KernelPolicy.int8pack_max_rows
     sequences) read the int8 matrix; more rows use the bf16 embedding matrix, because the int8 path
     past those rows dequantises the whole vocab x hidden matrix, costlier than reading the bf16 one."""
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         # x [T, H] -> [T, vocab]; weight: the bf16 embedding matrix [vocab, H]
-        if x.shape[0] <= INT8PACK_MAX_ROWS:
-            return int8_linear(x, self.qweight, self.scale)
-        return linear(x, weight)
+        p = self.kernel_policy or KernelPolicy.default()
+        if x.shape[0] <= p.int8pack_max_rows:
+            return int8_linear(x, self.qweight, self.scale, p)
+        return linear(x, weight, p)
 
 
-class QuantExperts(nn.Module):
+class QuantExperts(KernelUser, nn.Module):
     """Drop-in for moe.Gemma4Experts with int8 fused expert tensors:
-    gate_up_q [E, 2I, H] + gate_up_scale [E, 2I]; down_q [E, H, I] + down_scale [E, H]."""
+    gate_up_q [E, 2I, H] + gate_up_scale [E, 2I]; down_q [E, H, I] + down_scale [E, H]. One path in
+    every step mode (ops.quant.moe_experts_int8); its grouped loop reads counts back to the host."""
+
+    graph_safe = False  # engine.cuda_graph does not capture models with these experts
 
     def __init__(self, experts: Gemma4Experts) -> None:
         super().__init__()
@@ -69,9 +75,10 @@ class QuantExperts(nn.Module):
         self.register_buffer("down_q", d_q)
         self.register_buffer("down_scale", d_s)
 
-    def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, mode: StepMode = StepMode.MIXED) -> torch.Tensor:
         # x [T, H], idx/w [T, K] -> [T, H]
-        return moe_experts_int8(x, self.gate_up_q, self.gate_up_scale, self.down_q, self.down_scale, idx, w)
+        return moe_experts_int8(x, self.gate_up_q, self.gate_up_scale, self.down_q, self.down_scale, idx, w,
+                                self.kernel_policy)
 
 
 @torch.no_grad()

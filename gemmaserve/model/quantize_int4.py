@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from gemmaserve.model.attention import Gemma4Attention
-from gemmaserve.model.layers import GeGLUMLP, Linear
+from gemmaserve.model.batch import StepMode
+from gemmaserve.model.layers import GeGLUMLP, KernelUser, Linear
 from gemmaserve.model.moe import Gemma4Experts
 from gemmaserve.model.quantize import Int8LMHead
 from gemmaserve.ops.int4 import GROUP_SIZE, dequantize_int4, int4_linear, moe_experts_int4, quantize_int4
@@ -24,7 +25,7 @@ def _packed_shape(n: int, k: int, group_size: int) -> tuple[tuple[int, int], tup
     return (n, -(-k // 8)), (n, -(-k // group_size))
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(KernelUser, nn.Module):
     """Drop-in for layers.Linear: y = x W^T, W [out, in] stored as weight_packed [out, ceil(in/8)] int32 and
     weight_scale [out, ceil(in/G)] bf16 (the compressed-tensors names, so state_dict keys match the file)."""
 
@@ -64,12 +65,15 @@ class Int4Linear(nn.Module):
         return dequantize_int4(self.weight_packed, self.weight_scale, self.in_features, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return int4_linear(x, self.weight_packed, self.weight_scale, self.in_features, self.group_size)  # [..., out]
+        return int4_linear(x, self.weight_packed, self.weight_scale, self.in_features, self.group_size,
+                           policy=self.kernel_policy)  # [..., out]
 
 
-class Int4Experts(nn.Module):
+class Int4Experts(KernelUser, nn.Module):
     """Drop-in for moe.Gemma4Experts: gate_up_packed [E, 2I, ceil(H/8)] (gate rows first) + gate_up_scale
     [E, 2I, ceil(H/G)]; down_packed [E, H, ceil(I/8)] + down_scale [E, H, ceil(I/G)]."""
+
+    graph_safe = False  # its grouped loop reads counts back to the host: never graph-captured
 
     def __init__(self, num_experts: int, hidden: int, inter: int, group_size: int, device="cpu") -> None:
         super().__init__()
@@ -92,10 +96,10 @@ class Int4Experts(nn.Module):
         self.down_packed[experts].copy_(p)
         self.down_scale[experts].copy_(s)
 
-    def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        # x [T, H], idx/w [T, K] -> [T, H]
+    def forward(self, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, mode: StepMode = StepMode.MIXED) -> torch.Tensor:
+        # x [T, H], idx/w [T, K] -> [T, H]; one path in every step mode (its grouped loop syncs the host)
         return moe_experts_int4(x, self.gate_up_packed, self.gate_up_scale, self.down_packed, self.down_scale, idx, w,
-                                self.group_size)
+                                self.group_size, policy=self.kernel_policy)
 
 
 Sink = Callable[[torch.Tensor], None]

@@ -8,11 +8,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from gemmaserve.ops import cpu_gemv
-
-# bf16 decode groups on CPU use the gcc-built kernel (ops/csrc/decode_bf16.cpp) when it built: one call
-# reads the cache rows in place instead of two index_select copies, two casts and SDPA. False = torch.
-DECODE_KERNEL = True
+from gemmaserve.ops import cpu_kernels
+from gemmaserve.ops.dispatch import KernelPolicy
 
 
 @dataclass
@@ -177,11 +174,12 @@ def store_kv(
 
 
 def paged_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionPlan, scale: float = 1.0
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionPlan, scale: float = 1.0,
+    policy: KernelPolicy | None = None,
 ) -> torch.Tensor:
-    """q [T, Hq, D] -> [T, Hq, D]; softmax in fp32 inside SDPA; GQA head h uses KV head h // (Hq/Hkv)."""
-    if getattr(plan, "static", False):  # ops.paged_decode.DecodePlan: fixed shapes for CUDA graphs
-        return plan.attend(q, k_cache, v_cache, scale)
+    """q [T, Hq, D] -> [T, Hq, D]; softmax in fp32 inside SDPA; GQA head h uses KV head h // (Hq/Hkv).
+    bf16 decode groups on CPU take the decode-attention kernel (policy "decode_attention"): one call reads
+    the cache rows in place instead of two index_select copies, two casts and SDPA."""
     hkv, d = k_cache.shape[-2:]
     hq = q.shape[1]
     group = hq // hkv
@@ -191,18 +189,14 @@ def paged_attention(
     # lengths) returns the SDPA result directly, without an output buffer and row scatter.
     whole = not plan.prefills and len(plan.decodes) == 1 and plan.decodes[0].in_order
     out = None if whole else torch.empty_like(q)
-    kernel = (
-        DECODE_KERNEL
-        and q.dtype is torch.bfloat16
-        and q.device.type == "cpu"
-        and cpu_gemv.bf16_contiguous_cpu(k_cache, v_cache)
-    )
+    p = policy or KernelPolicy.default()
+    kernel = bool(plan.decodes) and p.takes("decode_attention", k_cache, v_cache, strided=(q,))
     # index_select, not kc[slots]: advanced indexing of the cache rows measured ~3x slower on CPU
     # (1.84 vs 0.63 ms for 32 x 528 rows of [2, 128] bf16, one thread).
     for g in plan.decodes:
         sd = g.rows.shape[0]
         if kernel and g.n_keys is not None:
-            o = cpu_gemv.decode_attention(q if whole else q[g.rows], k_cache, v_cache, g.slots, g.n_keys, scale)
+            o = cpu_kernels.decode_attention(p.lib, q if whole else q[g.rows], k_cache, v_cache, g.slots, g.n_keys, scale)
             if whole:
                 return o  # [Sd, Hq, D]
             out[g.rows] = o

@@ -13,39 +13,44 @@ from __future__ import annotations
 
 import torch
 
-from gemmaserve.ops import cpu_gemv
+from gemmaserve.ops import cpu_kernels
+from gemmaserve.ops.dispatch import KernelPolicy
 
 # RoPE tables grow in blocks of this many positions: a position's angles are always computed by the same
 # [ROPE_BLOCK, D] op, whichever batch first needed them.
 ROPE_BLOCK = 64
 
 
-def kernels_ok(*tensors: torch.Tensor) -> bool:
-    """Whether the invariant kernels take these tensors (bf16, CPU, contiguous, kernels built)."""
-    return cpu_gemv.bf16_contiguous_cpu(*tensors)
+def kernels_ok(policy: KernelPolicy | None, *tensors: torch.Tensor) -> KernelPolicy | None:
+    """The policy when the invariant kernels take these tensors (bf16, CPU, contiguous, the GEMV family on,
+    library built: policy.takes), else None."""
+    p = policy or KernelPolicy.default()
+    return p if p.takes("gemv", *tensors) else None
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, policy: KernelPolicy | None = None) -> torch.Tensor:
     """x [T, in] @ weight[out, in]^T -> [T, out], each row computed alike at any T: the GEMV kernel for
     bf16 (8 or 32 rows per weight pass, every row's sum in the same k order), else one torch.mv per row."""
-    if x.dim() == 2 and kernels_ok(weight) and x.dtype is torch.bfloat16 and x.device.type == "cpu":
-        return cpu_gemv.gemv(weight, x)  # [T, out]
+    p = kernels_ok(policy, weight)
+    if x.dim() == 2 and p is not None and x.dtype is torch.bfloat16 and x.device.type == "cpu":
+        return cpu_kernels.gemv(p.lib, weight, x)  # [T, out]
     if x.shape[0] == 0:
         return x.new_empty(0, weight.shape[0])
     return torch.stack([torch.mv(weight, row) for row in x])  # [T, out]: the same op for every row
 
 
-def geglu(gate_up: torch.Tensor) -> torch.Tensor:
+def geglu(gate_up: torch.Tensor, policy: KernelPolicy | None = None) -> torch.Tensor:
     """gate_up [T, 2W] (gate first) -> bf16(gelu_tanh(gate)) * up [T, W], per row: the kernel's fixed
     per-row vector/tail split, or torch's ops on one row at a time."""
-    if gate_up.dim() == 2 and kernels_ok(gate_up):
-        return cpu_gemv.geglu(gate_up)
+    p = kernels_ok(policy, gate_up)
+    if gate_up.dim() == 2 and p is not None:
+        return cpu_kernels.geglu(p.lib, gate_up)
     gate, up = gate_up.chunk(2, dim=-1)
     return torch.stack([torch.nn.functional.gelu(g, approximate="tanh") * u for g, u in zip(gate, up)])
 
 
 def moe_experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor,
-                topk_w: torch.Tensor) -> torch.Tensor:
+                topk_w: torch.Tensor, policy: KernelPolicy | None = None) -> torch.Tensor:
     """The MoE block's expert sum per token, independent of which other tokens chose which experts:
     x [T, H]; gate_up [E, 2I, H]; down [E, H, I]; topk_idx [T, K]; topk_w [T, K] fp32 -> [T, H]. Each
     (token, expert) product is a GEMV-kernel row (fp32 out for the down projection), the K
@@ -53,15 +58,16 @@ def moe_experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk
     t, k = topk_idx.shape
     if t == 0:
         return torch.zeros_like(x)
-    if kernels_ok(x, gate_up, down):
-        gu = cpu_gemv.gemv_experts(gate_up, topk_idx, x, check=False)  # [T, K, 2I]
-        act = cpu_gemv.geglu(gu.view(t * k, -1))  # [T*K, I]
-        y = cpu_gemv.gemv_experts(down, topk_idx.reshape(t * k, 1), act, torch.float32, check=False)  # [T*K, 1, H]
+    p = kernels_ok(policy, x, gate_up, down)
+    if p is not None:
+        gu = cpu_kernels.gemv_experts(p.lib, gate_up, topk_idx, x, check=False)  # [T, K, 2I]
+        act = cpu_kernels.geglu(p.lib, gu.view(t * k, -1))  # [T*K, I]
+        y = cpu_kernels.gemv_experts(p.lib, down, topk_idx.reshape(t * k, 1), act, torch.float32, check=False)  # [T*K, 1, H]
     else:
         rows = []
         for ti in range(t):
             for e in topk_idx[ti].tolist():
-                rows.append(linear(geglu(linear(x[ti : ti + 1], gate_up[e])), down[e]).float()[0])
+                rows.append(linear(geglu(linear(x[ti : ti + 1], gate_up[e], policy), policy), down[e], policy).float()[0])
         y = torch.stack(rows)  # [T*K, H]
     y = y.view(t, k, -1)  # [T, K, H] fp32
     acc = y[:, 0] * topk_w[:, :1]

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from gemmaserve.ops import cpu_gemv, cpu_isa
+from gemmaserve.config import KernelConfig
+from gemmaserve.ops import cpu_isa, kernel_lib
+from gemmaserve.ops.dispatch import KernelPolicy
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +42,19 @@ class _Lib:
 _STATE = _Lib()  # one build per process: a cache, not configuration
 
 
-def _compile() -> ctypes.CDLL:
+def _compile(config: KernelConfig) -> ctypes.CDLL:
     """Builds the .so once per (source, flags, CPU, torch) in torch's extension dir and loads it."""
     # The build's target flags follow the CPU tier (cpu_isa: a capped build holds no higher instruction in
     # its generic code); the tier functions carry their own target attributes and run only when allowed.
-    flags = [*_FLAGS, *cpu_isa.gcc_flags(cpu_gemv.tier())]
+    # Built at the tier the build config's policy gets (its cpu_isa cap applied); tier_for caps further.
+    flags = [*_FLAGS, *cpu_isa.gcc_flags(cpu_isa.parse(KernelPolicy.create(config, "cpu").tier))]
     key = hashlib.sha256(
         b"\0".join([_SRC.read_bytes(), _HEADER.read_bytes(), " ".join(flags).encode(),
-                    cpu_gemv._cpu_id().encode(), torch.__version__.encode()])
+                    kernel_lib.cpu_id().encode(), torch.__version__.encode()])
     ).hexdigest()[:16]
-    so = cpu_gemv._build_dir() / f"gemv_int4_{key}.so"
+    so = kernel_lib.build_dir(config) / f"gemv_int4_{key}.so"
     if not so.exists():
-        cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+        cxx = config.cxx or shutil.which("g++") or shutil.which("c++")
         if cxx is None:
             raise RuntimeError("no C++ compiler (g++) on PATH")
         torch_lib = Path(torch.__file__).parent / "lib"
@@ -79,29 +82,37 @@ def _compile() -> ctypes.CDLL:
     return lib
 
 
-def available() -> bool:
-    """Whether the kernel built (once per process; a failure is logged and the torch path serves).
-    The same switch as the other CPU kernels turns it off (GEMMASERVE_CPU_KERNELS=0)."""
-    if os.environ.get("GEMMASERVE_CPU_KERNELS", "1") == "0":
+def available(policy: KernelPolicy | None = None) -> bool:
+    """Whether the kernel may run under `policy` (CPU kernels and its "int4_gemv" switch on, a CPU policy)
+    and built (once per process; a failure is logged and the torch path serves)."""
+    p = policy or KernelPolicy.default()
+    if not (p.cpu_kernels and p.int4_gemv and p.device == "cpu"):
         return False
     if not _STATE.tried:
         with _STATE.lock:
             if not _STATE.tried:
                 try:
-                    _STATE.lib = _compile()
+                    _STATE.lib = _compile(p.build)
                 except Exception as exc:  # noqa: BLE001 - any build/load problem means "use torch"
                     log.warning("CPU int4 kernel unavailable, using the torch path: %s", exc)
                 _STATE.tried = True
     return _STATE.lib is not None
 
 
+def tier_for(policy: KernelPolicy) -> str:
+    """The int4 path a policy runs: the best tier the CPU has, at most the policy's (capped) tier."""
+    cap = TIERS.index(policy.tier) if policy.tier in TIERS else len(TIERS) - 1  # amx: its bf16 tier
+    have = [t for t in tiers() if TIERS.index(t) <= cap]
+    return have[-1] if have else ""
+
+
 def tiers() -> tuple[str, ...]:
-    """The tiers this CPU runs (portable always) up to the process's CPU tier (GEMMASERVE_CPU_ISA caps it,
-    ops/cpu_isa.py), worst first; () when the kernel did not build."""
+    """The tiers this CPU runs (portable always) up to the process's default policy tier (GEMMASERVE_CPU_ISA
+    caps it: KernelConfig.cpu_isa), worst first; () when the kernel did not build."""
     if not available():
         return ()
     mask = _STATE.lib.gs_int4_tiers()
-    cap = int(cpu_gemv.tier())
+    cap = int(cpu_isa.parse(KernelPolicy.default().tier))
     return tuple(t for i, t in enumerate(TIERS) if mask >> i & 1 and i <= cap)
 
 

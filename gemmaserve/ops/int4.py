@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from gemmaserve.ops import cpu_int4
 from gemmaserve.ops.activation import gelu_tanh_mul
+from gemmaserve.ops.dispatch import KernelPolicy
 from gemmaserve.ops.moe import moe_grouped_by
 
 # Elements per scale along K. Relative error of W (fp32 dequant vs fp32) on normal(0, 0.02) [2816 x 2816]
@@ -19,14 +20,8 @@ from gemmaserve.ops.moe import moe_grouped_by
 GROUP_SIZE = 64
 # Stored nibble = q + OFFSET (compressed-tensors' unsigned packing of symmetric int4 in [-8, 7]).
 OFFSET = 8
-# Up to this many rows of x, bf16 on CPU, the GEMV kernel computes the product reading the 4-bit weights
-# once; past it the kernel-dequantised bf16 matrix in a torch matmul (compute bound, where torch's GEMM
-# does ~4x the kernel's MACs per cycle). [4096 x 2816] group 64, one thread, ms: kernel (avx512bf16) at
-# 1 / 8 / 32 rows 0.51 / 2.3 / 17; dequantise ~3 + bf16 GEMM (benchmarks/probes/int4_bench.py).
-KERNEL_MAX_ROWS = 16
-# Up to this many tokens the MoE experts run as two expert-gather kernel calls (each chosen expert read
-# once for all its tokens: decode steps); past it, grouped by expert with int4_linear per expert.
-GATHER_MAX_TOKENS = 32
+# The kernel thresholds (int4_gemv_max_rows, int4_moe_max_tokens) and switch (int4_gemv) live on
+# ops.dispatch.KernelPolicy with their measurements.
 
 
 def quantize_int4(w: torch.Tensor, group_size: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,21 +75,23 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, k: int, group_siz
     return (q * s).to(dtype)
 
 
-def _kernel_ok(x2: torch.Tensor, max_rows: int) -> bool:
-    return x2.shape[0] <= max_rows and x2.dtype is torch.bfloat16 and x2.device.type == "cpu" and cpu_int4.available()
+def _kernel_ok(p: KernelPolicy, x2: torch.Tensor, max_rows: int) -> bool:
+    # The int4 library is built and loaded on its own (ops/cpu_int4.py); the policy's switches still decide.
+    return x2.shape[0] <= max_rows and x2.dtype is torch.bfloat16 and x2.device.type == "cpu" and cpu_int4.available(p)
 
 
 def int4_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, k: int, group_size: int,
-                tier: str | None = None) -> torch.Tensor:
+                tier: str | None = None, policy: KernelPolicy | None = None) -> torch.Tensor:
     """y = x W^T, W the 4-bit [N, K] matrix. x [..., K] -> [..., N] in x's dtype. Few bf16 CPU rows: the
     kernel (fp32 accumulation, one rounding); more: W dequantised (kernel or torch, the same bf16 values:
     q * scale rounded once, an error of 2^-9 relative per weight, far below 4-bit's), one torch matmul."""
+    p = policy or KernelPolicy.default()
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)  # [M, K]
     n = packed.shape[0]
-    if _kernel_ok(x2, KERNEL_MAX_ROWS):
-        y = cpu_int4.gemv_int4(packed, scale, group_size, x2, tier=tier)  # [M, N]
-    elif _kernel_ok(x2, x2.shape[0]) and packed.is_contiguous() and scale.is_contiguous():
+    if _kernel_ok(p, x2, p.int4_gemv_max_rows):
+        y = cpu_int4.gemv_int4(packed, scale, group_size, x2, tier=tier or cpu_int4.tier_for(p))  # [M, N]
+    elif _kernel_ok(p, x2, x2.shape[0]) and packed.is_contiguous() and scale.is_contiguous():
         y = F.linear(x2, cpu_int4.dequantize_bf16(packed, scale, k, group_size))
     else:
         y = F.linear(x2, dequantize_int4(packed, scale, k, group_size, x2.dtype))
@@ -111,6 +108,7 @@ def moe_experts_int4(
     topk_w: torch.Tensor,
     group_size: int,
     tier: str | None = None,
+    policy: KernelPolicy | None = None,
 ) -> torch.Tensor:
     """The chosen experts only. x [T, H]; gate_up_p [E, 2I, ceil(H/8)] (gate rows first) with gate_up_s
     [E, 2I, ceil(H/G)]; down_p [E, H, ceil(I/8)] with down_s [E, H, ceil(I/G)]; topk_idx [T, K] int64;
@@ -122,14 +120,17 @@ def moe_experts_int4(
     i2 = gate_up_p.shape[1]
     if t == 0:
         return torch.zeros_like(x)
-    if _kernel_ok(x, GATHER_MAX_TOKENS):
+    p = policy or KernelPolicy.default()
+    if _kernel_ok(p, x, p.int4_moe_max_tokens):
+        tier = tier or cpu_int4.tier_for(p)
         gu = cpu_int4.gemv_int4_experts(gate_up_p, gate_up_s, group_size, topk_idx, x, tier=tier)
-        act = gelu_tanh_mul(*gu.chunk(2, dim=-1)).reshape(t * k, -1)  # [T*K, I]
+        act = gelu_tanh_mul(*gu.chunk(2, dim=-1), p).reshape(t * k, -1)  # [T*K, I]
         y = cpu_int4.gemv_int4_experts(down_p, down_s, group_size, topk_idx.reshape(t * k, 1),
                                        act, torch.float32, tier=tier)  # [T*K, 1, H] fp32
         return torch.bmm(topk_w[:, None, :].float(), y.view(t, k, h)).view(t, h).to(x.dtype)
     return moe_grouped_by(
         x, topk_idx, topk_w, gate_up_p.shape[0],
-        lambda e, xs: int4_linear(xs, gate_up_p[e], gate_up_s[e], h, group_size, tier),  # [n, 2I]
-        lambda e, act: int4_linear(act, down_p[e], down_s[e], i2 // 2, group_size, tier),  # [n, H]
+        lambda e, xs: int4_linear(xs, gate_up_p[e], gate_up_s[e], h, group_size, tier, p),  # [n, 2I]
+        lambda e, act: int4_linear(act, down_p[e], down_s[e], i2 // 2, group_size, tier, p),  # [n, H]
+        policy=p,
     )

@@ -4,53 +4,27 @@ sorted/grouped path (one matmul pair per active expert) for many."""
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
-from gemmaserve.ops import cpu_gemv
+from gemmaserve.ops import cpu_kernels
 from gemmaserve.ops.activation import geglu_weighted_cols, gelu_tanh_mul
+from gemmaserve.ops.dispatch import KernelPolicy
 from gemmaserve.ops.linear import linear
 
-# Token count at or above which the grouped path is used: benchmarks/probes/ops_moe.py on the bench shape
-# (hidden 1024, 32 experts top-4, width 512, bf16, 2 CPU threads, min wall ms) measured gather vs
-# grouped 0.58/0.62 at 1 token, 1.14/1.22 at 2, 1.69/1.65 at 3, 4.5/2.9 at 8, 78/9.6 at 128.
-# On CUDA (sm90+, bf16) the grouped GEMM below replaces the gather and grouped paths at every count.
-GROUPED_MIN_TOKENS = 3
-# Up to this many tokens, when at least PADDED_MIN_ACTIVE of the experts are chosen, the padded path
-# (two batched matmuls over all experts) replaces the grouped loop: one long weight stream and ~15
-# ops instead of ~13 ops per active expert. Bench shape, bf16, 2 threads, ms grouped vs padded:
-# 8 tokens (21 of 32 experts active) 4.87/5.13, 16 (30) 8.16/6.04, 32 (32) 7.81/5.94, 64 (32)
-# 8.33/6.52. Past 64 tokens padding to the busiest expert can multiply the FLOPs: see PADDED_MAX_WASTE.
-PADDED_MAX_TOKENS = 64
-PADDED_MIN_ACTIVE = 0.75
-# At any token count on CPU the padded path also replaces the grouped loop when padding adds at most
-# this factor of rows (E * busiest expert's count <= PADDED_MAX_WASTE * T * K): a prefill whose tokens
-# spread evenly over the experts. Bench shape, bf16, 2 threads, ms grouped vs padded (padding factor):
-# 128 tokens 12.2/9.5 (1.38), 10.0/9.3 (2.31), 8.5/12.5 (3.81); 512 tokens 20.6/17.8 (1.20), 20.1/27.2
-# (2.41); 1024 tokens 27.0/19.3 (1.14), 27.7/37.6 (2.41).
-PADDED_MAX_WASTE = 1.5
-# Up to this many tokens, bf16 on CPU, the GEMV kernel's expert gather (ops/cpu_gemv.py) replaces every
-# path above: two calls per layer, each chosen expert read once for all tokens that chose it; 0 = off.
-# Bench shape, 2 threads, quiet machine, min ms gemv vs padded: 8 tokens 1.95/3.33, 16 2.52/3.38,
-# 32 3.23/3.67, 64 4.97/4.03; decode steps of 24 / 32 rows (decode_bench) 107.9 -> 103.1 and
-# 109.9 -> 106.3 ms when raised from 8 to 32.
-GEMV_MAX_TOKENS = 32
-# The grouped GEMM on CPU measured mixed against the per-expert loop (bench shape, 2 threads: 15%
-# faster at 256-512 tokens, 5-25% slower at 16 and 2048, noisy), so CPU keeps the loop.
-GROUPED_MM_CPU = False
-# Master switch of the grouped GEMM path: GEMMASERVE_GROUPED_MM=0 turns it off (an escape hatch should
-# a torch build's grouped kernel misbehave); benchmarks/probes/profile_prefill.py --ab flips it for the A/B.
-GROUPED_MM = os.environ.get("GEMMASERVE_GROUPED_MM", "1") != "0"
+# The path thresholds (moe_grouped_min_tokens, moe_padded_*, moe_gemv_max_tokens, grouped_mm_cpu,
+# graph_gather_passes) live on ops.dispatch.KernelPolicy with their measurements.
 
 
-def _act(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return gelu_tanh_mul(gate, up)
+def _act(gate: torch.Tensor, up: torch.Tensor, policy: KernelPolicy | None = None) -> torch.Tensor:
+    return gelu_tanh_mul(gate, up, policy)
 
 
 def moe_gather(
-    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
+    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor,
+    policy: KernelPolicy | None = None,
 ) -> torch.Tensor:
     """Per token, index the chosen experts' weights and apply them; no sorting, no scatter.
 
@@ -58,7 +32,7 @@ def moe_gather(
     topk_w [T, K] fp32 -> [T, H] in x's dtype. On CPU each (token, expert) pair multiplies by a
     *view* of the expert's weights (an indexed copy of bf16 weights costs more than the matmul);
     elsewhere one batched matmul over indexed weights avoids per-pair launches and a host sync.
-    Both are for few tokens (decode); see GROUPED_MIN_TOKENS."""
+    Both are for few tokens (decode); see KernelPolicy.moe_grouped_min_tokens."""
     if x.device.type != "cpu":
         return moe_gather_batched(x, gate_up, down, topk_idx, topk_w)
     t = topk_idx.shape[0]
@@ -78,23 +52,24 @@ def moe_gather(
         xt = x[ti : ti + 1]  # [1, H]
         acc = None
         for e, we in zip(experts[ti], weights[ti]):
-            gate, up = linear(xt, gate_up[e]).chunk(2, dim=-1)  # [1, I] each; gate_up[e] is a view
-            y = linear(_act(gate, up), down[e]) * we  # [1, H]; the scalar product rounds once
+            gate, up = linear(xt, gate_up[e], policy).chunk(2, dim=-1)  # [1, I] each; gate_up[e] is a view
+            y = linear(_act(gate, up, policy), down[e], policy) * we  # [1, H]; the scalar product rounds once
             acc = y if acc is None else acc + y
         out[ti] = acc[0]
     return out
 
 
 def moe_gather_gemv(
-    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
+    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor,
+    policy: KernelPolicy,
 ) -> torch.Tensor:
     """The gather path on the CPU GEMV kernel: one call for every (token, expert) gate_up product, one
     for every down product (fp32 out), then the routing-weighted sum in fp32 and one bf16 rounding.
-    Same contract as moe_gather; needs bf16 contiguous expert tensors and cpu_gemv.available()."""
+    Same contract as moe_gather; needs bf16 contiguous expert tensors and policy.lib."""
     t, k = topk_idx.shape
-    gate, up = cpu_gemv.gemv_experts(gate_up, topk_idx, x, check=False).chunk(2, dim=-1)  # [T, K, I] each
-    act = _act(gate, up).view(t * k, -1)  # [T*K, I]
-    y = cpu_gemv.gemv_experts(down, topk_idx.view(t * k, 1), act, torch.float32, check=False)  # [T*K, 1, H]
+    gate, up = cpu_kernels.gemv_experts(policy.lib, gate_up, topk_idx, x, check=False).chunk(2, dim=-1)  # [T, K, I] each
+    act = _act(gate, up, policy).view(t * k, -1)  # [T*K, I]
+    y = cpu_kernels.gemv_experts(policy.lib, down, topk_idx.view(t * k, 1), act, torch.float32, check=False)  # [T*K, 1, H]
     return torch.bmm(topk_w[:, None, :], y.view(t, k, -1)).view(t, -1).to(x.dtype)  # [T, H]
 
 
@@ -112,48 +87,62 @@ def moe_gather_batched(
     return (y.view(t, k, -1) * topk_w[:, :, None]).to(x.dtype).sum(dim=1)
 
 
+def grouped_loop(
+    x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, num_experts: int,
+    expert: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor], counts: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The per-expert loop every grouped MoE form shares (bf16 moe_grouped, int8 moe_experts_int8):
+    sort the (token, expert) pairs by expert, call `expert(e, xs, ws)` once per active expert on its
+    contiguous slice (xs [n, H] the tokens, ws [n] fp32 their routing weights; it returns the weighted
+    [n, H] result in x's dtype), and add the results back per token. x [T, H]; topk_idx [T, K] int64;
+    topk_w [T, K] fp32 -> [T, H]; `counts` [E]: the pairs per expert when the caller has them."""
+    k = topk_idx.shape[1]
+    flat = topk_idx.reshape(-1)  # [T*K]
+    order = torch.argsort(flat, stable=True)  # [T*K] pair ids grouped by expert
+    if counts is None:
+        counts = expert_counts(topk_idx, num_experts)
+    tokens = order // k  # [T*K] token of each sorted pair
+    xs = x.index_select(0, tokens)  # [T*K, H]
+    ws = topk_w.reshape(-1)[order]  # [T*K] fp32 routing weight of each sorted pair
+    ys = torch.empty_like(xs)
+    start = 0
+    for e, n in enumerate(counts.tolist()):  # host sync, one per layer
+        if n == 0:
+            continue
+        end = start + n
+        ys[start:end] = expert(e, xs[start:end], ws[start:end])  # [n, H]
+        start = end
+    out = torch.zeros_like(x)
+    out.index_add_(0, tokens, ys)
+    return out
+
+
 def moe_grouped(
     x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor,
-    counts: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None, policy: KernelPolicy | None = None,
 ) -> torch.Tensor:
-    """Sort (token, expert) pairs by expert and run one gate_up and one down matmul per active
-    expert on its contiguous slice. Same shapes/contract as moe_gather; `counts` [E]: the pairs per
-    expert when the caller already has them (expert_counts)."""
-    return moe_grouped_by(x, topk_idx, topk_w, gate_up.shape[0], lambda e, xs: linear(xs, gate_up[e]),
-                          lambda e, act: linear(act, down[e]), counts)
+    """One gate_up and one down matmul per active expert on its contiguous slice (grouped_loop). Same
+    shapes/contract as moe_gather; `counts` [E]: the pairs per expert when the caller already has them
+    (expert_counts). Weighting the [n, I] activations before the down projection (it is linear) is cheaper
+    than weighting the [n, H] outputs; the weight rounds to x's dtype first."""
+    return moe_grouped_by(x, topk_idx, topk_w, gate_up.shape[0], lambda e, xs: linear(xs, gate_up[e], policy),
+                          lambda e, act: linear(act, down[e], policy), counts, policy)
 
 
 def moe_grouped_by(
     x: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor, num_experts: int,
     gate_up_fn: Callable[[int, torch.Tensor], torch.Tensor], down_fn: Callable[[int, torch.Tensor], torch.Tensor],
-    counts: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None, policy: KernelPolicy | None = None,
 ) -> torch.Tensor:
     """moe_grouped for any weight format: gate_up_fn(e, xs [n, H]) -> [n, 2I] and down_fn(e, act [n, I]) ->
-    [n, H] apply expert e's projections (bf16 matrices, or 4-bit ones in ops/int4.py)."""
-    t, k = topk_idx.shape
-    flat = topk_idx.reshape(-1)  # [T*K]
-    order = torch.argsort(flat, stable=True)  # [T*K] pair ids grouped by expert
-    if counts is None:
-        counts = expert_counts(topk_idx, num_experts)
-    counts = counts.tolist()  # host sync, one per layer
-    tokens = order // k  # [T*K] token of each sorted pair
-    xs = x.index_select(0, tokens)  # [T*K, H]
-    ws = topk_w.reshape(-1)[order, None].to(x.dtype)  # [T*K, 1] routing weight of each sorted pair
-    ys = torch.empty_like(xs)
-    start = 0
-    for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        end = start + n
-        gate, up = gate_up_fn(e, xs[start:end]).chunk(2, dim=-1)  # [n, I] each
-        # Weighting the [n, I] activations before the down projection (it is linear) is cheaper than
-        # weighting the [n, H] outputs.
-        act = _act(gate, up) * ws[start:end]
-        ys[start:end] = down_fn(e, act)  # [n, H]
-        start = end
-    out = torch.zeros_like(x)
-    out.index_add_(0, tokens, ys)
-    return out
+    [n, H] apply expert e's projections (bf16 matrices, or 4-bit ones in ops/int4.py); the routing weight
+    scales the activations before the down projection, as in moe_grouped."""
+
+    def expert(e: int, xs: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up_fn(e, xs).chunk(2, dim=-1)  # [n, I] each
+        return down_fn(e, _act(gate, up, policy) * ws[:, None].to(x.dtype))  # [n, H]
+
+    return grouped_loop(x, topk_idx, topk_w, num_experts, expert, counts)
 
 
 def moe_grouped_mm(
@@ -183,14 +172,18 @@ def moe_grouped_mm(
     return pairs.view(t, k, h).sum(dim=1)
 
 
-def grouped_mm_ok(x: torch.Tensor, gate_up: torch.Tensor) -> bool:
-    """Whether moe_grouped_mm applies: bf16 (the grouped GEMM's dtype), and on CUDA a Hopper-class
-    device (sm90+, where torch ships the grouped kernel)."""
-    if not GROUPED_MM or x.dtype is not torch.bfloat16 or gate_up.dtype is not torch.bfloat16:
+def grouped_mm_ok(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor | None = None,
+                  policy: KernelPolicy | None = None) -> bool:
+    """Whether moe_grouped_mm applies: the policy's switch, bf16 (the grouped GEMM's dtype) for x and
+    both expert tensors, and on CUDA a Hopper-class device (sm90+, where torch ships the grouped
+    kernel); on CPU only with policy.grouped_mm_cpu."""
+    p = policy or KernelPolicy.default()
+    tensors = (x, gate_up) if down is None else (x, gate_up, down)
+    if not p.grouped_mm or not all(t.dtype is torch.bfloat16 for t in tensors):
         return False
     if x.device.type == "cuda":
         return _cuda_grouped_mm(x.device.index)
-    return GROUPED_MM_CPU and x.device.type == "cpu" and hasattr(torch, "_grouped_mm")
+    return p.grouped_mm_cpu and x.device.type == "cpu" and hasattr(torch, "_grouped_mm")
 
 
 @functools.lru_cache(maxsize=None)
@@ -201,7 +194,7 @@ def _cuda_grouped_mm(index: int | None) -> bool:
 
 def moe_padded(
     x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor,
-    counts: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None, policy: KernelPolicy | None = None,
 ) -> torch.Tensor:
     """Each expert's tokens padded with zero rows to the busiest expert's count n, then one batched
     matmul pair over *all* experts (idle ones included: use it when nearly all are chosen). Same
@@ -221,7 +214,7 @@ def moe_padded(
     xp = x.new_zeros(e * n, h).index_copy_(0, dest, x.index_select(0, tokens))  # [E*n, H]
     wp = x.new_zeros(e * n).index_copy_(0, dest, topk_w.reshape(-1)[order].to(x.dtype))  # [E*n]
     gu = torch.bmm(gate_up, xp.view(e, n, h).transpose(1, 2))  # [E, 2I, n]
-    act = geglu_weighted_cols(gu, wp.view(e, n))  # [E, I, n]; padding columns stay 0
+    act = geglu_weighted_cols(gu, wp.view(e, n), policy)  # [E, I, n]; padding columns stay 0
     y = torch.bmm(down, act).transpose(1, 2).reshape(e * n, h)  # [E*n, H]
     out = torch.zeros_like(x)
     out.index_add_(0, tokens, y.index_select(0, dest))
@@ -233,13 +226,13 @@ def expert_counts(topk_idx: torch.Tensor, e: int) -> torch.Tensor:
     return torch.bincount(topk_idx.reshape(-1), minlength=e)
 
 
-def _padded_pays(counts: torch.Tensor, t: int, k: int) -> bool:
-    """CPU: whether moe_padded beats moe_grouped for this routing (PADDED_MAX_TOKENS, PADDED_MIN_ACTIVE,
-    PADDED_MAX_WASTE); counts [E] from expert_counts, t tokens of k experts each."""
+def _padded_pays(counts: torch.Tensor, t: int, k: int, policy: KernelPolicy) -> bool:
+    """CPU: whether moe_padded beats moe_grouped for this routing (policy.moe_padded_*); counts [E]
+    from expert_counts, t tokens of k experts each."""
     e = counts.shape[0]
-    if t <= PADDED_MAX_TOKENS and int((counts > 0).sum()) >= PADDED_MIN_ACTIVE * e:
+    if t <= policy.moe_padded_max_tokens and int((counts > 0).sum()) >= policy.moe_padded_min_active * e:
         return True
-    return e * int(counts.max()) <= PADDED_MAX_WASTE * t * k
+    return e * int(counts.max()) <= policy.moe_padded_max_waste * t * k
 
 
 def moe_experts(
@@ -248,29 +241,71 @@ def moe_experts(
     down: torch.Tensor,
     topk_idx: torch.Tensor,
     topk_w: torch.Tensor,
-    grouped_min_tokens: int = GROUPED_MIN_TOKENS,
+    policy: KernelPolicy | None = None,
 ) -> torch.Tensor:
-    """Pick the path by token count and, on CPU, how the tokens spread over the experts (see
-    GROUPED_MIN_TOKENS, PADDED_MAX_TOKENS, PADDED_MAX_WASTE)."""
+    """The eager (host-synchronising) MoE: pick the path by token count and, on CPU, by how the tokens
+    spread over the experts (KernelPolicy's moe_* thresholds)."""
+    p = policy or KernelPolicy.default()
     t = x.shape[0]
     if t == 0:  # no rows (a last layer that keeps none): nothing to route, and the paths assume rows
         return torch.zeros_like(x)
-    if (
-        t <= GEMV_MAX_TOKENS
-        and x.dtype is torch.bfloat16
-        and x.device.type == "cpu"
-        and gate_up.dtype is torch.bfloat16
-        and gate_up.is_contiguous()
-        and down.is_contiguous()
-        and cpu_gemv.available()
-    ):
-        return moe_gather_gemv(x, gate_up, down, topk_idx, topk_w)
-    if x.device.type == "cuda" and grouped_mm_ok(x, gate_up):
+    if t <= p.moe_gemv_max_tokens and p.takes("moe_gemv", gate_up, down, strided=(x,)):
+        return moe_gather_gemv(x, gate_up, down, topk_idx, topk_w, p)
+    if x.device.type == "cuda" and grouped_mm_ok(x, gate_up, down, p):
         # Any token count: one launch per projection, only the chosen experts read, no sync.
         return moe_grouped_mm(x, gate_up, down, topk_idx, topk_w)
-    if t >= grouped_min_tokens:
+    if t >= p.moe_grouped_min_tokens:
         counts = expert_counts(topk_idx, gate_up.shape[0])  # [E], shared by the choice and the path
-        if x.device.type == "cpu" and _padded_pays(counts, t, topk_idx.shape[1]):
-            return moe_padded(x, gate_up, down, topk_idx, topk_w, counts)
-        return moe_grouped(x, gate_up, down, topk_idx, topk_w, counts)
-    return moe_gather(x, gate_up, down, topk_idx, topk_w)
+        if x.device.type == "cpu" and _padded_pays(counts, t, topk_idx.shape[1], p):
+            return moe_padded(x, gate_up, down, topk_idx, topk_w, counts, p)
+        return moe_grouped(x, gate_up, down, topk_idx, topk_w, counts, p)
+    return moe_gather(x, gate_up, down, topk_idx, topk_w, p)
+
+
+def moe_graph(
+    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor,
+    policy: KernelPolicy | None = None,
+) -> torch.Tensor:
+    """The MoE of a graph-captured decode step: no host sync, the form picked from shapes alone. The
+    gather form reads each chosen expert's weights, writes an indexed copy and reads that again (about
+    policy.graph_gather_passes passes per (token, expert) pair); the capacity form reads all E experts
+    once. So gather while passes * T * K < E: on 26B-A4B (128 experts, top-8) up to 5 tokens, where
+    reading all experts would cost 16x at T=1. Same contract as moe_experts."""
+    p = policy or KernelPolicy.default()
+    if grouped_mm_ok(x, gate_up, down, p):  # bf16 on sm90+: the grouped GEMM beats both forms below
+        return moe_grouped_mm(x, gate_up, down, topk_idx, topk_w)
+    t, k = topk_idx.shape
+    if p.graph_gather_passes * t * k < gate_up.shape[0]:
+        return moe_gather_batched(x, gate_up, down, topk_idx, topk_w)
+    return moe_capacity(x, gate_up, down, topk_idx, topk_w)
+
+
+def moe_capacity(
+    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
+) -> torch.Tensor:
+    """Capture-safe MoE for decode graphs: ops.moe.moe_padded with the capacity fixed at T (a token
+    picks an expert at most once, so no expert gets more than T rows) instead of the busiest
+    expert's count, which would need a host sync. Two batched matmuls over all E experts; the routing
+    weight is applied before the down projection as in moe_padded, the K contributions are summed
+    in a fixed order (one rounding, where moe_padded rounds after each add).
+
+    x [T, H]; gate_up [E, 2I, H]; down [E, H, I]; topk_idx [T, K] int64; topk_w [T, K] fp32 -> [T, H]."""
+    t, k = topk_idx.shape
+    e, _, h = gate_up.shape
+    flat = topk_idx.reshape(-1)  # [T*K]
+    order = torch.argsort(flat, stable=True)  # [T*K] pair ids grouped by expert
+    es = flat[order]  # [T*K] expert of each sorted pair
+    # Rank within the expert = index in the sorted list - index of the expert's first pair. Not via
+    # bincount: on CUDA it reads the input's max back to the host to size its output.
+    rank = torch.arange(t * k, device=x.device) - torch.searchsorted(es, es)  # [T*K] slot in its expert
+    dest = es * t + rank  # [T*K] padded row of each sorted pair
+    tokens = order // k  # [T*K] token of each sorted pair
+    xp = x.new_zeros(e * t, h).index_copy_(0, dest, x.index_select(0, tokens))  # [E*T, H]
+    wp = x.new_zeros(e * t).index_copy_(0, dest, topk_w.reshape(-1)[order].to(x.dtype))  # [E*T]
+    gate, up = torch.bmm(gate_up, xp.view(e, t, h).transpose(1, 2)).chunk(2, dim=1)  # [E, I, T] each
+    act = F.gelu(gate, approximate="tanh") * up * wp.view(e, 1, t)  # [E, I, T]; padding rows stay 0
+    y = torch.bmm(down, act).transpose(1, 2).reshape(e * t, h)  # [E*T, H]
+    # Unsort into (token, k) pairs and sum over k: unlike index_add_ (atomics on CUDA) the order of
+    # the additions is fixed, so a replayed graph and an eager run give the same bits.
+    pairs = torch.empty_like(xp[: t * k]).index_copy_(0, order, y.index_select(0, dest))  # [T*K, H]
+    return pairs.view(t, k, h).sum(dim=1)

@@ -8,27 +8,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gemmaserve.ops.moe import grouped_mm_ok, moe_gather_batched, moe_grouped_mm
-
-# Relative memory traffic of the two capture-safe MoE forms: the gather form reads each chosen
-# expert's weights, writes an indexed copy and reads that again (about 3 passes per (token, expert)
-# pair); the capacity form reads all E experts once. So gather while 3 * T * K < E: on 26B-A4B
-# (128 experts, top-8) that is up to 5 tokens, where reading all experts would cost 16x at T=1.
-GATHER_PASSES = 3
 
 
 @dataclass
 class DecodePlan:
-    """Where each of B single-token rows reads its keys, for one attention kind. Duck-typed by
-    ops.attention.paged_attention (it calls attend) and the decoder layer (static = True selects
-    the capture-safe MoE). Built once per step and kind, shared by the kind's layers."""
+    """Where each of B single-token rows reads its keys, for one attention kind, in a GRAPH_DECODE step
+    (model.batch.StepMode: the layers read it with paged_decode). Built once per step and kind on the
+    device, shared by the kind's layers."""
 
     slots: torch.Tensor  # [B, L] int64 flat cache slots (masked-out keys repeat an assigned slot)
     mask: torch.Tensor  # [B, 1, 1, L] bool, True = visible; every row has at least one visible key
-    static: bool = True
-
-    def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float) -> torch.Tensor:
-        return paged_decode(q, k_cache, v_cache, self, scale)
 
 
 def build_decode_plan(
@@ -94,47 +83,3 @@ def paged_decode(
     qd = q.view(b, hkv, group, d)  # [B, Hkv, G, D]
     o = F.scaled_dot_product_attention(qd, k, v, attn_mask=plan.mask, scale=scale)  # [B, Hkv, G, D]
     return o.reshape(b, hq, d)
-
-
-def moe_static(
-    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
-) -> torch.Tensor:
-    """The MoE of a graph-captured decode step: no host sync, the form picked from shapes alone
-    (see GATHER_PASSES). Same contract as ops.moe.moe_experts."""
-    if grouped_mm_ok(x, gate_up):  # bf16 on sm90+: the grouped GEMM beats both forms below
-        return moe_grouped_mm(x, gate_up, down, topk_idx, topk_w)
-    t, k = topk_idx.shape
-    if GATHER_PASSES * t * k < gate_up.shape[0]:
-        return moe_gather_batched(x, gate_up, down, topk_idx, topk_w)
-    return moe_capacity(x, gate_up, down, topk_idx, topk_w)
-
-
-def moe_capacity(
-    x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, topk_idx: torch.Tensor, topk_w: torch.Tensor
-) -> torch.Tensor:
-    """Capture-safe MoE for decode graphs: ops.moe.moe_padded with the capacity fixed at T (a token
-    picks an expert at most once, so no expert gets more than T rows) instead of the busiest
-    expert's count, which would need a host sync. Two batched matmuls over all E experts; the routing
-    weight is applied before the down projection as in moe_padded, the K contributions are summed
-    in a fixed order (one rounding, where moe_padded rounds after each add).
-
-    x [T, H]; gate_up [E, 2I, H]; down [E, H, I]; topk_idx [T, K] int64; topk_w [T, K] fp32 -> [T, H]."""
-    t, k = topk_idx.shape
-    e, _, h = gate_up.shape
-    flat = topk_idx.reshape(-1)  # [T*K]
-    order = torch.argsort(flat, stable=True)  # [T*K] pair ids grouped by expert
-    es = flat[order]  # [T*K] expert of each sorted pair
-    # Rank within the expert = index in the sorted list - index of the expert's first pair. Not via
-    # bincount: on CUDA it reads the input's max back to the host to size its output.
-    rank = torch.arange(t * k, device=x.device) - torch.searchsorted(es, es)  # [T*K] slot in its expert
-    dest = es * t + rank  # [T*K] padded row of each sorted pair
-    tokens = order // k  # [T*K] token of each sorted pair
-    xp = x.new_zeros(e * t, h).index_copy_(0, dest, x.index_select(0, tokens))  # [E*T, H]
-    wp = x.new_zeros(e * t).index_copy_(0, dest, topk_w.reshape(-1)[order].to(x.dtype))  # [E*T]
-    gate, up = torch.bmm(gate_up, xp.view(e, t, h).transpose(1, 2)).chunk(2, dim=1)  # [E, I, T] each
-    act = F.gelu(gate, approximate="tanh") * up * wp.view(e, 1, t)  # [E, I, T]; padding rows stay 0
-    y = torch.bmm(down, act).transpose(1, 2).reshape(e * t, h)  # [E*T, H]
-    # Unsort into (token, k) pairs and sum over k: unlike index_add_ (atomics on CUDA) the order of
-    # the additions is fixed, so a replayed graph and an eager run give the same bits.
-    pairs = torch.empty_like(xp[: t * k]).index_copy_(0, order, y.index_select(0, dest))  # [T*K, H]
-    return pairs.view(t, k, h).sum(dim=1)

@@ -5,23 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gemmaserve.ops import cpu_gemv
+from gemmaserve.ops import cpu_kernels
 from gemmaserve.ops.activation import gelu_tanh_mul
+from gemmaserve.ops.dispatch import KernelPolicy
+from gemmaserve.ops.moe import grouped_loop
 
-# Up to this many rows of bf16 x on CPU, the gcc-built int8 GEMV (ops/cpu_gemv.py, csrc/gemv_int8.cpp)
-# reads each int8 weight row once for all rows, widening in registers; 0 = off. Beyond 8 rows it would
-# re-read the weight per 8-row group.
-KERNEL_MAX_ROWS = cpu_gemv.MAX_ROWS
-# Up to this many tokens the int8 MoE runs as two expert-gather kernel calls (like ops.moe's bf16
-# GEMV_MAX_TOKENS); 0 = off.
-KERNEL_MAX_TOKENS = 8
-# Past the kernel's rows (or without it), up to this many rows torch's int8 kernel
-# (aten._weight_int8pack_mm: reads int8, converts in registers) beats dequantising; above it the
-# matmul is compute-bound and a bf16 GEMM on a dequantised copy wins. Measured on [1024, 1024]
-# bf16, 2 threads: the kernel costs ~11 us per row, dequantise + GEMM ~150 us flat; crossover at
-# ~12-16 rows. It needs K % 32 == 0: torch 2.13 returns garbage for bf16 with K = 24 or 40 and
-# crashes on K = 13.
-INT8PACK_MAX_ROWS = 12
+# The int8 thresholds (int8_gemv_max_rows, int8_moe_max_tokens, int8pack_max_rows) live on
+# ops.dispatch.KernelPolicy with their measurements.
 
 
 def quantize_per_channel(w: torch.Tensor, scale_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,19 +38,22 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torc
     return q.to(dtype) * scale.to(dtype)[..., None]
 
 
-def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """y = x (q * scale)^T. x [..., K]; q [N, K] int8; scale [N] in x's dtype -> [..., N]."""
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, policy: KernelPolicy | None = None) -> torch.Tensor:
+    """y = x (q * scale)^T. x [..., K]; q [N, K] int8; scale [N] in x's dtype -> [..., N]. Few bf16 CPU
+    rows take the int8 GEMV kernel (reads each int8 weight row once for all rows, widening in registers);
+    past it, up to policy.int8pack_max_rows rows torch's int8 kernel; else a dequantised GEMM."""
+    p = policy or KernelPolicy.default()
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])  # [M, K]
-    if _kernel_ok(x2, q, scale, KERNEL_MAX_ROWS, 2):
-        return cpu_gemv.gemv_int8(q, scale, x2).reshape(*lead, q.shape[0])  # any K
-    if x2.device.type == "cpu" and x2.shape[0] <= INT8PACK_MAX_ROWS and x2.shape[1] % 32 == 0:
+    if x2.shape[0] <= p.int8_gemv_max_rows and q.dim() == 2 and _int8_ok(p, x2, q, scale):
+        return cpu_kernels.gemv_int8(p.lib, q, scale, x2).reshape(*lead, q.shape[0])  # any K
+    if x2.device.type == "cpu" and x2.shape[0] <= p.int8pack_max_rows and x2.shape[1] % 32 == 0:
         y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), q, scale)  # [M, N]
     else:
         # Scale the output, not the weight: one [M, N] multiply instead of [N, K]. The weight copy is
         # exact either way; the kernel's cast is ~5x torch's (see gs_int8_to_bf16).
-        fast = x2.dtype is torch.bfloat16 and x2.device.type == "cpu" and q.is_contiguous() and cpu_gemv.available()
-        y = F.linear(x2, cpu_gemv.int8_to_bf16(q) if fast else q.to(x2.dtype)) * scale
+        fast = x2.dtype is torch.bfloat16 and p.takes("int8_gemv", q, dtypes=(torch.int8,))
+        y = F.linear(x2, cpu_kernels.int8_to_bf16(p.lib, q) if fast else q.to(x2.dtype)) * scale
     return y.reshape(*lead, q.shape[0])
 
 
@@ -72,34 +65,24 @@ def moe_experts_int8(
     down_scale: torch.Tensor,
     topk_idx: torch.Tensor,
     topk_w: torch.Tensor,
+    policy: KernelPolicy | None = None,
 ) -> torch.Tensor:
-    """Chosen experts only, grouped by expert (one int8 matmul pair per active expert).
+    """Chosen experts only: few bf16 CPU tokens as two expert-gather kernel calls (moe_gather_int8),
+    else one int8 matmul pair per active expert in ops.moe's grouped_loop.
 
     x [T, H]; gate_up_q [E, 2I, H] int8 (gate rows first), gate_up_scale [E, 2I]; down_q [E, H, I]
-    int8, down_scale [E, H]; topk_idx [T, K] int64; topk_w [T, K] fp32 -> [T, H] in x's dtype.
-    Same contract and summation order as ops.moe.moe_grouped (few bf16 CPU tokens: moe_gather_int8)."""
-    few = _kernel_ok(x, gate_up_q, gate_up_scale, KERNEL_MAX_TOKENS, 3)
-    if few and down_q.is_contiguous() and down_scale.is_contiguous():
-        return moe_gather_int8(x, gate_up_q, gate_up_scale, down_q, down_scale, topk_idx, topk_w)
-    t, k = topk_idx.shape
-    flat = topk_idx.reshape(-1)  # [T*K]
-    order = torch.argsort(flat, stable=True)  # [T*K] pairs grouped by expert
-    counts = torch.bincount(flat, minlength=gate_up_q.shape[0]).tolist()
-    tokens = order // k  # [T*K]
-    xs = x[tokens]  # [T*K, H]
-    ys = torch.empty_like(xs)
-    start = 0
-    for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        end = start + n
-        gate, up = int8_linear(xs[start:end], gate_up_q[e], gate_up_scale[e]).chunk(2, dim=-1)  # [n, I]
-        ys[start:end] = int8_linear(F.gelu(gate, approximate="tanh") * up, down_q[e], down_scale[e])  # [n, H]
-        start = end
-    ys = (ys * topk_w.reshape(-1)[order, None]).to(x.dtype)  # [T*K, H]
-    out = torch.zeros_like(x)
-    out.index_add_(0, tokens, ys)
-    return out
+    int8, down_scale [E, H]; topk_idx [T, K] int64; topk_w [T, K] fp32 -> [T, H] in x's dtype."""
+    p = policy or KernelPolicy.default()
+    if (x.shape[0] <= p.int8_moe_max_tokens and gate_up_q.dim() == 3 and _int8_ok(p, x, gate_up_q, gate_up_scale)
+            and _int8_ok(p, x, down_q, down_scale)):
+        return moe_gather_int8(x, gate_up_q, gate_up_scale, down_q, down_scale, topk_idx, topk_w, p)
+
+    def expert(e: int, xs: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
+        gate, up = int8_linear(xs, gate_up_q[e], gate_up_scale[e], p).chunk(2, dim=-1)  # [n, I]
+        y = int8_linear(F.gelu(gate, approximate="tanh") * up, down_q[e], down_scale[e], p)  # [n, H]
+        return (y * ws[:, None]).to(x.dtype)  # weighted in fp32 after the down projection, one rounding
+
+    return grouped_loop(x, topk_idx, topk_w, gate_up_q.shape[0], expert)
 
 
 def moe_gather_int8(
@@ -110,30 +93,25 @@ def moe_gather_int8(
     down_scale: torch.Tensor,
     topk_idx: torch.Tensor,
     topk_w: torch.Tensor,
+    policy: KernelPolicy,
 ) -> torch.Tensor:
     """ops.moe.moe_gather_gemv on int8 experts: one kernel call for every (token, expert) gate_up product,
     one for every down product (fp32 out), the routing-weighted sum in fp32 and one bf16 rounding (the
     rounding points of the bf16 path and of the one-call decode layer). Same contract as
-    moe_experts_int8; x bf16 on CPU, contiguous int8 tensors, cpu_gemv.available()."""
+    moe_experts_int8; x bf16 on CPU, contiguous int8 tensors, policy.lib."""
     t, k = topk_idx.shape
-    gate_up = cpu_gemv.gemv_int8_experts(gate_up_q, gate_up_scale, topk_idx, x, check=False)  # [T, K, 2I]
-    act = gelu_tanh_mul(*gate_up.chunk(2, dim=-1)).view(t * k, -1)  # [T*K, I]
-    y = cpu_gemv.gemv_int8_experts(down_q, down_scale, topk_idx.view(t * k, 1), act, torch.float32, check=False)
-    # y [T*K, 1, H] fp32
+    gate_up = cpu_kernels.gemv_int8_experts(policy.lib, gate_up_q, gate_up_scale, topk_idx, x, check=False)  # [T, K, 2I]
+    act = gelu_tanh_mul(*gate_up.chunk(2, dim=-1), policy).view(t * k, -1)  # [T*K, I]
+    y = cpu_kernels.gemv_int8_experts(policy.lib, down_q, down_scale, topk_idx.view(t * k, 1), act, torch.float32,
+                                      check=False)  # [T*K, 1, H] fp32
     return torch.bmm(topk_w[:, None, :], y.view(t, k, -1)).view(t, -1).to(x.dtype)  # [T, H]
 
 
-def _kernel_ok(x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, max_rows: int, ndim: int) -> bool:
-    """Whether the int8 GEMV kernel takes x2 [M, K] against q (ndim-D): few bf16 CPU rows, contiguous
-    int8 weights with bf16/fp32 scales, the kernel built (GEMMASERVE_CPU_KERNELS=0 turns it off)."""
+def _int8_ok(p: KernelPolicy, x2: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> bool:
+    """The int8 kernels' eligibility: bf16 CPU rows, contiguous int8 weights with contiguous bf16/fp32
+    scales, the "int8_gemv" switch on and the library built (policy.takes)."""
     return (
-        x2.shape[0] <= max_rows
-        and x2.dtype is torch.bfloat16
-        and x2.device.type == "cpu"
-        and q.dim() == ndim
-        and q.dtype is torch.int8
-        and q.is_contiguous()
-        and scale.dtype in (torch.bfloat16, torch.float32)
-        and scale.is_contiguous()
-        and cpu_gemv.available()
+        p.takes("int8_gemv", strided=(x2,))
+        and p.takes("int8_gemv", q, dtypes=(torch.int8,))
+        and p.takes("int8_gemv", scale, dtypes=(torch.bfloat16, torch.float32))
     )

@@ -237,7 +237,11 @@ def test_enforce_eager_flag_reaches_the_runner(model, monkeypatch):
         scheduler=SchedulerConfig(max_num_seqs=3, max_num_batched_tokens=32),
     )
     engine_module.Engine(model, model.config, cfg, None)
-    assert seen == {"max_num_seqs": 3, "max_model_len": 40, "enforce_eager": True}
+    from gemmaserve.ops.dispatch import KernelPolicy
+
+    # ... and the kernel policy, built once from the config's kernel settings for the engine's device.
+    assert seen == {"max_num_seqs": 3, "max_model_len": 40, "enforce_eager": True, "compile_decode": None,
+                    "kernel_policy": KernelPolicy.create(cfg.kernels, "cpu")}
 
 
 def test_compile_bucket_spec():

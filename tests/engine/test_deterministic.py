@@ -10,10 +10,10 @@ from gemmaserve.config import CacheConfig, EngineConfig, SchedulerConfig
 from gemmaserve.engine.engine import Engine
 from gemmaserve.model.config import FULL, SLIDING
 from gemmaserve.model.loader import load_model
-from gemmaserve.ops import cpu_gemv
+from gemmaserve.ops.dispatch import KernelPolicy
 from gemmaserve.tokenizer import Tokenizer
 
-pytestmark = pytest.mark.skipif(not cpu_gemv.available(), reason="deterministic mode runs on the CPU kernels")
+pytestmark = pytest.mark.skipif(KernelPolicy.default().lib is None, reason="deterministic mode runs on the CPU kernels")
 
 PROMPT_LEN = 45  # longer than the tiny model's 16-token sliding window, not a whole number of blocks
 

@@ -3,7 +3,7 @@
 import pytest
 
 from gemmaserve import LLM, SamplingParams
-from gemmaserve.ops import cpu_gemv
+from gemmaserve.ops.dispatch import KernelPolicy
 from gemmaserve.types import FinishReason
 
 
@@ -12,7 +12,7 @@ def demo(demo_dir):
     return demo_dir
 
 
-@pytest.mark.skipif(not cpu_gemv.available(), reason="the bf16 CPU kernels did not build")
+@pytest.mark.skipif(KernelPolicy.default().lib is None, reason="the bf16 CPU kernels did not build")
 def test_a_prompt_longer_than_the_cap_alone_is_prefilled_in_chunks_on_bf16(demo):
     # 20 prompt tokens under an 8-token prefill cap: steps of 8, 8 and 4 tokens, only the last samples.
     llm = LLM(model=str(demo), dtype="bfloat16", max_model_len=64, max_num_prefill_tokens=8)

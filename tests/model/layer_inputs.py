@@ -24,7 +24,8 @@ def layer_plan(model, batch, kind: str):
 
 
 def count_fast_layers(monkeypatch) -> list[int]:
-    """Counts, from now on, [layers run as one decode_layer kernel call, layers that fell back to torch]."""
+    """Counts, from now on, [layers run as one decode_layer kernel call, DECODE-step layers that fell back
+    to torch] (MIXED steps never ask)."""
     import gemmaserve.model.decoder as decoder_mod
 
     seen = [0, 0]

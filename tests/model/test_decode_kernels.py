@@ -11,17 +11,16 @@ from parity_batch import PagedSim
 
 import gemmaserve.model.attention as model_attn
 import gemmaserve.model.fast_decode as fast_decode
-import gemmaserve.ops.attention as attn_op
-import gemmaserve.ops.linear as linear_op
 import gemmaserve.ops.moe as moe_op
-import gemmaserve.ops.norm as norm_op
 from gemmaserve.demo import demo_config
 from gemmaserve.model.config import Gemma4TextConfig
 from gemmaserve.model.decoder import Gemma4ForCausalLM
-from gemmaserve.ops import cpu_gemv
+from gemmaserve.ops import cpu_kernels
+from gemmaserve.ops.dispatch import KernelPolicy
 from gemmaserve.ops.linear import linear
 
-needs_kernel = pytest.mark.skipif(not cpu_gemv.available(), reason="CPU GEMV kernel unavailable")
+POLICY = KernelPolicy.default()  # this machine's policy (tests/ops runs every kernel on every lower tier)
+needs_kernel = pytest.mark.skipif(POLICY.lib is None, reason="CPU kernels unavailable")
 
 
 def _bf16_ulps(out: torch.Tensor, ref: torch.Tensor, k: int) -> float:
@@ -36,29 +35,27 @@ def test_linear_uses_kernel_and_matches_fp32(m, monkeypatch):
     w = torch.randn(300, 96, generator=g).bfloat16()
     x = torch.randn(m, 96, generator=g).bfloat16()
     calls = []
-    real = cpu_gemv.gemv
-    monkeypatch.setattr(cpu_gemv, "gemv", lambda *a, **k: calls.append(1) or real(*a, **k))
-    out = linear(x, w)
+    real = cpu_kernels.gemv
+    monkeypatch.setattr(cpu_kernels, "gemv", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = linear(x, w, POLICY)
     assert calls == [1] and out.shape == (m, 300) and out.dtype == torch.bfloat16
     ref = x.float() @ w.float().T
     assert _bf16_ulps(out, ref, 96) <= 1.0
     # And equal to the kernel's own fp32 result rounded once.
-    assert torch.equal(out, real(w, x, out_dtype=torch.float32).bfloat16())
+    assert torch.equal(out, real(POLICY.lib, w, x, out_dtype=torch.float32).bfloat16())
 
 
-def test_linear_falls_back_without_kernel(monkeypatch):
-    monkeypatch.setenv("GEMMASERVE_CPU_KERNELS", "0")
+@pytest.mark.parametrize("off", [POLICY.torch_only(), POLICY.without("gemv")], ids=["torch_only", "no_gemv"])
+def test_linear_falls_back_without_kernel(monkeypatch, off):
     w = torch.randn(50, 32).bfloat16()
     x = torch.randn(2, 32).bfloat16()
-    assert not cpu_gemv.available()
-    monkeypatch.setattr(cpu_gemv, "gemv", lambda *a, **k: pytest.fail("kernel called while disabled"))
-    assert torch.equal(linear(x, w), (w @ x.t()).t())
-    assert torch.equal(linear(x[:1], w), torch.mv(w, x[0])[None])
+    monkeypatch.setattr(cpu_kernels, "gemv", lambda *a, **k: pytest.fail("kernel called while disabled"))
+    assert torch.equal(linear(x, w, off), (w @ x.t()).t())
+    assert torch.equal(linear(x[:1], w, off), torch.mv(w, x[0])[None])
     # fp32 and non-contiguous weights never reach the kernel either.
-    monkeypatch.delenv("GEMMASERVE_CPU_KERNELS")
-    assert torch.equal(linear(x.float(), w.float()), (w.float() @ x.float().t()).t())
+    assert torch.equal(linear(x.float(), w.float(), POLICY), (w.float() @ x.float().t()).t())
     wt = torch.randn(32, 50).bfloat16().t()
-    assert torch.equal(linear(x, wt), (wt @ x.t()).t())
+    assert torch.equal(linear(x, wt, POLICY), (wt @ x.t()).t())
 
 
 def _moe_ref(x, gate_up, down, idx, w):
@@ -84,21 +81,24 @@ def test_moe_gather_gemv_matches_reference_and_torch_path(t):
     probs = torch.rand(t, e, generator=g)
     w, idx = torch.topk(probs, k, dim=-1)  # tokens share experts: 6 experts, 3 per token
     ref = _moe_ref(x, gate_up, down, idx, w)
-    fast = moe_op.moe_gather_gemv(x, gate_up, down, idx, w)
-    torch_path = moe_op.moe_gather(x, gate_up, down, idx, w)
+    fast = moe_op.moe_gather_gemv(x, gate_up, down, idx, w, POLICY)
+    torch_path = moe_op.moe_gather(x, gate_up, down, idx, w, POLICY.torch_only())
     assert fast.shape == (t, h) and fast.dtype == torch.bfloat16
     # The kernel path rounds the activations once more than fp32 (bf16 act, as the torch path does).
     scale = float(ref.abs().max())
     assert float((fast.float() - ref).abs().max()) <= 0.02 * scale
     assert float((fast.float() - torch_path.float()).abs().max()) <= 0.02 * scale
     # moe_experts dispatches here for few bf16 tokens.
-    assert torch.equal(moe_op.moe_experts(x, gate_up, down, idx, w), fast)
+    assert torch.equal(moe_op.moe_experts(x, gate_up, down, idx, w, POLICY), fast)
+    # The expert gather needs bf16 `down` too: an fp32 down falls back to torch instead of being misread.
+    assert not POLICY.takes("moe_gemv", gate_up, down.float(), strided=(x,))
 
 
 def _tiny_pair() -> tuple[Gemma4ForCausalLM, Gemma4ForCausalLM]:
-    """The tiny demo model in bf16 and the same weights in fp32 (the accuracy yardstick), both fused."""
+    """The tiny demo model in bf16 and the same weights in fp32 (the accuracy yardstick), both fused;
+    the bf16 one on this machine's kernel policy."""
     cfg = Gemma4TextConfig.from_dict(demo_config("tiny"))
-    m16 = Gemma4ForCausalLM(cfg, torch.bfloat16).init_random_(3).fuse_()
+    m16 = Gemma4ForCausalLM(cfg, torch.bfloat16).init_random_(3).fuse_().use_kernel_policy(POLICY)
     m32 = Gemma4ForCausalLM(cfg, torch.float32).fuse_()
     m32.load_state_dict({k: v.float() for k, v in m16.state_dict().items()})
     return m16, m32
@@ -115,8 +115,8 @@ def _decode(model: Gemma4ForCausalLM, prompt: list[int], forced: list[int]) -> t
 def _count_calls(monkeypatch, names: list[str]) -> dict[str, int]:
     calls = dict.fromkeys(names, 0)
     for name in names:
-        real = getattr(cpu_gemv, name)
-        monkeypatch.setattr(cpu_gemv, name, lambda *a, _r=real, _n=name, **k: calls.__setitem__(_n, calls[_n] + 1) or _r(*a, **k))
+        real = getattr(cpu_kernels, name)
+        monkeypatch.setattr(cpu_kernels, name, lambda *a, _r=real, _n=name, **k: calls.__setitem__(_n, calls[_n] + 1) or _r(*a, **k))
     return calls
 
 
@@ -128,28 +128,26 @@ def test_bf16_decode_with_kernels_is_as_accurate_as_torch_fallback(monkeypatch):
     forced = [(31 * j + 7) % vocab for j in range(10)]  # past the 16-token sliding window
     ref = _decode(m32, prompt, forced)  # fp32 never takes a kernel path
     n, layers = len(forced), m16.config.num_hidden_layers
-    # Default: every decode step's layers in one call each; the prefill runs the torch layers.
+    # Default: every decode step's layers in one call each; the prefill (a MIXED step) runs the torch
+    # layers without asking.
     seen = count_fast_layers(monkeypatch)
     one_call = _decode(m16, prompt, forced)
-    assert seen == [n * layers, layers]
-    monkeypatch.setattr(fast_decode, "MAX_ROWS", 0)
+    assert seen == [n * layers, 0]
+    m16.use_kernel_policy(POLICY.without("decode_layer"))
     calls = _count_calls(monkeypatch, ["gemv", "gemv_experts", "rms_norm", "decode_attention", "qkv_post"])
     per_op = _decode(m16, prompt, forced)
     # Per decode step and layer: qkv, o, router, gate_up, down and two expert calls, plus the LM head;
     # the prefill's last layer runs its feed-forward (4 GEMVs with the LM head) on the one sampled row,
-    # and every prefill layer's MoE (13 rows, within moe.GEMV_MAX_TOKENS) takes the expert gather.
+    # and every prefill layer's MoE (13 rows, within moe_gemv_max_tokens) takes the expert gather.
     # The 13-row prefill projections take the GEMV too where one pass serves 13 rows (AMX: 5 per layer
     # but the last layer's qkv and o only, then the 4 one-row calls), else W @ x^T.
     # Norms: 7 per layer + the final one (q/k/v norms are inside qkv_post, prefill included).
-    assert len(prompt) <= moe_op.GEMV_MAX_TOKENS
-    prefill_gemv = 5 * (layers - 1) + 2 + 4 if len(prompt) <= cpu_gemv.rows_per_pass() else 4
+    assert len(prompt) <= POLICY.moe_gemv_max_tokens
+    prefill_gemv = 5 * (layers - 1) + 2 + 4 if len(prompt) <= POLICY.gemv_rows else 4
     assert calls["gemv"] == n * (5 * layers + 1) + prefill_gemv and calls["gemv_experts"] == n * 2 * layers + 2 * layers
     assert calls["decode_attention"] == n * layers and calls["qkv_post"] == (n + 1) * layers
     assert calls["rms_norm"] >= n * (7 * layers + 1)
-    for mod, knob, off in [(linear_op, "GEMV_MAX_ROWS", 0), (moe_op, "GEMV_MAX_TOKENS", 0),
-                           (attn_op, "DECODE_KERNEL", False), (norm_op, "USE_KERNEL", False),
-                           (model_attn, "QKV_KERNEL_MAX_ROWS", 0)]:
-        monkeypatch.setattr(mod, knob, off)
+    m16.use_kernel_policy(POLICY.torch_only())
     slow = _decode(m16, prompt, forced)
     # A random bf16 model drifts far from fp32 either way (this one by ~0.1 of logits up to 0.6); the
     # kernels (fp32 softmax and MoE sums, fewer roundings) must not drift further than torch's path.
@@ -180,20 +178,14 @@ def test_one_call_layer_matches_torch_layer(rows, monkeypatch):
         plan, cos_sin = layer_plan(m16, batch, kind), layer_rope(m16, batch, kind)
         slots = batch.kinds[kind].slot_mapping
         kv_fast = (sim.caches[i][0].clone(), sim.caches[i][1].clone())
-        fast = fast_decode.decode_layer(layer, h, cos_sin, plan, slots, kv_fast, None)
-        if rows > fast_decode.MAX_ROWS_WITHOUT_AMX and cpu_gemv.rows_per_pass() < rows:
+        fast = fast_decode.decode_layer(layer, h, cos_sin, plan, slots, kv_fast, None, POLICY)
+        if rows > POLICY.decode_layer_max_rows_without_amx and POLICY.gemv_rows < rows:
             assert fast is None  # without AMX the torch layer takes batches past 16 rows
             continue
         assert fast is not None  # the one-call path applies to this batch
-        default_rows = fast_decode.MAX_ROWS
-        monkeypatch.setattr(fast_decode, "MAX_ROWS", 0)
-        # Past the GEMV's rows the torch layer would take W @ x^T and the grouped MoE (other rounding
-        # points): compare against its kernel paths, which the one-call layer composes.
-        monkeypatch.setattr(linear_op, "GEMV_MAX_ROWS", 32)
-        monkeypatch.setattr(moe_op, "GEMV_MAX_TOKENS", 32)
+        # The torch layer with its per-op kernels (a MIXED-mode call never takes the one-call layer).
         kv_slow = (sim.caches[i][0].clone(), sim.caches[i][1].clone())
         slow = layer(h, cos_sin, plan, slots, kv_slow, None)
-        monkeypatch.setattr(fast_decode, "MAX_ROWS", default_rows)
         (kf, vf), (ks, vs) = kv_fast, kv_slow
         assert fast.shape == slow.shape == (rows, m16.config.hidden_size)
         assert float((fast != slow).float().mean()) < 0.05  # bit-equal on this model and seed
@@ -208,7 +200,7 @@ def test_one_call_layer_matches_torch_layer(rows, monkeypatch):
 def test_qkv_post_kernel_rounds_like_torch(layer, k_eq_v, monkeypatch):
     """Norms + RoPE + cache write in one call == the torch ops (same rounding points), q and caches."""
     cfg = Gemma4TextConfig.from_dict({**demo_config("tiny")["text_config"], "attention_k_eq_v": k_eq_v})
-    model = Gemma4ForCausalLM(cfg, torch.bfloat16).init_random_(7).fuse_()
+    model = Gemma4ForCausalLM(cfg, torch.bfloat16).init_random_(7).fuse_().use_kernel_policy(POLICY)
     attn = model.layers[layer].self_attn
     assert attn.has_v == (not k_eq_v or cfg.layer_types[layer] != "full_attention")
     sim = PagedSim(model, block_size=4, num_blocks=16, dtype=torch.bfloat16)
@@ -222,8 +214,8 @@ def test_qkv_post_kernel_rounds_like_torch(layer, k_eq_v, monkeypatch):
     real_pa = model_attn.paged_attention
     monkeypatch.setattr(model_attn, "paged_attention", lambda q, *a, **k: captured.setdefault("q", []).append(q) or real_pa(q, *a, **k))
     outs = []
-    for rows in (64, 0):
-        monkeypatch.setattr(model_attn, "QKV_KERNEL_MAX_ROWS", rows)
+    for policy in (POLICY, POLICY.without("qkv_post")):
+        model.use_kernel_policy(policy)
         caches = [(c[0].clone().zero_(), c[1].clone().zero_()) for c in sim.caches]
         plan = layer_plan(model, batch, kind)
         attn(x, (cos, sin), plan, slots, caches[layer])
@@ -247,7 +239,8 @@ def test_fp32_layers_take_the_torch_path():
     assert fast_decode._tensors(m32.layers[0]) is None
     kind = m32.config.layer_types[0]
     out = fast_decode.decode_layer(m32.layers[0], torch.randn(1, m32.config.hidden_size), (None, None),
-                                   layer_plan(m32, batch, kind), batch.kinds[kind].slot_mapping, sim.caches[0], None)
+                                   layer_plan(m32, batch, kind), batch.kinds[kind].slot_mapping, sim.caches[0], None,
+                                   POLICY)
     assert out is None
     logits = m32(batch, sim.caches)
     assert logits.shape == (1, m32.config.vocab_size) and bool(torch.isfinite(logits).all())
@@ -266,7 +259,7 @@ def test_one_call_layer_merged_mlp_and_experts_stages_change_no_bit(rows):
         m16(sim.batch([(s, [3 + s, 9, 27 + s][: 1 + s % 3])]), sim.caches)
     batch = sim.batch([(s, [11 + s]) for s in range(rows)])
     g = torch.Generator().manual_seed(rows)
-    lib = cpu_gemv.lib()
+    lib = POLICY.lib.fn
     for i in (0, 5):
         layer, kind = m16.layers[i], m16.config.layer_types[i]
         h = torch.randn(rows, m16.config.hidden_size, generator=g).bfloat16()
@@ -276,8 +269,9 @@ def test_one_call_layer_merged_mlp_and_experts_stages_change_no_bit(rows):
             for merged in (1, 0):
                 lib.gs_gemv_set_dense_merged(merged)
                 kv = (sim.caches[i][0].clone(), sim.caches[i][1].clone())
-                out = fast_decode.decode_layer(layer, h, cos_sin, plan, batch.kinds[kind].slot_mapping, kv, None)
-                assert out is not None or rows > cpu_gemv.rows_per_pass()
+                out = fast_decode.decode_layer(layer, h, cos_sin, plan, batch.kinds[kind].slot_mapping, kv, None,
+                                               POLICY)
+                assert out is not None or rows > POLICY.gemv_rows
                 outs.append((out, kv))
         finally:
             lib.gs_gemv_set_dense_merged(1)

@@ -4,20 +4,23 @@ layers or with the kernels switched off."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from layer_inputs import count_fast_layers, layer_plan, layer_rope
 from parity_batch import PagedSim
 
 import gemmaserve.model.fast_decode as fast_decode
-import gemmaserve.ops.quant as quant
 from gemmaserve.demo import demo_config
 from gemmaserve.model.config import Gemma4TextConfig
 from gemmaserve.model.decoder import Gemma4ForCausalLM
 from gemmaserve.model.quantize import QuantExperts, QuantLinear, quantize_model_int8_
-from gemmaserve.ops import cpu_gemv
+from gemmaserve.ops import cpu_kernels
+from gemmaserve.ops.dispatch import KernelPolicy
 
-needs_kernel = pytest.mark.skipif(not cpu_gemv.available(), reason="CPU kernels unavailable")
+POLICY = KernelPolicy.default()
+needs_kernel = pytest.mark.skipif(POLICY.lib is None, reason="CPU kernels unavailable")
 
 
 def _tiny(int8: bool = True, seed: int = 3) -> Gemma4ForCausalLM:
@@ -76,16 +79,14 @@ def test_one_call_int8_layer_matches_torch_int8_layer(rows, monkeypatch):
         plan, cos_sin = layer_plan(model, batch, kind), layer_rope(model, batch, kind)
         slots = batch.kinds[kind].slot_mapping
         kv_fast = (sim.caches[i][0].clone(), sim.caches[i][1].clone())
-        fast = fast_decode.decode_layer(layer, h, cos_sin, plan, slots, kv_fast, None)
+        fast = fast_decode.decode_layer(layer, h, cos_sin, plan, slots, kv_fast, None, POLICY)
         assert fast is not None
         # The torch int8 layer on the kernel paths the one-call layer composes (past 8 rows it would
         # take _weight_int8pack_mm and the grouped MoE, other rounding points).
-        monkeypatch.setattr(fast_decode, "MAX_ROWS", 0)
-        monkeypatch.setattr(quant, "KERNEL_MAX_ROWS", 16)
-        monkeypatch.setattr(quant, "KERNEL_MAX_TOKENS", 16)
+        model.use_kernel_policy(dataclasses.replace(POLICY, int8_gemv_max_rows=16, int8_moe_max_tokens=16))
         kv_slow = (sim.caches[i][0].clone(), sim.caches[i][1].clone())
-        slow = layer(h, cos_sin, plan, slots, kv_slow, None)
-        monkeypatch.setattr(fast_decode, "MAX_ROWS", 16)
+        slow = layer(h, cos_sin, plan, slots, kv_slow, None)  # MIXED mode: never the one-call layer
+        model.use_kernel_policy(POLICY)
         assert fast.shape == slow.shape == (rows, model.config.hidden_size)
         # The same kernels in the same order; only gelu's tanh (the fused layer's GeGLU vs torch's
         # gelu) may move a rare element by one bf16 ulp.
@@ -109,16 +110,15 @@ def test_int8_model_decodes_in_one_call_per_layer(monkeypatch):
     forced = [(31 * j + 7) % vocab for j in range(10)]  # past the 16-token sliding window
     seen = count_fast_layers(monkeypatch)  # [one-call layers, torch layers]
     one_call = _decode(model, prompt, forced)
-    assert seen == [len(forced) * layers, layers]  # the prefill runs the torch layers
-    monkeypatch.setattr(fast_decode, "MAX_ROWS", 0)
+    assert seen == [len(forced) * layers, 0]  # the prefill (a MIXED step) runs the torch layers unasked
+    model.use_kernel_policy(POLICY.without("decode_layer"))
     per_op = _decode(model, prompt, forced)  # torch int8 layers on the int8 GEMV kernels
-    monkeypatch.setenv("GEMMASERVE_CPU_KERNELS", "0")
-    monkeypatch.setattr(cpu_gemv, "gemv_int8", lambda *a, **k: pytest.fail("kernel called while disabled"))
-    monkeypatch.setattr(cpu_gemv, "gemv_int8_experts", lambda *a, **k: pytest.fail("kernel called while disabled"))
-    monkeypatch.setattr(fast_decode, "MAX_ROWS", 16)
+    model.use_kernel_policy(POLICY.torch_only())
+    monkeypatch.setattr(cpu_kernels, "gemv_int8", lambda *a, **k: pytest.fail("kernel called while disabled"))
+    monkeypatch.setattr(cpu_kernels, "gemv_int8_experts", lambda *a, **k: pytest.fail("kernel called while disabled"))
     seen[:] = [0, 0]
     torch_only = _decode(model, prompt, forced)
-    assert seen == [0, (len(forced) + 1) * layers]
+    assert seen == [0, len(forced) * layers]
     # One-call and per-op layers run the same kernels: the steps' logits are bit-equal but for a rare
     # one-ulp GeGLU rounding or exact router tie (here once, in the last layer of step 4: max 0.06).
     # torch's int8 ops (_weight_int8pack_mm, the per-expert loop) round elsewhere but agree to well

@@ -13,10 +13,12 @@ from loader_batch import OneSeq
 from gemmaserve.demo import write_demo_model
 from gemmaserve.model.loader import load_model
 from gemmaserve.model.quantize import QuantExperts, QuantLinear
-from gemmaserve.ops import cpu_gemv
+from gemmaserve.ops.dispatch import KernelPolicy
 from gemmaserve.ops.linear import linear
 from gemmaserve.ops.moe import moe_grouped
-from gemmaserve.ops.quant import INT8PACK_MAX_ROWS, dequantize, int8_linear, moe_experts_int8, quantize_per_channel
+from gemmaserve.ops.quant import dequantize, int8_linear, moe_experts_int8, quantize_per_channel
+
+INT8PACK_MAX_ROWS = KernelPolicy().int8pack_max_rows
 
 IDS = [2, 105, 358, 356, 383, 107, 313, 419, 349, 352, 285, 464, 452, 274, 106, 107, 105, 440, 107] * 3
 
@@ -127,7 +129,7 @@ def test_int8_logits_within_tolerance_of_bf16(all_experts_tiny):
         assert (a.step([tok]) - b.step([tok])).abs().max() <= 1.5
 
 
-@pytest.mark.skipif(not cpu_gemv.available(), reason="CPU kernels unavailable")
+@pytest.mark.skipif(KernelPolicy.default().lib is None, reason="CPU kernels unavailable")
 def test_int8_decode_kernels_stay_within_tolerance_of_bf16(all_experts_tiny, monkeypatch):
     """The bounds above with both models fused as the model runner runs them, so that every decode step
     of the int8 model goes through the int8 GEMV kernels inside the one-call layer (bf16: the bf16

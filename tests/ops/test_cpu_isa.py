@@ -50,26 +50,28 @@ def test_child_env_caps_torch_and_gemmaserve_alike():
 # point against an fp32 torch reference of the same bf16 inputs, and name the .so for the disassembly.
 _CHILD = r"""
 import json, torch
-from gemmaserve.ops import cpu_gemv
+from gemmaserve.ops import cpu_kernels
+from gemmaserve.ops.dispatch import KernelPolicy
 torch.manual_seed(0)
-assert cpu_gemv.available()
+lib = KernelPolicy.default().lib  # built for GEMMASERVE_CPU_ISA's tier (KernelConfig.cpu_isa)
+assert lib is not None
 err = {}
 def rel(a, b):
     return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6))
 w, x = torch.randn(300, 704).bfloat16(), torch.randn(5, 704).bfloat16()
-err["gemv"] = rel(cpu_gemv.gemv(w, x, torch.float32), x.float() @ w.float().T)
+err["gemv"] = rel(cpu_kernels.gemv(lib, w, x, torch.float32), x.float() @ w.float().T)
 we = torch.randn(6, 96, 128).bfloat16()
 ids = torch.tensor([[0, 5], [5, 2], [1, 0]])
 xe = torch.randn(3, 128).bfloat16()
 ref = torch.stack([torch.stack([we[e].float() @ xe[m].float() for e in ids[m].tolist()]) for m in range(3)])
-err["gemv_experts"] = rel(cpu_gemv.gemv_experts(we, ids, xe, torch.float32), ref)
+err["gemv_experts"] = rel(cpu_kernels.gemv_experts(lib, we, ids, xe, torch.float32), ref)
 xn, wn = torch.randn(7, 512).bfloat16(), torch.rand(512).bfloat16()
-err["rms_norm"] = rel(cpu_gemv.rms_norm(xn, wn, 1e-6), torch.nn.functional.rms_norm(xn.float(), (512,), wn.float(), 1e-6))
+err["rms_norm"] = rel(cpu_kernels.rms_norm(lib, xn, wn, 1e-6), torch.nn.functional.rms_norm(xn.float(), (512,), wn.float(), 1e-6))
 kc, vc = torch.randn(8, 16, 2, 128).bfloat16(), torch.randn(8, 16, 2, 128).bfloat16()
 q = torch.randn(2, 8, 128).bfloat16()
 slots = torch.stack([torch.arange(40), torch.arange(40) + 60])
 n_keys = torch.tensor([40, 23])
-o = cpu_gemv.decode_attention(q, kc, vc, slots, n_keys, 0.1)
+o = cpu_kernels.decode_attention(lib, q, kc, vc, slots, n_keys, 0.1)
 refs = []
 for s in range(2):
     idx = slots[s, : int(n_keys[s])]
@@ -80,12 +82,12 @@ for s in range(2):
 err["decode_attention"] = rel(o, torch.stack(refs))
 gu = torch.randn(4, 2 * 256).bfloat16()
 g, u = gu.float().chunk(2, -1)
-err["geglu"] = rel(cpu_gemv.geglu(gu), torch.nn.functional.gelu(g, approximate="tanh") * u)
+err["geglu"] = rel(cpu_kernels.geglu(lib, gu), torch.nn.functional.gelu(g, approximate="tanh") * u)
 qi = torch.randint(-127, 128, (200, 256), dtype=torch.int8)
 sc = torch.rand(200) / 100
 xi = torch.randn(3, 256).bfloat16()
-err["gemv_int8"] = rel(cpu_gemv.gemv_int8(qi, sc, xi, torch.float32), xi.float() @ (qi.float() * sc[:, None]).T)
-print(json.dumps({"isa": cpu_gemv.isa(), "int8_isa": cpu_gemv.int8_isa(), "so": cpu_gemv.lib()._name, "err": err}))
+err["gemv_int8"] = rel(cpu_kernels.gemv_int8(lib, qi, sc, xi, torch.float32), xi.float() @ (qi.float() * sc[:, None]).T)
+print(json.dumps({"isa": lib.isa, "int8_isa": lib.int8_isa, "so": str(lib.path), "err": err}))
 """
 
 # The GEMV path each tier's build must report.
@@ -107,7 +109,7 @@ def test_kernels_build_and_match_torch_at_every_tier(tier):
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["isa"] == _EXPECT_ISA[tier]
-    assert f"gemv_{cpu_isa.NAMES[tier]}_" in os.path.basename(got["so"])
+    assert f"gemmaserve_kernels_{cpu_isa.NAMES[tier]}_" in os.path.basename(got["so"])
     for name, e in got["err"].items():
         assert e < 2e-2, (name, e)  # one bf16 rounding of the output, fp32 sums in another order
     if shutil.which("objdump"):

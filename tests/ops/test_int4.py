@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gemmaserve.ops import cpu_int4, int4
+from gemmaserve.ops.dispatch import KernelPolicy
 from gemmaserve.ops.int4 import dequantize_int4, int4_linear, moe_experts_int4, pack_int4, quantize_int4, unpack_int4
 from gemmaserve.ops.moe import moe_grouped
 
@@ -79,7 +80,7 @@ def test_unavailable_tier_is_refused():
         cpu_int4.gemv_int4(p, s, 32, torch.randn(1, 64).bfloat16(), tier="amx")
 
 
-@pytest.mark.parametrize("rows", [1, 4, int4.KERNEL_MAX_ROWS + 1])
+@pytest.mark.parametrize("rows", [1, 4, KernelPolicy().int4_gemv_max_rows + 1])
 def test_int4_linear_kernel_and_torch_paths_agree(rows, monkeypatch):
     g = torch.Generator().manual_seed(rows)
     p, s = quantize_int4(torch.randn(64, 192, generator=g) * 0.05, 64)
@@ -88,12 +89,12 @@ def test_int4_linear_kernel_and_torch_paths_agree(rows, monkeypatch):
     got = int4_linear(x, p, s, 192, 64)
     assert got.shape == (2, rows, 64) and got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want.float(), atol=2e-2 * want.abs().max().item(), rtol=0)
-    monkeypatch.setattr(cpu_int4, "available", lambda: False)  # the plain-torch reference path
-    ref = int4_linear(x, p, s, 192, 64)
+    off = KernelPolicy.default().without("int4_gemv")  # the plain-torch reference path
+    ref = int4_linear(x, p, s, 192, 64, policy=off)
     torch.testing.assert_close(ref.float(), want.float(), atol=2e-2 * want.abs().max().item(), rtol=0)
 
 
-@pytest.mark.parametrize("tokens", [1, 6, int4.GATHER_MAX_TOKENS + 3])
+@pytest.mark.parametrize("tokens", [1, 6, KernelPolicy().int4_moe_max_tokens + 3])
 def test_int4_experts_match_grouped_moe_on_dequantized_weights(tokens, monkeypatch):
     g = torch.Generator().manual_seed(tokens)
     e, h, i, k, group = 8, 64, 32, 2, 32
@@ -106,8 +107,9 @@ def test_int4_experts_match_grouped_moe_on_dequantized_weights(tokens, monkeypat
     got = moe_experts_int4(x, gp, gs, dp, ds, idx, w, group)
     tol = 2e-2 * want.abs().max().item()
     torch.testing.assert_close(got.float(), want, atol=tol, rtol=0)
-    monkeypatch.setattr(cpu_int4, "available", lambda: False)
-    torch.testing.assert_close(moe_experts_int4(x, gp, gs, dp, ds, idx, w, group).float(), want, atol=tol, rtol=0)
+    off = KernelPolicy.default().without("int4_gemv")  # the plain-torch path
+    torch.testing.assert_close(moe_experts_int4(x, gp, gs, dp, ds, idx, w, group, policy=off).float(), want, atol=tol,
+                               rtol=0)
 
 
 @needs_kernel

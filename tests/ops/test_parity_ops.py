@@ -11,6 +11,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from gemmaserve.ops.attention import build_plan, paged_attention, store_kv
 import gemmaserve.ops.moe as moe_ops
+from gemmaserve.ops.dispatch import KernelPolicy
 from gemmaserve.ops.moe import (
     grouped_mm_ok,
     moe_experts,
@@ -56,7 +57,8 @@ def test_moe_paths_agree(tokens):
     torch.testing.assert_close(moe_grouped(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(moe_padded(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(moe_grouped_mm(x, gate_up, down, idx, w), ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(moe_experts(x, gate_up, down, idx, w, 4), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(moe_experts(x, gate_up, down, idx, w, KernelPolicy(moe_grouped_min_tokens=4)), ref,
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_moe_paths_agree_bf16():
@@ -118,9 +120,10 @@ def test_moe_padded_skewed_routing_and_path_choice(monkeypatch):
 
 @pytest.mark.parametrize("spread,path", [("even", "padded"), ("skewed", "grouped")])
 def test_many_tokens_take_padded_only_when_padding_is_cheap(monkeypatch, spread, path):
-    """Past PADDED_MAX_TOKENS the padded path is taken when padding adds at most PADDED_MAX_WASTE
-    rows (tokens spread evenly over the experts), else the grouped loop; both = the per-pair loop."""
-    t, e = moe_ops.PADDED_MAX_TOKENS + 36, 4
+    """Past the policy's moe_padded_max_tokens the padded path is taken when padding adds at most
+    moe_padded_max_waste rows (tokens spread evenly over the experts), else the grouped loop; both = the
+    per-pair loop."""
+    t, e = KernelPolicy().moe_padded_max_tokens + 36, 4
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(t, 32, generator=gen)
     gate_up, down = torch.randn(e, 24, 32, generator=gen) * 0.2, torch.randn(e, 32, 12, generator=gen) * 0.2

@@ -13,7 +13,7 @@
 #endif
 
 #include "amx.h"
-#include "bf16.h"
+#include "gs_kernels.h"
 
 #if defined(__AVX512F__)
 static inline __m512 load16(const bf16_t* p) {  // 16 bf16 -> 16 fp32 (exact)

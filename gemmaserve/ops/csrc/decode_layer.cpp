@@ -10,58 +10,12 @@
 #include <cstring>
 #include <vector>
 
-typedef uint16_t bf16_t;
+#include "gs_kernels.h"
 
-extern "C" {
-void gs_gemv_bf16(const bf16_t* w, int64_t N, int64_t K, const bf16_t* x, int64_t M, int64_t xs, void* out, int out_f32,
-                  int nthreads);
-void gs_gemv_bf16_experts(const bf16_t* w, int64_t E, int64_t N, int64_t K, const int64_t* ids, int64_t M, int64_t topk,
-                          const bf16_t* x, int64_t xs, void* out, int out_f32, int nthreads);
-void gs_rms_norm_bf16(const bf16_t* x, int64_t rows, int64_t xs, int64_t d, const bf16_t* w, float eps, bf16_t* out);
-void gs_decode_attn_bf16(const bf16_t* q, int64_t qs, const bf16_t* kc, const bf16_t* vc, int64_t hkv, int64_t d,
-                         const int64_t* slots, int64_t ls, const int64_t* nkeys, int64_t S, int64_t hq, float scale,
-                         bf16_t* out, int nthreads);
-void gs_qkv_post_bf16(const bf16_t* qkv, int64_t T, int64_t ld, int64_t hq, int64_t hkv, int64_t d, int has_v,
-                      const bf16_t* qw, const bf16_t* kw, float eps, const bf16_t* cos, const bf16_t* sin,
-                      const int64_t* slots, bf16_t* kc, bf16_t* vc, bf16_t* q_out);
-void gs_geglu_bf16(const bf16_t* gu, int64_t rows, int64_t ld, int64_t w, bf16_t* out);
-void gs_gemv_bf16_dense_experts(const bf16_t* dw, int64_t dN, int64_t dK, const bf16_t* dx, int64_t dM, int64_t dxs,
-                                void* dout, int dout_f32, const bf16_t* ew, int64_t E, int64_t eN, int64_t eK,
-                                const int64_t* ids, int64_t eM, int64_t topk, const bf16_t* ex, int64_t exs, void* eout,
-                                int eout_f32, int nthreads);
-void gs_gemv_int8(const int8_t* q, const void* scale, int scale_f32, int64_t N, int64_t K, const bf16_t* x, int64_t M,
-                  int64_t xs, void* out, int out_f32, int nthreads);
-void gs_gemv_int8_experts(const int8_t* q, const void* scale, int scale_f32, int64_t E, int64_t N, int64_t K,
-                          const int64_t* ids, int64_t M, int64_t topk, const bf16_t* x, int64_t xs, void* out,
-                          int out_f32, int nthreads);
-}
-
-static inline float lf(bf16_t v) {
-    uint32_t u = (uint32_t)v << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline bf16_t rb(float f) {  // round to nearest even, NaN stays NaN
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (bf16_t)(u >> 16);
-}
-
+static inline float lf(bf16_t v) { return bf16_to_f32(v); }
+static inline bf16_t rb(float f) { return f32_to_bf16(f); }  // round to nearest even, NaN stays NaN
 static inline float r16(float f) { return lf(rb(f)); }
 
-// Weight pointers, in this order (model/fast_decode.py builds the array).
-enum {
-    W_IN_LN, W_QKV, W_Q_NORM, W_K_NORM, W_O, W_POST_ATTN, W_PRE_FF, W_GATE_UP, W_DOWN, W_POST_FF1, W_R_SCALE,
-    W_R_PROJ, W_PES, W_PRE_FF2, W_E_GATE_UP, W_E_DOWN, W_POST_FF2, W_POST_FF, W_LAYER_SCALAR,
-    // int8 layers only (null otherwise): the per-output-row scales of the six int8 projections.
-    W_QKV_S, W_O_S, W_GATE_UP_S, W_DOWN_S, W_E_GATE_UP_S, W_E_DOWN_S, W_COUNT
-};
-// Dimensions, in this order. D_INT8: the six projections are int8 with scales (fp32 if D_SCALE_F32, else bf16).
-enum { D_H, D_HQ, D_HKV, D_HEAD, D_HAS_V, D_WIDTH, D_E, D_I, D_K, D_INT8, D_SCALE_F32, D_COUNT };
 
 namespace {
 
@@ -102,6 +56,31 @@ struct Proj {
 extern "C" {
 
 int gs_decode_layer_counts(void) { return W_COUNT * 100 + D_COUNT; }
+
+int gs_features(void) {
+    int f = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    f |= GS_F_AVX2;
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    f |= GS_F_AVX512;
+#endif
+#if defined(__AVX512VNNI__)
+    f |= GS_F_AVX512VNNI;
+#endif
+#if defined(__AVX512BF16__)
+    f |= GS_F_AVX512BF16;
+#endif
+#if defined(__AMX_BF16__) && defined(__AMX_TILE__)
+    f |= GS_F_AMX;
+#endif
+    return f;
+}
+
+void gs_abi_info(int64_t* out, int n) {
+    const int64_t info[GS_INFO_COUNT] = {GS_ABI_VERSION, gs_features(), W_COUNT, D_COUNT};
+    for (int i = 0; i < n && i < GS_INFO_COUNT; ++i) out[i] = info[i];
+}
 
 // h [T, H] bf16 -> out [T, H] (may alias h). Attention: row t reads its first nkeys[t] keys at att_slots[t, :]
 // (one decode group in row order); K/V of the new rows are written at slot_mapping first.

@@ -12,7 +12,7 @@
 #include <immintrin.h>
 #endif
 #include "amx.h"
-#include "bf16.h"
+#include "gs_kernels.h"
 
 // Work split of the threaded AMX GEMV: 0 = one static share per thread, k > 0 = about k row chunks per
 // thread handed out dynamically (gs_gemv_set_chunks). Bench model decode, 2 threads, lightly loaded

@@ -18,7 +18,7 @@
 #endif
 
 #include "amx.h"
-#include "bf16.h"
+#include "gs_kernels.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define GS_I8_VEC 1
