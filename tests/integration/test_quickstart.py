@@ -50,7 +50,14 @@ def test_make_serve_writes_the_demo_model_then_serves_it(tmp_path):
     assert not any("make-demo-model" in line for line in lines)
     assert lines[-1] == ".venv/bin/gemmaserve serve --model /models/gemma --host 0.0.0.0 --port 9001"
     # The lead's Makefile may pin torch to one thread for the suite (the 2-core box spins otherwise).
-    assert re.fullmatch(r"(OMP_NUM_THREADS=\S+ )?\.venv/bin/python -m pytest -q", _make("test")[-1])
+    # make test runs every test: one pytest over all but the real-Ray files, then each of those in a
+    # fresh process of its own (the Makefile says why).
+    main_run, ray_runs = _make("test")[-2:]
+    m = re.fullmatch(r"(OMP_NUM_THREADS=\S+ )?\.venv/bin/python -m pytest -q((?: --ignore=\S+)*)", main_run)
+    assert m, main_run
+    ignored = re.findall(r"--ignore=(\S+)", m.group(2))
+    assert ignored and re.findall(r"pytest -q (\S+)", ray_runs) == ignored
+    assert all((ROOT / t).is_file() for t in ignored)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
